@@ -1,0 +1,196 @@
+"""Pre-tokenisers of Hugging Face `tokenizers`, rebuilt on the standard library.
+
+HF tokenizers splits text with Oniguruma regexes that use Unicode properties (`\\p{L}`, `\\p{N}`)
+and Oniguruma's `\\s`. Python's `re` has neither property classes nor the same `\\s` (it also
+counts U+001C..U+001F as space), so patterns are translated: each property becomes an explicit
+character class built once from `unicodedata`. Only the pre-tokeniser configurations we can test
+against HF are accepted; anything else is refused with a clear error rather than tokenised
+slightly wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import unicodedata
+from functools import lru_cache
+from typing import Any, Callable
+
+# Oniguruma's \s in Unicode mode: the White_Space property.
+_WHITE_SPACE = "\t\n\x0b\x0c\r\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+# The GPT-2 split regex that ByteLevel(use_regex=True) applies.
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+class PreTokenizerError(ValueError):
+    """The tokenizer configuration asks for a pre-tokeniser this runtime does not implement."""
+
+
+def _escape(cp: int) -> str:
+    return f"\\U{cp:08x}"
+
+
+@lru_cache(maxsize=None)
+def _category_ranges(major: str) -> str:
+    """Character-class body (no brackets) for every code point whose category starts with `major`."""
+    parts: list[str] = []
+    start = -1
+    for cp in range(sys.maxunicode + 2):
+        inside = cp <= sys.maxunicode and unicodedata.category(chr(cp))[0] == major
+        if inside and start < 0:
+            start = cp
+        elif not inside and start >= 0:
+            end = cp - 1
+            parts.append(_escape(start) if start == end else f"{_escape(start)}-{_escape(end)}")
+            start = -1
+    return "".join(parts)
+
+
+def translate_pattern(pattern: str) -> str:
+    """Rewrite an Oniguruma pattern into an equivalent Python `re` pattern."""
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in "pP" and pattern[i + 2 : i + 3] == "{":
+                close = pattern.find("}", i)
+                name = pattern[i + 3 : close]
+                if name not in ("L", "N"):
+                    raise PreTokenizerError(f"unsupported Unicode property \\{nxt}{{{name}}} in {pattern!r}")
+                body = _category_ranges(name)
+                if in_class:
+                    if nxt == "P":
+                        raise PreTokenizerError(f"negated property inside a class in {pattern!r}")
+                    out.append(body)
+                else:
+                    out.append(f"[{'^' if nxt == 'P' else ''}{body}]")
+                i = close + 1
+                continue
+            if nxt in "sS":
+                if in_class and nxt == "S":
+                    raise PreTokenizerError(f"\\S inside a class in {pattern!r}")
+                if in_class:
+                    out.append(_WHITE_SPACE)
+                else:
+                    out.append(f"[{'^' if nxt == 'S' else ''}{_WHITE_SPACE}]")
+                i += 2
+                continue
+            if nxt in "wWbB":
+                raise PreTokenizerError(f"unsupported escape \\{nxt} in {pattern!r}")
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+            out.append(ch)
+            if pattern[i + 1 : i + 2] == "^":
+                out.append("^")
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":  # a literal ] first in a class
+                out.append("\\]")
+                i += 1
+        elif ch == "]" and in_class:
+            in_class = False
+            out.append(ch)
+        elif ch == "[" and in_class:
+            out.append("\\[")
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(translate_pattern(pattern))
+
+
+@lru_cache(maxsize=None)
+def _numeric() -> re.Pattern[str]:
+    # Rust's char::is_numeric, which HF's Digits pre-tokeniser uses: categories Nd, Nl, No.
+    return re.compile(f"[{_category_ranges('N')}]")
+
+
+Splitter = Callable[[str], list[str]]
+
+
+def _isolate(regex: re.Pattern[str]) -> Splitter:
+    """HF's `Isolated` split behaviour: matches and the text between them each become a piece."""
+
+    def split(text: str) -> list[str]:
+        pieces: list[str] = []
+        last = 0
+        for m in regex.finditer(text):
+            if m.start() > last:
+                pieces.append(text[last : m.start()])
+            if m.end() > m.start():
+                pieces.append(m.group())
+            last = m.end()
+        if last < len(text):
+            pieces.append(text[last:])
+        return pieces
+
+    return split
+
+
+def _digits(individual: bool) -> Splitter:
+    if individual:
+        return _isolate(_numeric())
+    return _isolate(re.compile(f"[{_category_ranges('N')}]+"))
+
+
+def _byte_level(add_prefix_space: bool, use_regex: bool) -> Splitter:
+    regex_split = _isolate(_compiled(GPT2_PATTERN)) if use_regex else None
+
+    def split(text: str) -> list[str]:
+        if add_prefix_space and not text.startswith(" "):
+            text = " " + text
+        return regex_split(text) if regex_split else [text]
+
+    return split
+
+
+def _split(config: dict[str, Any]) -> Splitter:
+    pattern = config.get("pattern") or {}
+    behavior = str(config.get("behavior", "")).lower()
+    if behavior != "isolated" or config.get("invert"):
+        raise PreTokenizerError(f"Split pre-tokeniser with behavior {config.get('behavior')!r} is not supported")
+    if "Regex" in pattern:
+        return _isolate(_compiled(pattern["Regex"]))
+    if "String" in pattern:
+        return _isolate(re.compile(re.escape(pattern["String"])))
+    raise PreTokenizerError(f"Split pre-tokeniser without a pattern: {config!r}")
+
+
+class PreTokenizer:
+    """Splits text into the pieces BPE merges within; says whether pieces are byte-level mapped."""
+
+    def __init__(self, config: dict[str, Any] | None):
+        steps = config.get("pretokenizers", []) if config and config.get("type") == "Sequence" else [config]
+        self.splitters: list[Splitter] = []
+        self.byte_level = False
+        for step in steps:
+            if step is None:
+                continue
+            kind = step.get("type")
+            if self.byte_level:
+                raise PreTokenizerError(f"pre-tokeniser {kind!r} after ByteLevel is not supported")
+            if kind == "ByteLevel":
+                self.byte_level = True
+                self.splitters.append(_byte_level(bool(step.get("add_prefix_space")), step.get("use_regex", True)))
+            elif kind == "Digits":
+                self.splitters.append(_digits(bool(step.get("individual_digits"))))
+            elif kind == "Split":
+                self.splitters.append(_split(step))
+            else:
+                raise PreTokenizerError(f"pre-tokeniser {kind!r} is not supported")
+
+    def __call__(self, text: str) -> list[str]:
+        pieces = [text]
+        for split in self.splitters:
+            pieces = [p for piece in pieces for p in split(piece)]
+        return pieces
