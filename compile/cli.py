@@ -1,0 +1,174 @@
+"""The `lutlm` command line.
+
+Contract scripts rely on: `fetch` prints the fetched file's path as its last line; `eval ppl`
+prints `ppl <value>` as its last line; `generate` writes only the generated text (or ids) to
+stdout. Bad input ends with a one-line `lutlm: error: ...` on stderr and exit status 2, never a
+traceback (set LUTLM_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .assets import ASSETS, DEFAULT_MODEL, fetch, resolve_source
+from .errors import LutlmError
+
+EXIT_ERROR = 2
+
+
+def _tokenizer(ckpt):
+    """The runtime's pure-Python tokenizer for a checkpoint (the CLI is where compile meets runtime)."""
+    from runtime_py import Tokenizer
+
+    return Tokenizer(ckpt.tokenizer)
+
+
+def _load(source: str, tensors: bool = True):
+    from .checkpoint import load_checkpoint
+
+    path = resolve_source(source)
+    if tensors:
+        print(f"loading {path}", file=sys.stderr)
+    return load_checkpoint(path, tensors=tensors)
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    names = list(ASSETS) if args.names == ["all"] else args.names
+    for name in names:
+        print(fetch(name))
+
+
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    tok = _tokenizer(_load(args.source, tensors=False))
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LutlmError(f"{args.file}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise LutlmError(f"{args.file}: not UTF-8 text ({exc})") from None
+    print(" ".join(map(str, tok.encode(text, special=args.special))))
+
+
+def cmd_eval_ppl(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .perplexity import load_text, perplexity, windows
+    from .reference import Reference
+
+    text = load_text(args.text)
+    ckpt = _load(args.source)
+    tokens = _tokenizer(ckpt).encode(text)
+    chunks = windows(tokens, args.window, args.windows)
+    print(f"text {args.text}: {len(tokens)} tokens; {len(chunks)} windows of {args.window} consecutive tokens "
+          f"from token 0, no BOS, each from an empty cache, tokens 2..{args.window} of each scored "
+          f"({len(chunks) * (args.window - 1)} in all)")
+    bar = tqdm(total=len(chunks), desc="perplexity", unit="window", file=sys.stderr, disable=None)
+
+    def progress(i: int, running: float) -> None:
+        bar.update(1)
+        bar.set_postfix(ppl=f"{running:.3f}")
+
+    result = perplexity(Reference(ckpt), chunks, progress)
+    bar.close()
+    print(f"ppl {result.ppl:.4f}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from runtime_py import ChatTemplate
+
+    from .reference import Reference
+
+    if args.max_tokens < 1:
+        raise LutlmError("--max-tokens must be at least 1")
+    ckpt = _load(args.source)
+    tok = _tokenizer(ckpt)
+    stop = {i for i in (ckpt.config.eos_id,) if i is not None}
+    if args.chat:
+        template = ChatTemplate.from_template(ckpt.chat_template)
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages.append({"role": "user", "content": args.prompt})
+        prompt = tok.encode(template.render(messages), special=True)
+        stop |= {tok.token_id(s) for s in template.stop_strings if s in tok.added}
+    else:
+        prompt = tok.encode(args.prompt)
+        if ckpt.config.add_bos and ckpt.config.bos_id is not None:
+            prompt = [ckpt.config.bos_id] + prompt
+    model = Reference(ckpt)
+    stream = tok.stream(skip_special=True)
+    t0, count = time.perf_counter(), 0
+    for token in model.generate_greedy(prompt, args.max_tokens, stop, n_ctx=args.ctx):
+        count += 1
+        piece = f"{token} " if args.ids else stream.feed(token)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write(("" if args.ids else stream.flush()) + "\n")
+    elapsed = time.perf_counter() - t0
+    print(f"[{len(prompt)} prompt tokens, {count} generated in {elapsed:.1f} s]", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lutlm", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download a model or text into the cache and verify its sha256")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"one of {', '.join(ASSETS)}, or 'all'")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("tokenize", help="print the token ids of a text file")
+    p.add_argument("source", metavar="SOURCE", help=f"GGUF file, Hugging Face folder or {DEFAULT_MODEL}")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--special", action="store_true", help="parse special tokens such as <|im_start|>")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("eval", help="evaluate a model")
+    evals = p.add_subparsers(dest="metric", required=True)
+    p = evals.add_parser("ppl", help="perplexity over consecutive windows of a text (no BOS)")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--text", default="wiki", help="wiki, tiny, c4, code, technical, multilingual, or a file path")
+    p.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
+    p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
+    p.set_defaults(func=cmd_eval_ppl)
+
+    p = sub.add_parser("generate", help="greedy generation from the numpy reference model")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", help="system message (with --chat)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--ctx", type=int, default=2048, help="context length of the KV cache")
+    p.add_argument("--ids", action="store_true", help="write generated token ids instead of text")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from runtime_py import ChatTemplateError, TokenizerError
+
+    try:
+        args.func(args)
+    except (LutlmError, TokenizerError, ChatTemplateError) as exc:
+        return _fail(str(exc))
+    except MemoryError:
+        return _fail("out of memory")
+    except OSError as exc:
+        return _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+def _fail(message: str) -> int:
+    if os.environ.get("LUTLM_DEBUG"):
+        raise
+    print(f"lutlm: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Perplexity over consecutive fixed-size windows of a text, the measure of what quantisation costs.
+
+Definition (the same as the llama.cpp figures we compare with): tokenize the whole text without
+BOS, cut it into windows of `window` consecutive tokens from the start, run each window from an
+empty cache, score every token after the first of each window, ppl = exp(mean NLL).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .assets import TEXT_NAMES, fetch
+from .errors import LutlmError
+from .reference import Reference
+
+_DOC_MARKER = re.compile(r"^(<doc [^\n]*>|</doc>)\n?", re.M)
+
+
+def strip_doc_markers(text: str) -> str:
+    """Remove the `<doc ...>` / `</doc>` lines that wrap each article in Wikipedia dumps."""
+    return _DOC_MARKER.sub("", text)
+
+
+def load_text(name_or_path: str) -> str:
+    """A known text name (wiki, tiny, c4, code, technical, multilingual) or a UTF-8 file, markers stripped."""
+    path = Path(name_or_path)
+    if name_or_path in TEXT_NAMES:
+        path = fetch(name_or_path)
+    elif not path.is_file():
+        raise LutlmError(f"{name_or_path}: no such text file, and not a known text ({', '.join(TEXT_NAMES)})")
+    try:
+        return strip_doc_markers(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LutlmError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def windows(tokens: Sequence[int], size: int, count: int) -> list[list[int]]:
+    if size < 2:
+        raise LutlmError("a window needs at least 2 tokens")
+    available = len(tokens) // size
+    if count < 1 or count > available:
+        raise LutlmError(f"asked for {count} windows of {size} tokens; the text has {len(tokens)} tokens ({available} windows)")
+    return [list(tokens[i * size : (i + 1) * size]) for i in range(count)]
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll_sum: float
+    scored: int
+    per_window: list[float]
+
+
+def perplexity(model: Reference, chunks: list[list[int]],
+               progress: Callable[[int, float], None] | None = None) -> PerplexityResult:
+    """exp of the mean NLL over every token after the first of each window; `progress(i, running_ppl)`."""
+    total, count, per_window = 0.0, 0, []
+    for i, window in enumerate(chunks):
+        logits = model.forward(window, model.new_cache(len(window)), all_logits=True)
+        logp = log_softmax(logits[:-1])
+        targets = np.asarray(window[1:])
+        nll = float(-logp[np.arange(len(targets)), targets].sum())
+        total += nll
+        count += len(targets)
+        per_window.append(math.exp(nll / len(targets)))
+        if progress:
+            progress(i, math.exp(total / count))
+    return PerplexityResult(math.exp(total / count), total, count, per_window)
