@@ -1,0 +1,48 @@
+"""The Jinja-free chat template renders exactly what the model's own Jinja template renders."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+from runtime_py import ChatTemplate, ChatTemplateError
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! 👋"},
+     {"role": "user", "content": "Line one\nline two <b>bold</b> {{ not jinja }}"}],
+    [{"role": "user", "content": ""}],
+]
+
+
+def jinja_render(template: str, messages, add_generation_prompt: bool) -> str:
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders chat templates
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_matches_the_models_jinja_template(checkpoint, messages, add_generation_prompt):
+    template = ChatTemplate.from_template(checkpoint.chat_template)
+    expected = jinja_render(checkpoint.chat_template, messages, add_generation_prompt)
+    assert template.render(messages, add_generation_prompt) == expected
+
+
+def test_default_system_prompt_is_read_from_the_template(checkpoint):
+    template = ChatTemplate.from_template(checkpoint.chat_template)
+    assert template.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def test_plain_chatml_without_default_system():
+    plain = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+             "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    for messages in CONVERSATIONS:
+        assert ChatTemplate.from_template(plain).render(messages) == jinja_render(plain, messages, True)
+
+
+def test_unknown_family_and_bad_messages_are_refused():
+    with pytest.raises(ChatTemplateError, match="unrecognised"):
+        ChatTemplate.from_template("{{ bos_token }}[INST] {{ messages[0]['content'] }} [/INST]")
+    with pytest.raises(ChatTemplateError, match="message 0"):
+        ChatTemplate().render([{"role": "user"}])

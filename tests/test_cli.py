@@ -1,0 +1,87 @@
+"""The `lutlm` command line: its output contract and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tiny_llama import write_hf_folder
+
+LUTLM = [sys.executable, "-m", "lutlm.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*LUTLM, *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("lutlm: error:") and fragment in lines[-1], proc.stderr
+    assert not any(line.startswith("lutlm: error:") for line in lines[:-1])
+
+
+def test_fetch_prints_the_path_last(model_path):
+    proc = run("fetch", "smollm2-135m-instruct")
+    assert proc.returncode == 0
+    assert proc.stdout.strip().splitlines()[-1] == str(model_path)
+
+
+def test_tokenize_matches_the_library(model_path, tokenizer, tmp_path):
+    text = "Hello <|im_start|> world 123\n"
+    (tmp_path / "t.txt").write_text(text)
+    plain = run("tokenize", str(model_path), str(tmp_path / "t.txt"))
+    special = run("tokenize", str(model_path), str(tmp_path / "t.txt"), "--special")
+    assert plain.stdout.strip() == " ".join(map(str, tokenizer.encode(text)))
+    assert special.stdout.strip() == " ".join(map(str, tokenizer.encode(text, special=True)))
+    assert plain.stdout != special.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "hf"
+    write_hf_folder(folder)
+    return folder
+
+
+def test_eval_ppl_last_line_on_a_text_file(tiny_hf, tmp_path):
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    proc = run("eval", "ppl", str(tiny_hf), "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "ppl" and float(last[1]) > 1.0
+    assert "2 windows of 32" in proc.stdout
+
+
+def test_generate_ids_are_greedy_and_deterministic(tiny_hf):
+    a = run("generate", str(tiny_hf), "--prompt", "The quick", "--max-tokens", "6", "--ids")
+    b = run("generate", str(tiny_hf), "--prompt", "The quick", "--max-tokens", "6", "--ids")
+    assert a.returncode == 0, a.stderr
+    ids = a.stdout.split()
+    assert 1 <= len(ids) <= 6 and all(i.isdigit() for i in ids)
+    assert a.stdout == b.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("eval", "ppl", "/nonexistent.gguf"), "no such file"),
+    (("tokenize", "/nonexistent.gguf", "/dev/null"), "no such file"),
+    (("eval", "ppl", "smollm2-135m-instruct", "--text", "shakespeare"), "not a known text"),
+    (("fetch", "gpt-5"), "unknown asset"),
+    (("generate", "smollm2-135m-instruct", "--prompt", "x", "--max-tokens", "0"), "at least 1"),
+])
+def test_bad_input_gets_a_one_line_error(args, fragment):
+    assert_one_line_error(run(*args), fragment)
+
+
+def test_bad_files_get_a_one_line_error(tmp_path, model_path, tiny_hf):
+    (tmp_path / "text.gguf").write_text("not a model")
+    assert_one_line_error(run("tokenize", str(tmp_path / "text.gguf"), "/dev/null"), "not a GGUF file")
+    with open(model_path, "rb") as src:
+        (tmp_path / "cut.gguf").write_bytes(src.read(1_000_000))
+    assert_one_line_error(run("eval", "ppl", str(tmp_path / "cut.gguf"), "--text", "tiny"), "truncated")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    assert_one_line_error(run("tokenize", str(tiny_hf), str(tmp_path / "bin.txt")), "not UTF-8")
+    assert_one_line_error(run("eval", "ppl", str(tiny_hf), "--text", "tiny", "--windows", "100000"), "windows")

@@ -1,0 +1,52 @@
+"""runtime_py must run under Pyodide: standard library only, never numpy, never the compile side."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+RUNTIME = Path(__file__).resolve().parent.parent / "runtime_py"
+
+BLOCK_NUMPY = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" or name.startswith("numpy."):
+            raise ImportError("numpy is blocked for this test")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_runtime_imports_and_tokenizes_without_numpy(tokenizer_json):
+    code = BLOCK_NUMPY + f"""
+import runtime_py
+from runtime_py import Tokenizer, ChatTemplate
+tok = Tokenizer.from_file({str(tokenizer_json)!r})
+ids = tok.encode(ChatTemplate().render([{{"role": "user", "content": "Héllo 42"}}]), special=True)
+assert tok.decode(ids) == "<|im_start|>user\\nHéllo 42<|im_end|>\\n<|im_start|>assistant\\n"
+assert "numpy" not in sys.modules and "lutlm" not in sys.modules
+try:
+    import numpy
+except ImportError:
+    print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=RUNTIME.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_runtime_sources_import_only_the_standard_library():
+    allowed = set(sys.stdlib_module_names) | {"runtime_py", "js", "pyodide"}
+    for source in RUNTIME.rglob("*.py"):
+        tree = ast.parse(source.read_text(), str(source))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [] if node.level else [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{source.name} imports {name}"
