@@ -96,12 +96,16 @@ class Checkpoint:
 
 
 def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
-    """Read a GGUF file or a Hugging Face folder into a validated Checkpoint.
+    """Read a GGUF file, a Hugging Face folder or a quantised checkpoint into a validated Checkpoint.
 
     With `tensors=False` only the config, tokenizer and chat template are read (fast: no weights).
     """
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and (path / "quantized.json").is_file():
+        from .quant import store
+
+        ckpt, _ = store.read(path)
+    elif path.is_dir():
         from .hf_intake import load_hf
 
         ckpt = load_hf(path, tensors)

@@ -110,6 +110,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"[{len(prompt)} prompt tokens, {count} generated in {elapsed:.1f} s]", file=sys.stderr)
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .perplexity import load_text
+    from .quant import store
+    from .quant.gptq import GPTQOptions
+    from .quant.pipeline import Request, calibration_windows, quantize, summary
+
+    req = Request(bits=args.bits, group=args.group, method=args.method, budget=args.budget,
+                  embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
+                  window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order))
+    req.validate()
+    out = Path(args.output)
+    if out.exists() and not (out.is_dir() and (store.is_quantized(out) or not any(out.iterdir()))):
+        raise LutlmError(f"{out} exists and is not a quantised checkpoint; refusing to overwrite it")
+    ckpt = _load(args.source)
+    calib = None
+    if req.method == "gptq" or req.bits == "mixed":
+        tok = _tokenizer(ckpt)
+        texts = {name: load_text(name) for name in req.calib_texts}
+        calib = calibration_windows(texts, tok.encode, req.calib_windows, req.window)
+    from tqdm import tqdm
+
+    with tqdm(desc="quantize", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
+        quantized, info = quantize(ckpt, req, calib, log=lambda msg: bar.set_postfix_str(msg))
+    store.write(out, ckpt, quantized, info)
+    print(summary(info))
+    print(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lutlm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
     p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
     p.set_defaults(func=cmd_eval_ppl)
+
+    p = sub.add_parser("quantize", help="quantise a model's weights to 4, 3, 2 bits, ternary or a mix")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--bits", required=True, help="4, 3, 2, t (ternary) or mixed")
+    p.add_argument("--budget", type=float, help="bits per weight of the linear layers, scales included (mixed)")
+    p.add_argument("--group", type=int, default=32, help="weights per scale/minimum group (default 32)")
+    p.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
+    p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
+    p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")
+    p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
+    p.add_argument("--window", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")
+    p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("generate", help="greedy generation from the numpy reference model")
     p.add_argument("source", metavar="SOURCE")

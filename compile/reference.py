@@ -85,11 +85,50 @@ class Reference:
 
     def __init__(self, ckpt: Checkpoint):
         self.config = ckpt.config
-        self.w = ckpt.tensors
-        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.w = ckpt.tensors  # shared: quantisation swaps weights in place as it goes
+
+    @property
+    def output(self) -> np.ndarray:
+        return self.w.get("output.weight", self.w["token_embd.weight"])
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         return KVCache.empty(self.config, n_ctx or self.config.n_ctx)
+
+    # The stages of one transformer block, separately callable so that calibration can collect
+    # the input of every linear layer after the layers before it have been quantised.
+    def attn_input(self, i: int, x: np.ndarray) -> np.ndarray:
+        return rms_norm(x, self.w[f"blk.{i}.attn_norm.weight"], self.config.rms_eps)
+
+    def attend(self, i: int, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+               k_cache: np.ndarray, v_cache: np.ndarray, start: int) -> np.ndarray:
+        """Q/K/V projections, RoPE, cache update and causal attention; the input of attn_output."""
+        c, p, n = self.config, f"blk.{i}.", len(h)
+        q = (h @ self.w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim)
+        k = (h @ self.w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
+        v = (h @ self.w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
+        k_cache[start : start + n] = apply_rope(k, cos, sin, c.n_rot)
+        v_cache[start : start + n] = v
+        q = apply_rope(q, cos, sin, c.n_rot)
+        return attention(q, k_cache[: start + n], v_cache[: start + n], start)
+
+    def ffn_input(self, i: int, x: np.ndarray) -> np.ndarray:
+        return rms_norm(x, self.w[f"blk.{i}.ffn_norm.weight"], self.config.rms_eps)
+
+    def ffn_hidden(self, i: int, h: np.ndarray) -> np.ndarray:
+        """SwiGLU activation: the input of ffn_down."""
+        p = f"blk.{i}."
+        return silu(h @ self.w[p + "ffn_gate.weight"].T) * (h @ self.w[p + "ffn_up.weight"].T)
+
+    def linear(self, name: str, x: np.ndarray) -> np.ndarray:
+        return x @ self.w[name].T
+
+    def block(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
+        att = self.attend(i, self.attn_input(i, x), cos, sin, cache.k[i], cache.v[i], start)
+        x = x + self.linear(f"blk.{i}.attn_output.weight", att)
+        return x + self.linear(f"blk.{i}.ffn_down.weight", self.ffn_hidden(i, self.ffn_input(i, x)))
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        return rms_norm(x, self.w["output_norm.weight"], self.config.rms_eps) @ self.output.T
 
     def forward(self, ids: list[int] | np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run tokens `ids` at positions cache.length.., append them to the cache, return logits.
@@ -108,22 +147,9 @@ class Reference:
         cos, sin = rope_tables(c, np.arange(start, start + n))
         x = self.w["token_embd.weight"][ids]
         for i in range(c.n_layer):
-            p = f"blk.{i}."
-            h = rms_norm(x, self.w[p + "attn_norm.weight"], c.rms_eps)
-            q = (h @ self.w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim)
-            k = (h @ self.w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
-            v = (h @ self.w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
-            cache.k[i, start : start + n] = apply_rope(k, cos, sin, c.n_rot)
-            cache.v[i, start : start + n] = v
-            q = apply_rope(q, cos, sin, c.n_rot)
-            att = attention(q, cache.k[i, : start + n], cache.v[i, : start + n], start)
-            x = x + att @ self.w[p + "attn_output.weight"].T
-            h = rms_norm(x, self.w[p + "ffn_norm.weight"], c.rms_eps)
-            gate = silu(h @ self.w[p + "ffn_gate.weight"].T)
-            x = x + (gate * (h @ self.w[p + "ffn_up.weight"].T)) @ self.w[p + "ffn_down.weight"].T
+            x = self.block(i, x, cos, sin, cache, start)
         cache.length = start + n
-        x = rms_norm(x if all_logits else x[-1:], self.w["output_norm.weight"], c.rms_eps)
-        logits = x @ self.output.T
+        logits = self.head(x if all_logits else x[-1:])
         return logits if all_logits else logits[0]
 
     def generate_greedy(self, prompt: list[int], max_tokens: int, stop_ids: set[int],

@@ -1,0 +1,1 @@
+"""Low-bit weight quantisation: formats, packing, round-to-nearest, GPTQ, mixed precision."""

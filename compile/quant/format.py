@@ -1,0 +1,121 @@
+"""Group-wise quantised weights: what a code means, and the simplest way to choose codes.
+
+Each output row is cut into groups of G consecutive input weights. A b-bit group stores codes
+q in [0, 2^b) with an f16 scale and an f16 minimum, w = q * scale + min (llama.cpp's Q4_1 form:
+a float minimum rather than an integer zero point, so requantising Q4_1 weights is exact).
+Symmetric groups (8-bit embeddings) put the minimum at -2^(b-1) * scale, which makes
+requantising llama.cpp's Q8_0 exact. Ternary groups store q in {0, 1, 2} with one f16 scale and w = (q - 1) * scale (BitNet b1.58's
+{-1, 0, +1} times an absmean scale); they occupy two bit-planes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LutlmError
+
+BITS = (2, 3, 4, 8)
+GROUPS = (32, 64, 96, 128, 192, 256)  # multiples of 32: bit-plane words never straddle groups
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int  # storage bits per weight (ternary: 2)
+    group: int
+    ternary: bool = False
+    symmetric: bool = False  # absmax grid centred on 0 (Q8_0-style); the minimum is -2^(b-1) * scale
+
+    def __post_init__(self) -> None:
+        if self.bits not in BITS:
+            raise LutlmError(f"bits must be one of {', '.join(map(str, BITS))} or t (ternary), not {self.bits}")
+        if self.group not in GROUPS:
+            raise LutlmError(f"group size must be one of {', '.join(map(str, GROUPS))}, not {self.group}")
+        if self.ternary and (self.bits != 2 or self.symmetric):
+            raise LutlmError("ternary weights are stored in 2 bit-planes")
+
+    @classmethod
+    def parse(cls, bits: str | int, group: int) -> "QuantSpec":
+        if str(bits) == "t":
+            return cls(2, group, ternary=True)
+        try:
+            return cls(int(bits), group)
+        except ValueError:
+            raise LutlmError(f"bits must be 2, 3, 4, 8 or t, not {bits!r}") from None
+
+    @property
+    def qmax(self) -> int:
+        return 2 if self.ternary else (1 << self.bits) - 1
+
+    @property
+    def bpw(self) -> float:
+        """Bits per weight including the f16 scale (and f16 minimum unless ternary)."""
+        return self.bits + (16 if self.ternary else 32) / self.group
+
+    @property
+    def name(self) -> str:
+        return f"{'t' if self.ternary else ('s' if self.symmetric else 'q') + str(self.bits)}g{self.group}"
+
+    def check_shape(self, shape: tuple[int, ...], tensor: str = "tensor") -> None:
+        if len(shape) != 2 or shape[1] % self.group or shape[1] % 32:
+            raise LutlmError(f"{tensor} of shape {shape}: the input dimension must be a multiple of "
+                             f"the group size {self.group} (and of 32, for bit-plane packing)")
+
+
+@dataclass
+class QTensor:
+    """Codes (rows, cols) uint8 and per-group f16 scale and minimum (rows, cols / group)."""
+
+    spec: QuantSpec
+    codes: np.ndarray
+    scale: np.ndarray
+    minimum: np.ndarray
+
+    def dequantize(self) -> np.ndarray:
+        rows, cols = self.codes.shape
+        g = self.spec.group
+        q = self.codes.reshape(rows, cols // g, g).astype(np.float32)
+        d = self.scale.astype(np.float32)[..., None]
+        m = self.minimum.astype(np.float32)[..., None]
+        return (d * q + m).reshape(rows, cols)
+
+    @property
+    def nbytes(self) -> float:
+        return self.codes.size * self.spec.bpw / 8
+
+
+def grid_params(w: np.ndarray, spec: QuantSpec, clip: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """f16 scale and minimum of each group; `w` is (..., group). `clip` < 1 shrinks the range."""
+    if spec.ternary:
+        scale = (np.abs(w).mean(axis=-1) * clip).astype(np.float16)
+        return scale, -scale
+    if spec.symmetric:
+        half = 1 << (spec.bits - 1)
+        scale = (np.abs(w).max(axis=-1) * clip / (half - 1)).astype(np.float16)
+        return scale, (scale.astype(np.float32) * -half).astype(np.float16)
+    lo, hi = w.min(axis=-1), w.max(axis=-1)
+    if clip != 1.0:
+        mid = (lo + hi) / 2
+        lo, hi = mid + (lo - mid) * clip, mid + (hi - mid) * clip
+    scale = ((hi - lo) / spec.qmax).astype(np.float16)
+    return scale, lo.astype(np.float16)
+
+
+def quantize_to_grid(w: np.ndarray, scale: np.ndarray, minimum: np.ndarray, qmax: int) -> np.ndarray:
+    """Nearest codes for `w` on the grid q * scale + minimum (broadcasting scale/minimum over w)."""
+    d = scale.astype(np.float32)
+    m = minimum.astype(np.float32)
+    safe = np.where(d == 0, 1.0, d)
+    q = np.rint((w - m) / safe)
+    return np.clip(np.where(d == 0, 0, q), 0, qmax).astype(np.uint8)
+
+
+def quantize_rtn(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> QTensor:
+    """Round-to-nearest on the min-max (or absmean, for ternary) grid of each group."""
+    spec.check_shape(w.shape, name)
+    rows, cols = w.shape
+    groups = w.astype(np.float32).reshape(rows, cols // spec.group, spec.group)
+    scale, minimum = grid_params(groups, spec)
+    codes = quantize_to_grid(groups, scale[..., None], minimum[..., None], spec.qmax)
+    return QTensor(spec, codes.reshape(rows, cols), scale, minimum)

@@ -1,0 +1,101 @@
+"""Mixed precision: spend a bits-per-weight budget where the model measurably needs it.
+
+Sensitivity is measured, not guessed: for each linear tensor alone, quantise it (round-to-nearest
+at the cheapest option) and measure the KL divergence of the model's next-token distribution from
+the unquantised model's on a calibration window, restarting from the cached input of that
+tensor's block. Other options are scaled by their weight rounding error relative to the measured
+one (output error is quadratic in weight error). A greedy multiple-choice knapsack then upgrades
+whichever tensor buys the most KL per extra bit until the budget is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import LutlmError
+from ..perplexity import log_softmax
+from ..reference import Reference, rope_tables
+from .format import QuantSpec, quantize_rtn
+
+OPTIONS = tuple(QuantSpec(bits, group) for bits in (2, 3, 4) for group in (32, 64, 96, 192))
+
+
+def options_for(shape: tuple[int, ...], options: tuple[QuantSpec, ...] = OPTIONS) -> list[QuantSpec]:
+    """The options whose group size divides the tensor's input dimension."""
+    return [spec for spec in options if shape[1] % spec.group == 0]
+
+
+@dataclass
+class Sensitivity:
+    name: str
+    size: int
+    kl: dict[QuantSpec, float]  # estimated KL divergence caused by quantising this tensor alone
+
+
+def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
+    logp = log_softmax(logits)
+    return float((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1).mean())
+
+
+def measure(model: Reference, names: list[str], window: list[int],
+            options: tuple[QuantSpec, ...] = OPTIONS,
+            progress: Callable[[str], None] | None = None) -> list[Sensitivity]:
+    c = model.config
+    n = len(window)
+    cos, sin = rope_tables(c, np.arange(n))
+    cache = model.new_cache(n)
+    xs = [model.w["token_embd.weight"][np.asarray(window)]]
+    for i in range(c.n_layer):
+        xs.append(model.block(i, xs[-1], cos, sin, cache, 0))
+    ref_logp = log_softmax(model.head(xs[-1]))
+    result = []
+    for k, name in enumerate(names):
+        layer = int(name.split(".")[1])
+        original = model.w[name]
+        valid = options_for(original.shape, options)
+        if not valid:
+            raise LutlmError(f"{name}: no group size among the options divides {original.shape[1]}")
+        probe = min(valid, key=lambda s: s.bpw)
+        errors = {spec: float(np.mean((quantize_rtn(original, spec, name).dequantize() - original) ** 2))
+                  for spec in valid}
+        model.w[name] = quantize_rtn(original, probe, name).dequantize()
+        x = xs[layer]
+        for i in range(layer, c.n_layer):
+            x = model.block(i, x, cos, sin, cache, 0)
+        kl = _kl(ref_logp, model.head(x))
+        model.w[name] = original
+        scale = kl / errors[probe] if errors[probe] > 0 else 0.0
+        result.append(Sensitivity(name, original.size, {spec: errors[spec] * scale for spec in valid}))
+        if progress:
+            progress(f"{k + 1}/{len(names)} {name}")
+    return result
+
+
+def allocate(sensitivities: list[Sensitivity], budget_bpw: float) -> dict[str, QuantSpec]:
+    """Cheapest-first greedy: repeatedly take the upgrade with the best KL saved per bit added."""
+    total = sum(s.size for s in sensitivities)
+    choice = {s.name: min(s.kl, key=lambda spec: spec.bpw) for s in sensitivities}
+    spent = sum(s.size * choice[s.name].bpw for s in sensitivities)
+    if spent > budget_bpw * total + 1e-9:
+        raise LutlmError(f"a budget of {budget_bpw} bits per weight is below the cheapest mix ({spent / total:.3f})")
+    by_name = {s.name: s for s in sensitivities}
+    while True:
+        best = None
+        for name, current in choice.items():
+            s = by_name[name]
+            for spec in s.kl:
+                extra = s.size * (spec.bpw - current.bpw)
+                gain = s.kl[current] - s.kl[spec]
+                if extra <= 0 or gain <= 0 or spent + extra > budget_bpw * total + 1e-9:
+                    continue
+                ratio = gain / extra
+                if best is None or ratio > best[0]:
+                    best = (ratio, name, spec, extra)
+        if best is None:
+            return choice
+        _, name, spec, extra = best
+        choice[name] = spec
+        spent += extra

@@ -1,0 +1,127 @@
+"""`lutlm quantize`: from a checkpoint and a request to quantised tensors plus honest statistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..checkpoint import Checkpoint
+from ..errors import LutlmError
+from ..perplexity import windows
+from ..reference import Reference
+from .calibration import gptq_model
+from .format import QTensor, QuantSpec, quantize_rtn
+from .gptq import GPTQOptions
+from .mixed import allocate, measure
+
+LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+EMBEDDINGS = ("token_embd.weight", "output.weight")
+
+
+@dataclass
+class Request:
+    bits: str  # "4", "3", "2", "t" or "mixed"
+    group: int = 32
+    method: str = "gptq"
+    budget: float | None = None
+    embed_bits: int = 8
+    calib_texts: list[str] = field(default_factory=lambda: ["c4", "code"])
+    calib_windows: int = 32
+    window: int = 512
+    gptq: GPTQOptions = GPTQOptions()
+
+    def validate(self) -> None:
+        if self.method not in ("rtn", "gptq"):
+            raise LutlmError(f"method must be rtn or gptq, not {self.method!r}")
+        if self.bits == "mixed":
+            if self.budget is None:
+                raise LutlmError("--bits mixed needs --budget BPW (bits per weight, scales included)")
+        elif self.budget is not None:
+            raise LutlmError("--budget applies to --bits mixed only")
+        else:
+            QuantSpec.parse(self.bits, self.group)
+        if self.embed_bits not in (4, 8):
+            raise LutlmError(f"--embed-bits must be 4 or 8, not {self.embed_bits}")
+        if self.calib_windows < 1:
+            raise LutlmError("--calib-windows must be at least 1")
+
+
+def linear_names(ckpt: Checkpoint) -> list[str]:
+    return [f"blk.{i}.{part}.weight" for i in range(ckpt.config.n_layer) for part in LINEAR]
+
+
+def bits_per_weight(specs: dict[str, QuantSpec], ckpt: Checkpoint) -> float:
+    sizes = {name: ckpt.tensors[name].size for name in specs}
+    return sum(specs[n].bpw * sizes[n] for n in specs) / sum(sizes.values())
+
+
+def calibration_windows(texts: dict[str, str], encode: Callable[[str], list[int]], count: int,
+                        size: int) -> list[list[int]]:
+    """`count` windows of `size` tokens, taken in turn from each calibration text."""
+    per_text = []
+    for name, text in texts.items():
+        tokens = encode(text)
+        if len(tokens) < size:
+            raise LutlmError(f"calibration text {name!r} has {len(tokens)} tokens; a window needs {size}")
+        per_text.append(windows(tokens, size, len(tokens) // size))
+    picked = [w for group in zip(*per_text) for w in group][:count]
+    if len(picked) < count:
+        raise LutlmError(f"the calibration texts give {len(picked)} windows of {size} tokens; {count} requested")
+    return picked
+
+
+def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
+             log: Callable[[str], None] = lambda msg: None) -> tuple[dict[str, QTensor], dict[str, Any]]:
+    """Quantise `ckpt` as requested; its tensors are left untouched. Returns tensors and statistics."""
+    req.validate()
+    t0 = time.perf_counter()
+    names = linear_names(ckpt)
+    model = Reference(Checkpoint(ckpt.config, dict(ckpt.tensors), ckpt.tokenizer))
+    out: dict[str, QTensor] = {}
+    for name in EMBEDDINGS:
+        if name in model.w:
+            spec = QuantSpec(8, 32, symmetric=True) if req.embed_bits == 8 else QuantSpec(4, 32)
+            out[name] = quantize_rtn(model.w[name], spec, name)
+            model.w[name] = out[name].dequantize()
+
+    if req.bits == "mixed":
+        if not calib:
+            raise LutlmError("mixed precision needs calibration text to measure sensitivity")
+        log("measuring the sensitivity of each tensor")
+        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], progress=log)
+        plan = allocate(sens, req.budget)
+    else:
+        spec = QuantSpec.parse(req.bits, req.group)
+        for name in names:
+            spec.check_shape(model.w[name].shape, name)
+        plan = {name: spec for name in names}
+
+    if req.method == "gptq":
+        if not calib:
+            raise LutlmError("GPTQ needs calibration text")
+        out.update(gptq_model(model, plan, calib, req.gptq, progress=log))
+    else:
+        for name in names:
+            out[name] = quantize_rtn(model.w[name], plan[name], name)
+    seconds = time.perf_counter() - t0
+    emb = {n: out[n].spec for n in EMBEDDINGS if n in out}
+    info = {
+        "method": req.method, "bits": req.bits, "group": req.group if req.bits != "mixed" else None,
+        "budget": req.budget, "embed_bits": req.embed_bits,
+        "calibration": None if req.method == "rtn" and req.bits != "mixed" else
+        {"texts": req.calib_texts, "windows": len(calib or []), "window": req.window,
+         "damp": req.gptq.damp, "act_order": req.gptq.act_order},
+        "bpw_linear": round(bits_per_weight(plan, ckpt), 4),
+        "bpw_embedding": round(bits_per_weight(emb, ckpt), 4),
+        "mix": {spec.name: sum(1 for s in plan.values() if s == spec) for spec in sorted(set(plan.values()), key=lambda s: s.bpw)},
+        "seconds": round(seconds, 1),
+    }
+    return out, info
+
+
+def summary(info: dict[str, Any]) -> str:
+    mix = ", ".join(f"{k}: {v}" for k, v in info["mix"].items())
+    return (f"{info['method']} {info['bits']}: {info['bpw_linear']:.3f} bits per weight in linear layers "
+            f"({mix}), embedding {info['bpw_embedding']:.2f}; {info['seconds']:.0f} s")
+

@@ -1,0 +1,114 @@
+"""The quantised checkpoint on disk: a folder that `lutlm eval ppl` (and later `lutlm compile`) reads.
+
+    quantized.json       format and version, model config, per-tensor spec, method and statistics
+    tokenizer.json       Hugging Face format, as the runtime reads it
+    weights.safetensors  NAME.planes (u32 bit-planes), NAME.scale / NAME.min (f16), norms as f32
+
+Codes are stored in the bit-plane layout the LUT kernels read, so file size follows bits per weight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, ModelConfig
+from ..errors import LutlmError
+from .format import QTensor, QuantSpec
+from .packing import pack_bitplanes, unpack_bitplanes
+
+FORMAT = "lutlm-quantized"
+VERSION = 1
+MANIFEST = "quantized.json"
+
+
+def is_quantized(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict[str, Any]) -> None:
+    """Write atomically: into a temporary sibling folder, renamed into place when complete."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (is_quantized(out) or not any(out.iterdir()))):
+        raise LutlmError(f"{out} exists and is not a quantised checkpoint; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        tensors: dict[str, Any] = {}
+        for name, value in ckpt.tensors.items():
+            q = quantized.get(name)
+            if q is None:
+                arrays[name] = np.ascontiguousarray(value, np.float32)
+                tensors[name] = {"kind": "float", "shape": list(value.shape)}
+                continue
+            arrays[name + ".planes"] = pack_bitplanes(q.codes, q.spec.bits)
+            arrays[name + ".scale"] = np.ascontiguousarray(q.scale)
+            if not q.spec.ternary:
+                arrays[name + ".min"] = np.ascontiguousarray(q.minimum)
+            tensors[name] = {"kind": "quantized", "shape": list(q.codes.shape), "bits": q.spec.bits,
+                             "group": q.spec.group, "ternary": q.spec.ternary,
+                             "symmetric": q.spec.symmetric}
+        save_file(arrays, str(tmp / "weights.safetensors"))
+        (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
+        manifest = {"format": FORMAT, "version": VERSION, "config": asdict(ckpt.config),
+                    "chat_template": ckpt.chat_template, "source": ckpt.source, "tensors": tensors, **info}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read(folder: Path) -> tuple[Checkpoint, dict[str, QTensor]]:
+    """The checkpoint with dequantised fp32 tensors, and the quantised tensors themselves."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LutlmError(f"{folder}: damaged quantised checkpoint ({exc})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise LutlmError(f"{folder}: quantised checkpoint format {manifest.get('format')!r} version "
+                         f"{manifest.get('version')!r}; this lutlm reads {FORMAT!r} version {VERSION}")
+    try:
+        arrays = load_file(str(folder / "weights.safetensors"))
+    except (OSError, SafetensorError) as exc:
+        raise LutlmError(f"{folder}/weights.safetensors: unreadable ({exc})") from None
+    config = ModelConfig(**manifest["config"])
+    tensors: dict[str, np.ndarray] = {}
+    quantized: dict[str, QTensor] = {}
+    types: dict[str, str] = {}
+    try:
+        for name, meta in manifest["tensors"].items():
+            if meta["kind"] == "float":
+                tensors[name] = arrays[name]
+                types[name] = "F32"
+                continue
+            spec = QuantSpec(meta["bits"], meta["group"], meta["ternary"], meta["symmetric"])
+            codes = unpack_bitplanes(arrays[name + ".planes"])
+            scale = arrays[name + ".scale"]
+            minimum = -scale if spec.ternary else arrays[name + ".min"]
+            q = QTensor(spec, codes, scale, minimum)
+            if list(codes.shape) != meta["shape"]:
+                raise LutlmError(f"{folder}: tensor {name} has shape {codes.shape}, manifest says {meta['shape']}")
+            quantized[name] = q
+            tensors[name] = q.dequantize()
+            types[name] = spec.name
+    except KeyError as exc:
+        raise LutlmError(f"{folder}: weights.safetensors lacks {exc.args[0]}") from None
+    ckpt = Checkpoint(config, tensors, tokenizer, manifest.get("chat_template"), str(folder), types)
+    return ckpt, quantized
