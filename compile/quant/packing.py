@@ -24,7 +24,8 @@ def pack_bitplanes(codes: np.ndarray, planes: int) -> np.ndarray:
     if codes.size and int(codes.max()) >> planes:
         raise LutlmError(f"codes do not fit in {planes} bit-planes")
     c = codes.astype(np.uint32).reshape(rows, cols // 32, 32)
-    return np.stack([(((c >> j) & 1) << _SHIFTS).sum(axis=-1, dtype=np.uint32) for j in range(planes)])
+    return np.ascontiguousarray(np.stack([(((c >> j) & 1) << _SHIFTS).sum(axis=-1, dtype=np.uint32)
+                                          for j in range(planes)]))
 
 
 def unpack_bitplanes(planes: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def pack_dense(codes: np.ndarray, bits: int) -> np.ndarray:
     padded[:, :cols] = codes
     c = padded.reshape(rows, -1, per)
     shifts = (np.arange(per, dtype=np.uint32) * bits)
-    return (c << shifts).sum(axis=-1, dtype=np.uint32)
+    return np.ascontiguousarray((c << shifts).sum(axis=-1, dtype=np.uint32))
 
 
 def unpack_dense(words: np.ndarray, bits: int, cols: int) -> np.ndarray:

@@ -58,7 +58,8 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
             tensors[name] = {"kind": "quantized", "shape": list(q.codes.shape), "bits": q.spec.bits,
                              "group": q.spec.group, "ternary": q.spec.ternary,
                              "symmetric": q.spec.symmetric}
-        save_file(arrays, str(tmp / "weights.safetensors"))
+        # safetensors writes an array's memory as it lies, ignoring strides: make every one C-ordered
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
         (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
         manifest = {"format": FORMAT, "version": VERSION, "config": asdict(ckpt.config),
                     "chat_template": ckpt.chat_template, "source": ckpt.source, "tensors": tensors, **info}
