@@ -9,7 +9,7 @@ import pytest
 from lutlm.checkpoint import load_checkpoint
 from lutlm.errors import LutlmError
 from lutlm.quant import store
-from lutlm.quant.format import QuantSpec, quantize_rtn
+from lutlm.quant.format import QuantSpec, grid_params, quantize_rtn, quantize_to_grid, search_grid
 from lutlm.quant.gptq import GPTQOptions, Hessian, gptq_quantize
 from lutlm.quant.mixed import Sensitivity, allocate
 from lutlm.quant.packing import (pack_bitplanes, pack_dense, pack_f16_pairs, unpack_bitplanes, unpack_dense,
@@ -57,6 +57,23 @@ def test_codes_stay_in_range_and_dequantise_near(bits):
     else:  # min-max grid: the error is at most half a step
         step = q.scale.astype(np.float32).repeat(32, axis=1)
         assert np.all(np.abs(q.dequantize() - w) <= step / 2 + 1e-3)
+
+
+@pytest.mark.parametrize("bits", ["4", "3", "2", "t"])
+def test_grid_search_never_loses_to_min_max(bits):
+    spec = QuantSpec.parse(bits, 32)
+    w = (RNG.standard_t(3, size=(64, 32)) * 0.1).astype(np.float32)
+    importance = RNG.uniform(0.1, 10, size=32).astype(np.float32)
+
+    def error(params):
+        scale, minimum = params
+        q = quantize_to_grid(w, scale[:, None], minimum[:, None], spec.qmax)
+        deq = q * scale.astype(np.float32)[:, None] + minimum.astype(np.float32)[:, None]
+        return (importance * (deq - w) ** 2).sum(axis=1)
+
+    searched, plain = error(search_grid(w, spec, importance)), error(grid_params(w, spec))
+    assert np.all(searched <= plain * (1 + 1e-5))
+    assert searched.sum() < 0.9 * plain.sum()
 
 
 def test_symmetric_8bit_requantises_q8_0_exactly():

@@ -102,6 +102,48 @@ def grid_params(w: np.ndarray, spec: QuantSpec, clip: float = 1.0) -> tuple[np.n
     return scale, lo.astype(np.float16)
 
 
+CLIP_CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+TERNARY_SCALE_CANDIDATES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.7)  # multiples of the absmean
+
+
+def search_grid(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scale/minimum per row of one group `w` (rows, group) minimising importance-weighted error.
+
+    For each candidate range, codes are rounded, then scale and minimum are refitted to those
+    codes by weighted least squares (as llama.cpp's k-quants and imatrix do), and the best fit
+    after f16 rounding wins. `importance` (group,) is typically the Hessian diagonal.
+    """
+    w = w.astype(np.float32)
+    h = np.ones(w.shape[1], np.float32) if importance is None else importance.astype(np.float32) + 1e-12
+    best_err = np.full(w.shape[0], np.inf, np.float32)
+    best = grid_params(w, spec)
+    for clip in TERNARY_SCALE_CANDIDATES if spec.ternary else CLIP_CANDIDATES:
+        scale, minimum = grid_params(w, spec, clip)
+        q = quantize_to_grid(w, scale[:, None], minimum[:, None], spec.qmax).astype(np.float32)
+        if spec.ternary:
+            t = q - 1
+            den = (h * t * t).sum(axis=1)
+            s = np.where(den > 0, (h * t * w).sum(axis=1) / np.where(den > 0, den, 1), scale)
+            scale = np.abs(s).astype(np.float16)
+            minimum = -scale
+        elif not spec.symmetric:
+            a, b, c = (h * q * q).sum(1), (h * q).sum(1), h.sum()
+            y1, y2 = (h * q * w).sum(1), (h * w).sum(1)
+            det = a * c - b * b
+            ok = det > 1e-12 * np.maximum(a * c, 1e-30)
+            safe = np.where(ok, det, 1)
+            s = np.where(ok, (c * y1 - b * y2) / safe, scale)
+            m = np.where(ok, (a * y2 - b * y1) / safe, minimum)
+            scale, minimum = np.maximum(s, 0).astype(np.float16), m.astype(np.float16)
+        q = quantize_to_grid(w, scale[:, None], minimum[:, None], spec.qmax)
+        deq = q * scale.astype(np.float32)[:, None] + minimum.astype(np.float32)[:, None]
+        err = (h * (deq - w) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = (np.where(better, scale, best[0]), np.where(better, minimum, best[1]))
+    return best
+
+
 def quantize_to_grid(w: np.ndarray, scale: np.ndarray, minimum: np.ndarray, qmax: int) -> np.ndarray:
     """Nearest codes for `w` on the grid q * scale + minimum (broadcasting scale/minimum over w)."""
     d = scale.astype(np.float32)

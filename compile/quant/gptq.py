@@ -14,10 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LutlmError
-from .format import QTensor, QuantSpec, grid_params, quantize_to_grid
+from .format import QTensor, QuantSpec, grid_params, quantize_to_grid, search_grid
 
-CLIP_CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
-TERNARY_SCALE_CANDIDATES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5)  # multiples of the absmean
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,7 @@ class GPTQOptions:
     damp: float = 0.01  # fraction of the mean Hessian diagonal added to the diagonal
     act_order: bool = True
     block: int = 128  # columns per lazy batch update
-    clip_search: bool = True  # per group, the range shrink that minimises the rounding error
+    grid_search: bool = True  # per group, the Hessian-weighted best scale/minimum (else min-max)
 
 
 class Hessian:
@@ -44,23 +42,6 @@ class Hessian:
         if self.n == 0:
             raise LutlmError("no calibration activations reached this layer")
         return self.h * (2.0 / self.n)
-
-
-def _group_params(w: np.ndarray, spec: QuantSpec, clip_search: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scale/minimum per row for one group of columns `w` (rows, group)."""
-    if not clip_search:
-        return grid_params(w, spec)
-    best_err = np.full(w.shape[0], np.inf)
-    best = grid_params(w, spec)
-    for clip in TERNARY_SCALE_CANDIDATES if spec.ternary else CLIP_CANDIDATES:
-        scale, minimum = grid_params(w, spec, clip)
-        q = quantize_to_grid(w, scale[:, None], minimum[:, None], spec.qmax)
-        deq = q * scale.astype(np.float32)[:, None] + minimum.astype(np.float32)[:, None]
-        err = (np.abs(deq - w) ** 2.4).sum(axis=1)  # the GPTQ reference's norm for this search
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best = (np.where(better, scale, best[0]), np.where(better, minimum, best[1]))
-    return best
 
 
 def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, spec: QuantSpec,
@@ -102,7 +83,11 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, spec: QuantSpec,
                 inside = pos < b1
                 values[:, inside] = wb[:, pos[inside] - b0]
                 values[:, ~inside] = w[:, pos[~inside]]
-                scale[:, grp], minimum[:, grp] = _group_params(values.astype(np.float32), spec, options.clip_search)
+                if options.grid_search:
+                    params = search_grid(values, spec, np.diag(h)[pos])
+                else:
+                    params = grid_params(values.astype(np.float32), spec)
+                scale[:, grp], minimum[:, grp] = params
                 ready[grp] = True
             d = scale[:, grp].astype(np.float32)
             m = minimum[:, grp].astype(np.float32)

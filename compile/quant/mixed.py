@@ -1,7 +1,7 @@
 """Mixed precision: spend a bits-per-weight budget where the model measurably needs it.
 
 Sensitivity is measured, not guessed: for each linear tensor alone, quantise it (round-to-nearest
-at the cheapest option) and measure the KL divergence of the model's next-token distribution from
+at the option nearest the budget) and measure the KL divergence of the model's next-token distribution from
 the unquantised model's on a calibration window, restarting from the cached input of that
 tensor's block. Other options are scaled by their weight rounding error relative to the measured
 one (output error is quadratic in weight error). A greedy multiple-choice knapsack then upgrades
@@ -40,9 +40,10 @@ def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
     return float((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1).mean())
 
 
-def measure(model: Reference, names: list[str], window: list[int],
+def measure(model: Reference, names: list[str], window: list[int], budget_bpw: float,
             options: tuple[QuantSpec, ...] = OPTIONS,
             progress: Callable[[str], None] | None = None) -> list[Sensitivity]:
+    """Per tensor, KL divergence when it alone is quantised; measured at the option nearest the budget."""
     c = model.config
     n = len(window)
     cos, sin = rope_tables(c, np.arange(n))
@@ -58,7 +59,7 @@ def measure(model: Reference, names: list[str], window: list[int],
         valid = options_for(original.shape, options)
         if not valid:
             raise LutlmError(f"{name}: no group size among the options divides {original.shape[1]}")
-        probe = min(valid, key=lambda s: s.bpw)
+        probe = min(valid, key=lambda s: (abs(s.bpw - budget_bpw), s.bpw))
         errors = {spec: float(np.mean((quantize_rtn(original, spec, name).dequantize() - original) ** 2))
                   for spec in valid}
         model.w[name] = quantize_rtn(original, probe, name).dequantize()

@@ -89,7 +89,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         if not calib:
             raise LutlmError("mixed precision needs calibration text to measure sensitivity")
         log("measuring the sensitivity of each tensor")
-        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], progress=log)
+        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], req.budget, progress=log)
         plan = allocate(sens, req.budget)
     else:
         spec = QuantSpec.parse(req.bits, req.group)

@@ -1,0 +1,80 @@
+"""Quantise a model every way the README's table lists and measure each result's perplexity.
+
+Usage: .venv/bin/python scripts/quant_table.py [--model NAME] [--out DIR] [--rows ROW ...]
+
+Runs `lutlm quantize` and `lutlm eval ppl` (wiki: 40 windows, tiny: 20 windows of 512 tokens) as
+subprocesses, one row at a time, and prints a Markdown table; rows already measured (their
+results JSON exists in DIR) are reused, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS: dict[str, list[str]] = {
+    "rtn-4": ["--bits", "4", "--method", "rtn"],
+    "rtn-3": ["--bits", "3", "--method", "rtn"],
+    "rtn-2": ["--bits", "2", "--method", "rtn"],
+    "rtn-t": ["--bits", "t", "--method", "rtn"],
+    "gptq-4": ["--bits", "4"],
+    "gptq-3": ["--bits", "3"],
+    "gptq-3-g64": ["--bits", "3", "--group", "64"],
+    "gptq-2": ["--bits", "2"],
+    "gptq-t": ["--bits", "t"],
+    "mixed-3.0": ["--bits", "mixed", "--budget", "3.0"],
+    "mixed-2.5": ["--bits", "mixed", "--budget", "2.5"],
+}
+EVALS = {"wiki": 40, "tiny": 20}
+LUTLM = [sys.executable, "-m", "lutlm.cli"]
+
+
+def ppl(source: str, text: str, windows: int) -> float:
+    proc = subprocess.run([*LUTLM, "eval", "ppl", source, "--text", text, "--windows", str(windows)],
+                          capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1].split()[1])
+
+
+def measure(model: str, row: str, out: Path) -> dict:
+    result_file = out / f"{row}.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    if row == "source":
+        result = {"row": row, "bpw_linear": None, "seconds": 0.0, "source": model}
+        target = model
+    else:
+        target = str(out / row)
+        t0 = time.perf_counter()
+        subprocess.run([*LUTLM, "quantize", model, *ROWS[row], "-o", target], check=True, stdout=subprocess.DEVNULL)
+        info = json.loads((out / row / "quantized.json").read_text())
+        result = {"row": row, "bpw_linear": info["bpw_linear"], "bpw_embedding": info["bpw_embedding"],
+                  "mix": info["mix"], "seconds": info["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1)}
+    for text, windows in EVALS.items():
+        result[text] = ppl(target, text, windows)
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--out", default="results/quant")
+    parser.add_argument("--rows", nargs="*", default=["source", *ROWS])
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print("| variant | bpw (linear) | wiki (40) | tiny (20) | quantisation time |")
+    print("|---|---|---|---|---|")
+    for row in args.rows:
+        r = measure(args.model, row, out)
+        bpw = "5.00 (shipped Q4_1)" if row == "source" else f"{r['bpw_linear']:.3f}"
+        secs = "" if row == "source" else f"{r['seconds']:.0f} s"
+        print(f"| {row} | {bpw} | {r['wiki']:.2f} | {r['tiny']:.2f} | {secs} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
