@@ -121,8 +121,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
                   window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order))
     req.validate()
     out = Path(args.output)
-    if out.exists() and not (out.is_dir() and (store.is_quantized(out) or not any(out.iterdir()))):
-        raise LutlmError(f"{out} exists and is not a quantised checkpoint; refusing to overwrite it")
+    store.check_output(out)  # before minutes of work, not after
     ckpt = _load(args.source)
     calib = None
     if req.method == "gptq" or req.bits == "mixed":

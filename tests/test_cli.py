@@ -85,3 +85,29 @@ def test_bad_files_get_a_one_line_error(tmp_path, model_path, tiny_hf):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
     assert_one_line_error(run("tokenize", str(tiny_hf), str(tmp_path / "bin.txt")), "not UTF-8")
     assert_one_line_error(run("eval", "ppl", str(tiny_hf), "--text", "tiny", "--windows", "100000"), "windows")
+
+
+def test_quantize_then_evaluate(tiny_hf, tmp_path):
+    out = tmp_path / "q2"
+    proc = run("quantize", str(tiny_hf), "--bits", "2", "--method", "gptq", "--calib-windows", "4", "--window", "64",
+               "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    assert "3.000 bits per weight" in proc.stdout
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    ppl = run("eval", "ppl", str(out), "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
+    assert ppl.returncode == 0, ppl.stderr
+    assert ppl.stdout.strip().splitlines()[-1].startswith("ppl ")
+
+
+def test_quantize_bad_arguments(tiny_hf, tmp_path):
+    out = str(tmp_path / "q")
+    assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "5", "-o", out), "bits must be")
+    assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "--group", "48", "-o", out), "group size")
+    assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "--group", "128", "--method", "rtn", "-o", out),
+                          "multiple of the group size")
+    (tmp_path / "empty.txt").write_text("")
+    assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "--calib", str(tmp_path / "empty.txt"),
+                              "-o", out), "has 0 tokens")
+    assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "-o", str(tiny_hf)), "refusing to overwrite")
+    assert not (tmp_path / "q").exists()

@@ -1,9 +1,9 @@
 """Mixed precision: spend a bits-per-weight budget where the model measurably needs it.
 
 Sensitivity is measured, not guessed: for each linear tensor alone, quantise it (round-to-nearest
-at the option nearest the budget) and measure the KL divergence of the model's next-token distribution from
-the unquantised model's on a calibration window, restarting from the cached input of that
-tensor's block. Other options are scaled by their weight rounding error relative to the measured
+at the option nearest the budget) and measure the KL divergence of the model's next-token
+distribution from the unquantised model's on a calibration window, restarting from the cached
+input of that tensor's block. Other options are scaled by their weight rounding error relative to the measured
 one (output error is quadratic in weight error). A greedy multiple-choice knapsack then upgrades
 whichever tensor buys the most KL per extra bit until the budget is spent.
 """

@@ -33,13 +33,18 @@ def is_quantized(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def check_output(out: Path) -> None:
+    """Refuse to replace anything but an earlier quantised checkpoint or an empty folder."""
+    if out.exists() and not (out.is_dir() and (is_quantized(out) or not any(out.iterdir()))):
+        raise LutlmError(f"{out} exists and is not a quantised checkpoint; refusing to overwrite it")
+
+
 def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict[str, Any]) -> None:
     """Write atomically: into a temporary sibling folder, renamed into place when complete."""
     from safetensors.numpy import save_file
 
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (is_quantized(out) or not any(out.iterdir()))):
-        raise LutlmError(f"{out} exists and is not a quantised checkpoint; refusing to overwrite it")
+    check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
