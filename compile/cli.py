@@ -18,6 +18,7 @@ from .assets import ASSETS, DEFAULT_MODEL, fetch, resolve_source
 from .errors import LutlmError
 
 EXIT_ERROR = 2
+SOURCE_HELP = f"GGUF file, Hugging Face folder, quantised checkpoint folder, or {DEFAULT_MODEL}"
 
 
 def _tokenizer(ckpt):
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("tokenize", help="print the token ids of a text file")
-    p.add_argument("source", metavar="SOURCE", help=f"GGUF file, Hugging Face folder or {DEFAULT_MODEL}")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--special", action="store_true", help="parse special tokens such as <|im_start|>")
     p.set_defaults(func=cmd_tokenize)
@@ -154,14 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model")
     evals = p.add_subparsers(dest="metric", required=True)
     p = evals.add_parser("ppl", help="perplexity over consecutive windows of a text (no BOS)")
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("--text", default="wiki", help="wiki, tiny, c4, code, technical, multilingual, or a file path")
     p.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
     p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
     p.set_defaults(func=cmd_eval_ppl)
 
     p = sub.add_parser("quantize", help="quantise a model's weights to 4, 3, 2 bits, ternary or a mix")
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("--bits", required=True, help="4, 3, 2, t (ternary) or mixed")
     p.add_argument("--budget", type=float, help="bits per weight of the linear layers, scales included (mixed)")
     p.add_argument("--group", type=int, default=32, help="weights per scale/minimum group (default 32)")
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("generate", help="greedy generation from the numpy reference model")
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message (with --chat)")
