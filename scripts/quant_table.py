@@ -26,6 +26,7 @@ ROWS: dict[str, list[str]] = {
     "gptq-3-g64": ["--bits", "3", "--group", "64"],
     "gptq-2": ["--bits", "2"],
     "gptq-t": ["--bits", "t"],
+    "mixed-3.5": ["--bits", "mixed", "--budget", "3.5"],
     "mixed-3.0": ["--bits", "mixed", "--budget", "3.0"],
     "mixed-2.5": ["--bits", "mixed", "--budget", "2.5"],
 }
