@@ -100,11 +100,11 @@ def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
 
     With `tensors=False` only the config, tokenizer and chat template are read (fast: no weights).
     """
-    path = Path(source)
-    if path.is_dir() and (path / "quantized.json").is_file():
-        from .quant import store
+    from .quant import store
 
-        ckpt, _ = store.read(path)
+    path = Path(source)
+    if path.is_dir() and store.is_quantized(path):
+        ckpt, _ = store.read(path, tensors)
     elif path.is_dir():
         from .hf_intake import load_hf
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,9 @@ def load_hf(folder: Path, with_tensors: bool = True) -> Checkpoint:
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.exists() else {}
     gen_path = folder / "generation_config.json"
-    if gen_path.exists():
-        gen = _read_json(gen_path)
-        eos = _first_id(gen.get("eos_token_id"))
-        if eos is not None:
-            config = ModelConfig(**{**config.__dict__, "eos_id": eos})
-    config = ModelConfig(**{**config.__dict__, "add_bos": bool(tok_cfg.get("add_bos_token", False))})
+    gen_eos = _first_id(_read_json(gen_path).get("eos_token_id")) if gen_path.exists() else None
+    config = replace(config, eos_id=config.eos_id if gen_eos is None else gen_eos,
+                     add_bos=bool(tok_cfg.get("add_bos_token", False)))
 
     tensors: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}

@@ -58,15 +58,13 @@ def windows(tokens: Sequence[int], size: int, count: int) -> list[list[int]]:
 @dataclass
 class PerplexityResult:
     ppl: float
-    nll_sum: float
     scored: int
-    per_window: list[float]
 
 
 def perplexity(model: Reference, chunks: list[list[int]],
                progress: Callable[[int, float], None] | None = None) -> PerplexityResult:
     """exp of the mean NLL over every token after the first of each window; `progress(i, running_ppl)`."""
-    total, count, per_window = 0.0, 0, []
+    total, count = 0.0, 0
     for i, window in enumerate(chunks):
         logits = model.forward(window, model.new_cache(len(window)), all_logits=True)
         logp = log_softmax(logits[:-1])
@@ -74,7 +72,6 @@ def perplexity(model: Reference, chunks: list[list[int]],
         nll = float(-logp[np.arange(len(targets)), targets].sum())
         total += nll
         count += len(targets)
-        per_window.append(math.exp(nll / len(targets)))
         if progress:
             progress(i, math.exp(total / count))
-    return PerplexityResult(math.exp(total / count), total, count, per_window)
+    return PerplexityResult(math.exp(total / count), count)

@@ -32,19 +32,26 @@ def _escape(cp: int) -> str:
 
 
 @lru_cache(maxsize=None)
-def _category_ranges(major: str) -> str:
-    """Character-class body (no brackets) for every code point whose category starts with `major`."""
-    parts: list[str] = []
-    start = -1
+def _all_category_ranges() -> dict[str, str]:
+    """Character-class bodies (no brackets) for Letters and Numbers, from one scan of Unicode.
+
+    The scan over every code point is the tokenizer's start-up cost (noticeable under Pyodide),
+    so both classes come out of a single pass.
+    """
+    parts: dict[str, list[str]] = {"L": [], "N": []}
+    current, start = "", 0
     for cp in range(sys.maxunicode + 2):
-        inside = cp <= sys.maxunicode and unicodedata.category(chr(cp))[0] == major
-        if inside and start < 0:
-            start = cp
-        elif not inside and start >= 0:
-            end = cp - 1
-            parts.append(_escape(start) if start == end else f"{_escape(start)}-{_escape(end)}")
-            start = -1
-    return "".join(parts)
+        major = unicodedata.category(chr(cp))[0] if cp <= sys.maxunicode else ""
+        if major != current:
+            if current in parts:
+                end = cp - 1
+                parts[current].append(_escape(start) if start == end else f"{_escape(start)}-{_escape(end)}")
+            current, start = major, cp
+    return {major: "".join(body) for major, body in parts.items()}
+
+
+def _category_ranges(major: str) -> str:
+    return _all_category_ranges()[major]
 
 
 def translate_pattern(pattern: str) -> str:

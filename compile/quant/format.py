@@ -4,8 +4,8 @@ Each output row is cut into groups of G consecutive input weights. A b-bit group
 q in [0, 2^b) with an f16 scale and an f16 minimum, w = q * scale + min (llama.cpp's Q4_1 form:
 a float minimum rather than an integer zero point, so requantising Q4_1 weights is exact).
 Symmetric groups (8-bit embeddings) put the minimum at -2^(b-1) * scale, which makes
-requantising llama.cpp's Q8_0 exact. Ternary groups store q in {0, 1, 2} with one f16 scale and w = (q - 1) * scale (BitNet b1.58's
-{-1, 0, +1} times an absmean scale); they occupy two bit-planes.
+requantising llama.cpp's Q8_0 exact. Ternary groups store q in {0, 1, 2} with one f16 scale and
+w = (q - 1) * scale (BitNet b1.58's {-1, 0, +1} times an absmean scale); two bit-planes.
 """
 
 from __future__ import annotations
@@ -79,10 +79,6 @@ class QTensor:
         d = self.scale.astype(np.float32)[..., None]
         m = self.minimum.astype(np.float32)[..., None]
         return (d * q + m).reshape(rows, cols)
-
-    @property
-    def nbytes(self) -> float:
-        return self.codes.size * self.spec.bpw / 8
 
 
 def grid_params(w: np.ndarray, spec: QuantSpec, clip: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ from ..errors import LutlmError
 from .format import QTensor, QuantSpec, grid_params, quantize_to_grid, search_grid
 
 
-
 @dataclass(frozen=True)
 class GPTQOptions:
     damp: float = 0.01  # fraction of the mean Hessian diagonal added to the diagonal
@@ -34,7 +33,7 @@ class Hessian:
         self.n = 0
 
     def add(self, x: np.ndarray) -> None:
-        x = x.reshape(-1, x.shape[-1]).astype(np.float32)
+        x = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
         self.h += (x.T @ x).astype(np.float64)
         self.n += len(x)
 

@@ -3,8 +3,8 @@
 Sensitivity is measured, not guessed: for each linear tensor alone, quantise it (round-to-nearest
 at the option nearest the budget) and measure the KL divergence of the model's next-token
 distribution from the unquantised model's on a calibration window, restarting from the cached
-input of that tensor's block. Other options are scaled by their weight rounding error relative to the measured
-one (output error is quadratic in weight error). A greedy multiple-choice knapsack then upgrades
+input of that tensor's block. Other options are scaled by their weight rounding error relative
+to the measured one (output error is quadratic in weight error). A greedy multiple-choice knapsack then upgrades
 whichever tensor buys the most KL per extra bit until the budget is spent.
 """
 
@@ -60,9 +60,12 @@ def measure(model: Reference, names: list[str], window: list[int], budget_bpw: f
         if not valid:
             raise LutlmError(f"{name}: no group size among the options divides {original.shape[1]}")
         probe = min(valid, key=lambda s: (abs(s.bpw - budget_bpw), s.bpw))
-        errors = {spec: float(np.mean((quantize_rtn(original, spec, name).dequantize() - original) ** 2))
-                  for spec in valid}
-        model.w[name] = quantize_rtn(original, probe, name).dequantize()
+        errors = {}
+        for spec in valid:
+            deq = quantize_rtn(original, spec, name).dequantize()
+            errors[spec] = float(np.mean((deq - original) ** 2))
+            if spec == probe:
+                model.w[name] = deq
         x = xs[layer]
         for i in range(layer, c.n_layer):
             x = model.block(i, x, cos, sin, cache, 0)

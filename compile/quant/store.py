@@ -53,13 +53,13 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
         for name, value in ckpt.tensors.items():
             q = quantized.get(name)
             if q is None:
-                arrays[name] = np.ascontiguousarray(value, np.float32)
+                arrays[name] = value.astype(np.float32, copy=False)
                 tensors[name] = {"kind": "float", "shape": list(value.shape)}
                 continue
             arrays[name + ".planes"] = pack_bitplanes(q.codes, q.spec.bits)
-            arrays[name + ".scale"] = np.ascontiguousarray(q.scale)
+            arrays[name + ".scale"] = q.scale
             if not q.spec.ternary:
-                arrays[name + ".min"] = np.ascontiguousarray(q.minimum)
+                arrays[name + ".min"] = q.minimum
             tensors[name] = {"kind": "quantized", "shape": list(q.codes.shape), "bits": q.spec.bits,
                              "group": q.spec.group, "ternary": q.spec.ternary,
                              "symmetric": q.spec.symmetric}
@@ -77,8 +77,9 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
         raise
 
 
-def read(folder: Path) -> tuple[Checkpoint, dict[str, QTensor]]:
-    """The checkpoint with dequantised fp32 tensors, and the quantised tensors themselves."""
+def read(folder: Path, with_tensors: bool = True) -> tuple[Checkpoint, dict[str, QTensor]]:
+    """The checkpoint with dequantised fp32 tensors, and the quantised tensors themselves
+    (neither, with `with_tensors=False`: config, tokenizer and template only)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -90,11 +91,13 @@ def read(folder: Path) -> tuple[Checkpoint, dict[str, QTensor]]:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise LutlmError(f"{folder}: quantised checkpoint format {manifest.get('format')!r} version "
                          f"{manifest.get('version')!r}; this lutlm reads {FORMAT!r} version {VERSION}")
+    config = ModelConfig(**manifest["config"])
+    if not with_tensors:
+        return Checkpoint(config, {}, tokenizer, manifest.get("chat_template"), str(folder)), {}
     try:
         arrays = load_file(str(folder / "weights.safetensors"))
     except (OSError, SafetensorError) as exc:
         raise LutlmError(f"{folder}/weights.safetensors: unreadable ({exc})") from None
-    config = ModelConfig(**manifest["config"])
     tensors: dict[str, np.ndarray] = {}
     quantized: dict[str, QTensor] = {}
     types: dict[str, str] = {}
