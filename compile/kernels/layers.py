@@ -1,0 +1,141 @@
+"""The elementwise and per-token operators of a Llama block, as TIR.
+
+One invocation per output element or per row: on software WebGPU (invocations are SIMD lanes of a
+CPU) that beats workgroup reductions with barriers, and these kernels are a small share of a
+decode step next to the weight matmuls and attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm.script import tirx as T
+
+from .matmul import ROWS, _f16
+
+
+def embed(k: int, planes: int, group: int) -> Any:
+    """x[t, :] = dequantised row ids[t] of the quantised embedding (same layout as a weight, so
+    the tied output head shares it). An id outside the vocabulary reads row 0, never past the end."""
+
+    @T.prim_func
+    def f(ids_h: T.handle, w_h: T.handle, sm_h: T.handle, x_h: T.handle, m: T.int32, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        ids = T.match_buffer(ids_h, (m,), "int32")
+        w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
+        sm = T.match_buffer(sm_h, (k // group, n), "uint32")
+        x = T.match_buffer(x_h, (m, k), "float32")
+        for bx in T.thread_binding((m * k + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                q = T.alloc_buffer((1,), "uint32", scope="local")
+                row = T.alloc_buffer((1,), "int32", scope="local")
+                e = bx * ROWS + tx
+                if e < m * k:
+                    row[0] = T.Select(ids[e // k] >= 0 and ids[e // k] < n, ids[e // k], 0)
+                    q[0] = T.uint32(0)
+                    for j in T.unroll(planes):
+                        q[0] = q[0] | (((w[e % k // 32, j, row[0]] >> T.Cast("uint32", e % 32)) & T.uint32(1)) << T.uint32(j))
+                    x[e // k, e % k] = T.Cast("float32", q[0]) * _f16(sm[e % k // group, row[0]]) \
+                        + _f16(sm[e % k // group, row[0]] >> T.uint32(16))
+    return f
+
+
+def rms_norm(d: int) -> Any:
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight; one invocation per token."""
+
+    @T.prim_func
+    def f(x_h: T.handle, w_h: T.handle, out_h: T.handle, m: T.int32, eps: T.float32):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (m, d), "float32")
+        weight = T.match_buffer(w_h, (d,), "float32")
+        out = T.match_buffer(out_h, (m, d), "float32")
+        for bx in T.thread_binding((m + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                ss = T.alloc_buffer((1,), "float32", scope="local")
+                t = bx * ROWS + tx
+                if t < m:
+                    ss[0] = T.float32(0)
+                    for i in range(d):
+                        ss[0] = ss[0] + x[t, i] * x[t, i]
+                    ss[0] = T.rsqrt(ss[0] / T.float32(d) + eps)
+                    for i in range(d):
+                        out[t, i] = x[t, i] * ss[0] * weight[i]
+    return f
+
+
+def rope(heads: int, head_dim: int) -> Any:
+    """Rotate adjacent pairs (2i, 2i+1) of x (m, heads, head_dim) in place by the angle of
+    position pos + t; cos/sin come from a (ctx, head_dim/2, 2) table the runtime fills once."""
+    pairs = head_dim // 2
+
+    @T.prim_func
+    def f(x_h: T.handle, cs_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (m, heads, head_dim), "float32")
+        cs = T.match_buffer(cs_h, (ctx, pairs, 2), "float32")
+        for bx in T.thread_binding((m * heads * pairs + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                a = T.alloc_buffer((2,), "float32", scope="local")
+                e = bx * ROWS + tx
+                if e < m * heads * pairs and pos + e // (heads * pairs) < ctx:
+                    a[0] = x[e // (heads * pairs), e // pairs % heads, e % pairs * 2]
+                    a[1] = x[e // (heads * pairs), e // pairs % heads, e % pairs * 2 + 1]
+                    x[e // (heads * pairs), e // pairs % heads, e % pairs * 2] = \
+                        a[0] * cs[pos + e // (heads * pairs), e % pairs, 0] - a[1] * cs[pos + e // (heads * pairs), e % pairs, 1]
+                    x[e // (heads * pairs), e // pairs % heads, e % pairs * 2 + 1] = \
+                        a[0] * cs[pos + e // (heads * pairs), e % pairs, 1] + a[1] * cs[pos + e // (heads * pairs), e % pairs, 0]
+    return f
+
+
+def swiglu() -> Any:
+    """out = silu(gate) * up, elementwise over n values."""
+
+    @T.prim_func
+    def f(gate_h: T.handle, up_h: T.handle, out_h: T.handle, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        gate = T.match_buffer(gate_h, (n,), "float32")
+        up = T.match_buffer(up_h, (n,), "float32")
+        out = T.match_buffer(out_h, (n,), "float32")
+        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                if bx * ROWS + tx < n:
+                    out[bx * ROWS + tx] = gate[bx * ROWS + tx] / (T.float32(1) + T.exp(-gate[bx * ROWS + tx])) \
+                        * up[bx * ROWS + tx]
+    return f
+
+
+def add() -> Any:
+    """x += y over n values (the residual connection), in place."""
+
+    @T.prim_func
+    def f(x_h: T.handle, y_h: T.handle, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (n,), "float32")
+        y = T.match_buffer(y_h, (n,), "float32")
+        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                if bx * ROWS + tx < n:
+                    x[bx * ROWS + tx] = x[bx * ROWS + tx] + y[bx * ROWS + tx]
+    return f
+
+
+def kv_append(kv_heads: int, head_dim: int) -> Any:
+    """Store m new keys and values at positions pos.. of a layer's cache: keys transposed as
+    (kv_heads, head_dim, ctx) so attention's score loop reads consecutive positions, values as
+    (kv_heads, ctx, head_dim) so its output loop reads consecutive dimensions."""
+
+    @T.prim_func
+    def f(k_h: T.handle, v_h: T.handle, kc_h: T.handle, vc_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        k = T.match_buffer(k_h, (m, kv_heads, head_dim), "float32")
+        v = T.match_buffer(v_h, (m, kv_heads, head_dim), "float32")
+        kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
+        vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
+        for bx in T.thread_binding((m * kv_heads * head_dim + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                e = bx * ROWS + tx
+                t = e // (kv_heads * head_dim)
+                if e < m * kv_heads * head_dim and pos + t < ctx:
+                    kc[e // head_dim % kv_heads, e % head_dim, pos + t] = k[t, e // head_dim % kv_heads, e % head_dim]
+                    vc[e // head_dim % kv_heads, pos + t, e % head_dim] = v[t, e // head_dim % kv_heads, e % head_dim]
+    return f

@@ -1,0 +1,216 @@
+"""Weight matmuls as TIR: the T-MAC lookup-table GEMV, its dequantise baseline, and prefill GEMM.
+
+GPU layouts (see `layout.py`): bit-planes as (K/32, planes, N) u32 and group scale/minimum as one
+f16 pair per (K/G, N) u32, so that neighbouring invocations (one per output row) read neighbouring
+words. Software WebGPU runs invocations as SIMD lanes of a CPU, where that is a vector load
+instead of a gather; on a real GPU it is a coalesced read.
+
+The LUT GEMV computes y_r = sum_groups scale * sum_j 2^j sum_k b_jk x_k + min * sum_k x_k: the
+inner sums over four activations at a time come from a table of the 16 possible partial sums, so
+the work per weight falls with the number of bit-planes instead of being a dequantise per weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tvm.script import tirx as T
+
+ROWS = 64  # invocations per workgroup, one output row each
+TOKENS = 8  # tokens per invocation in the prefill GEMM (weights decoded once, used 8 times)
+
+
+def _f16(h: Any) -> Any:
+    """The f16 in the low 16 bits of u32 `h` as f32, by bit manipulation: no shader-f16 needed."""
+    h = h & T.uint32(0xFFFF)
+    return T.Select((h & T.uint32(0x7C00)) == T.uint32(0),
+             T.Cast("float32", h & T.uint32(0x3FF)) * T.float32(5.9604644775390625e-08)
+             * T.Select((h & T.uint32(0x8000)) != T.uint32(0), T.float32(-1), T.float32(1)),
+             T.reinterpret("float32", ((h & T.uint32(0x8000)) << T.uint32(16))
+                           | (((h & T.uint32(0x7FFF)) << T.uint32(13)) + T.uint32(0x38000000))))
+
+
+@dataclass(frozen=True)
+class Table:
+    """How activations are tabulated: `width` activations per table (4 is T-MAC's classic choice;
+    8 halves the lookups per weight at 16x the table), `mirror` keeps only the half of the entries
+    whose top weight bit is 0, the other half being their negatives (weights read as +-1)."""
+
+    width: int = 8
+    mirror: bool = False
+
+    @property
+    def entries(self) -> int:
+        return 1 << (self.width - (1 if self.mirror else 0))
+
+    def size(self, k: int) -> int:
+        """f32 words: the entries of each of the k/width tables, then the k/width sums of x."""
+        return k // self.width * (self.entries + 1)
+
+
+def lut_table(k: int, tab: Table) -> Any:
+    """Table build: entry p of table t is sum_i x[t*width + i] * (bit i of p) (mirror: times +-1),
+    so a lookup by `width` bits of one bit-plane is the dot product of those activations with
+    `width` one-bit weights. After the tables come the plain sums of each table's activations."""
+    width, entries, tables = tab.width, tab.entries, k // tab.width
+
+    low = min(4, entries.bit_length() - 1)  # entry bits handled by one invocation's unrolled loop
+    highs = entries >> low
+
+    def term(bit: Any, xi: Any) -> Any:
+        return T.Select(bit != 0, xi, -xi if tab.mirror else T.float32(0))
+
+    def subset_sum(xs: Any, bits: Any, first: int, count: int) -> Any:
+        """sum over i < count of term(bit i of `bits`, xs[first + i])."""
+        total = T.float32(0)
+        for i in range(count):
+            total = total + term((bits >> i) & 1, xs[first + i])
+        return total
+
+    @T.prim_func
+    def f(x_h: T.handle, table_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (k,), "float32")
+        table = T.match_buffer(table_h, (tab.size(k),), "float32")
+        for bx in T.thread_binding((tables * highs + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                xs = T.alloc_buffer((width,), "float32", scope="local")
+                high = T.alloc_buffer((1,), "float32", scope="local")
+                u = bx * ROWS + tx  # entries (u % highs) << low ... + (1 << low) - 1 of table u // highs
+                if u < tables * highs:
+                    for i in T.unroll(width):
+                        xs[i] = x[u // highs * width + i]
+                    high[0] = subset_sum(xs, u % highs, low, width - low)
+                    for lo in T.unroll(1 << low):
+                        table[u // highs * entries + u % highs * (1 << low) + lo] = high[0] + subset_sum(xs, lo, 0, low)
+                    if u % highs == 0:
+                        table[tables * entries + u // highs] = subset_sum(xs, (1 << width) - 1, 0, width)
+    return f
+
+
+def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
+    """y[n] = W x by table lookup over `planes` bit-planes; n (output rows) is a runtime size."""
+    width, entries, tables = tab.width, tab.entries, k // tab.width
+    gw, per = group // 32, 32 // tab.width
+    mask = (1 << width) - 1
+    # mirror: sum b*x = (S + sum x) / 2 with S the +-1 lookup, so the sum of x gets (2^planes - 1) / 2
+    xs_weight = ((1 << planes) - 1) / 2 if tab.mirror else 0.0
+    part_weight = 0.5 if tab.mirror else 1.0
+
+    def lookup(table: Any, base: Any, word: Any, s: int, j: int) -> Any:
+        """2^j times the entry of table `base` picked by bits [width*s, width*s + width) of `word`."""
+        idx = (word >> T.uint32(width * s)) & T.uint32(mask)
+        if not tab.mirror:
+            return T.float32(1 << j) * table[base + T.Cast("int32", idx)]
+        top = idx >> T.uint32(width - 1)
+        e = T.Cast("int32", (idx ^ (top * T.uint32(mask))) & T.uint32(entries - 1))
+        return T.Select(top != T.uint32(0), T.float32(-(1 << j)), T.float32(1 << j)) * table[base + e]
+
+    @T.prim_func
+    def f(table_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        table = T.match_buffer(table_h, (tab.size(k),), "float32")
+        w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
+        sm = T.match_buffer(sm_h, (k // group, n), "uint32")
+        y = T.match_buffer(y_h, (n,), "float32")
+        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                acc = T.alloc_buffer((1,), "float32", scope="local")
+                part = T.alloc_buffer((1,), "float32", scope="local")
+                xsum = T.alloc_buffer((1,), "float32", scope="local")
+                r = bx * ROWS + tx
+                if r < n:
+                    acc[0] = T.float32(0)
+                    for g in range(k // group):
+                        part[0] = T.float32(0)
+                        xsum[0] = T.float32(0)
+                        for v in range(gw):
+                            for s in T.unroll(per):
+                                xsum[0] = xsum[0] + table[tables * entries + (g * gw + v) * per + s]
+                            for j in T.unroll(planes):
+                                for s in T.unroll(per):
+                                    part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries,
+                                                               w[g * gw + v, j, r], s, j)
+                        acc[0] = acc[0] + _f16(sm[g, r]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
+                            + _f16(sm[g, r] >> T.uint32(16)) * xsum[0]
+                    y[r] = acc[0]
+    return f
+
+
+def dequant_gemv(k: int, bits: int, group: int) -> Any:
+    """The baseline: decode each b-bit code from a dense word (32/b codes per u32, MLC q4f16_1
+    style) and multiply; same group arithmetic as the LUT kernel, so only the inner loop differs."""
+    per = 32 // bits
+    mask = (1 << bits) - 1
+
+    @T.prim_func
+    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (k,), "float32")
+        w = T.match_buffer(w_h, (k // per, n), "uint32")
+        sm = T.match_buffer(sm_h, (k // group, n), "uint32")
+        y = T.match_buffer(y_h, (n,), "float32")
+        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                acc = T.alloc_buffer((1,), "float32", scope="local")
+                part = T.alloc_buffer((1,), "float32", scope="local")
+                xsum = T.alloc_buffer((1,), "float32", scope="local")
+                r = bx * ROWS + tx
+                if r < n:
+                    acc[0] = T.float32(0)
+                    for g in range(k // group):
+                        part[0] = T.float32(0)
+                        xsum[0] = T.float32(0)
+                        for v in range(group // per):
+                            for s in T.unroll(per):
+                                part[0] = part[0] + T.Cast("float32", (w[g * (group // per) + v, r] >> T.uint32(bits * s))
+                                                        & T.uint32(mask)) * x[g * group + v * per + s]
+                                xsum[0] = xsum[0] + x[g * group + v * per + s]
+                        acc[0] = acc[0] + _f16(sm[g, r]) * part[0] + _f16(sm[g, r] >> T.uint32(16)) * xsum[0]
+                    y[r] = acc[0]
+    return f
+
+
+def gemm(k: int, planes: int, group: int) -> Any:
+    """Prefill: y[m, n] = x[m, :] . W[n, :] for m tokens, codes decoded from the bit-planes once
+    per TOKENS tokens (a register-blocked GEMM; compute-bound, so no table)."""
+    gw = group // 32
+
+    @T.prim_func
+    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, m: T.int32, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (m, k), "float32")
+        w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
+        sm = T.match_buffer(sm_h, (k // group, n), "uint32")
+        y = T.match_buffer(y_h, (m, n), "float32")
+        for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
+            for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+                for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                    acc = T.alloc_buffer((TOKENS,), "float32", scope="local")
+                    part = T.alloc_buffer((TOKENS,), "float32", scope="local")
+                    xsum = T.alloc_buffer((TOKENS,), "float32", scope="local")
+                    q = T.alloc_buffer((1,), "float32", scope="local")
+                    r = bx * ROWS + tx
+                    if r < n:
+                        for t in T.unroll(TOKENS):
+                            acc[t] = T.float32(0)
+                        for g in range(k // group):
+                            for t in T.unroll(TOKENS):
+                                part[t] = T.float32(0)
+                                xsum[t] = T.float32(0)
+                            for v in range(gw):
+                                for i in range(32):
+                                    q[0] = T.float32(0)
+                                    for j in T.unroll(planes):
+                                        q[0] = q[0] + T.Cast("float32", (w[g * gw + v, j, r] >> T.Cast("uint32", i))
+                                                             & T.uint32(1)) * T.float32(1 << j)
+                                    for t in T.unroll(TOKENS):
+                                        part[t] = part[t] + q[0] * x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
+                                        xsum[t] = xsum[t] + x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
+                            for t in T.unroll(TOKENS):
+                                acc[t] = acc[t] + _f16(sm[g, r]) * part[t] + _f16(sm[g, r] >> T.uint32(16)) * xsum[t]
+                        for t in T.unroll(TOKENS):
+                            if by * TOKENS + t < m:
+                                y[by * TOKENS + t, r] = acc[t]
+    return f

@@ -1,0 +1,199 @@
+"""Every WGSL kernel TVM emits, run on the native adapter (Mesa lavapipe) against numpy.
+
+Tolerances: matmuls and attention within 1e-5 of the largest reference magnitude (f32 sums in a
+different order); elementwise ops within a few f32 ulps; token choices exact.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lutlm.kernels import attention, layers, layout, matmul, sampling
+from lutlm.quant.format import QuantSpec, quantize_rtn
+from lutlm.reference import apply_rope, rms_norm, rope_tables, silu, softmax
+
+from kernel_harness import kernel, run
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+rng = np.random.default_rng(1234)
+TABLES = [matmul.Table(4, False), matmul.Table(4, True), matmul.Table(8, False), matmul.Table(8, True)]
+
+
+def quantized(rows: int, cols: int, bits: int | str, group: int = 32):
+    spec = QuantSpec.parse(bits, group) if bits != "s8" else QuantSpec(8, group, symmetric=True)
+    return quantize_rtn(rng.standard_normal((rows, cols)).astype(np.float32), spec)
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def lut_gemv(q, x: np.ndarray, tab: matmul.Table) -> np.ndarray:
+    k, n = q.codes.shape[1], q.codes.shape[0]
+    table = run(kernel(matmul.lut_table, k, tab), {"x": x, "table": tab.size(k)}, {})["table"]
+    meta = kernel(matmul.lut_gemv, k, q.spec.bits, q.spec.group, tab)
+    return run(meta, {"table": table, "w": layout.planes(q), "sm": layout.scale_min(q), "y": n}, {"n": n})["y"]
+
+
+@pytest.mark.parametrize("tab", TABLES, ids=str)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, "t"])
+def test_lut_gemv_smollm2_shape(bits, tab):
+    if bits == 1:  # one bit-plane: codes {0, 1}, as the LUT kernel sees a single plane
+        q = quantized(1536, 576, 2)
+        q.codes &= 1
+        q.spec = QuantSpec(2, 32)
+        q = type(q)(SimpleNamespace(bits=1, group=32), q.codes, q.scale, q.minimum)
+    else:
+        q = quantized(1536, 576, bits)
+    x = rng.standard_normal(576).astype(np.float32)
+    want = q.dequantize().astype(np.float64) @ x
+    assert rel_err(lut_gemv(q, x, tab), want) < 1e-5
+
+
+@pytest.mark.parametrize("k,n,group", [(1536, 576, 64), (576, 192, 96), (96, 100, 32), (32, 1, 32)])
+def test_lut_gemv_awkward_shapes(k, n, group):
+    q = quantized(n, k, 3, group)
+    x = rng.standard_normal(k).astype(np.float32)
+    assert rel_err(lut_gemv(q, x, matmul.Table()), q.dequantize().astype(np.float64) @ x) < 1e-5
+
+
+@pytest.mark.parametrize("bits", ["s8", 4])
+def test_lut_output_head(bits):
+    """The tied embedding as output head: 49152 x 576 through the same LUT path."""
+    q = quantized(49152, 576, bits)
+    x = rng.standard_normal(576).astype(np.float32)
+    assert rel_err(lut_gemv(q, x, matmul.Table()), q.dequantize().astype(np.float64) @ x) < 1e-5
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("k,n", [(576, 1536), (96, 100)])
+def test_dequant_gemv(bits, k, n):
+    q = quantized(n, k, bits)
+    x = rng.standard_normal(k).astype(np.float32)
+    meta = kernel(matmul.dequant_gemv, k, bits, 32)
+    got = run(meta, {"x": x, "w": layout.dense(q, bits), "sm": layout.scale_min(q), "y": n}, {"n": n})["y"]
+    assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
+
+
+@pytest.mark.parametrize("m,k,n,bits", [(1, 576, 192, 4), (5, 96, 100, 2), (17, 576, 1536, 4), (8, 1536, 576, "t")])
+def test_prefill_gemm(m, k, n, bits):
+    q = quantized(n, k, bits)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    meta = kernel(matmul.gemm, k, q.spec.bits, 32)
+    got = run(meta, {"x": x, "w": layout.planes(q), "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n})["y"]
+    assert rel_err(got.reshape(m, n), x.astype(np.float64) @ q.dequantize().T.astype(np.float64)) < 1e-5
+
+
+def test_embedding_gather():
+    q = quantized(1000, 576, "s8")
+    ids = np.array([0, 999, 17, 5000, -3], np.int32)  # the last two are out of range: row 0
+    got = run(kernel(layers.embed, 576, 8, 32), {"ids": ids, "w": layout.planes(q), "sm": layout.scale_min(q),
+                                                 "x": 5 * 576}, {"m": 5, "n": 1000})["x"].reshape(5, 576)
+    want = q.dequantize()[np.where((ids >= 0) & (ids < 1000), ids, 0)]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_rms_norm(m):
+    x = rng.standard_normal((m, 576)).astype(np.float32) * 3
+    w = rng.standard_normal(576).astype(np.float32)
+    got = run(kernel(layers.rms_norm, 576), {"x": x, "weight": w, "out": m * 576}, {"m": m, "eps": 1e-5})["out"]
+    np.testing.assert_allclose(got.reshape(m, 576), rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,pos,ctx", [(3, 5, 16), (1, 8191, 8192), (1, 0, 1)])
+def test_rope(m, pos, ctx):
+    config = SimpleNamespace(rope_theta=100000.0, n_rot=64)
+    cos, sin = rope_tables(config, np.arange(ctx))
+    table = np.stack([cos, sin], axis=-1)
+    x = rng.standard_normal((m, 9, 64)).astype(np.float32)
+    got = run(kernel(layers.rope, 9, 64), {"x": x, "cs": table}, {"m": m, "pos": pos, "ctx": ctx})["x"]
+    want = apply_rope(x, cos[pos:pos + m], sin[pos:pos + m], 64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_swiglu_and_add():
+    g, u = rng.standard_normal((2, 1536 * 3)).astype(np.float32) * 4
+    got = run(kernel(layers.swiglu), {"gate": g, "up": u, "out": g.size}, {"n": g.size})["out"]
+    np.testing.assert_allclose(got, silu(g) * u, rtol=1e-5, atol=1e-6)
+    x, y = rng.standard_normal((2, 577)).astype(np.float32)
+    np.testing.assert_array_equal(run(kernel(layers.add), {"x": x, "y": y}, {"n": 577})["x"], x + y)
+
+
+def attention_reference(q, kcache, vcache, pos):
+    """q (m, H, D); caches (length, KVH, D) holding positions 0..pos+m-1; causal, GQA."""
+    m, heads, d = q.shape
+    group = heads // kcache.shape[1]
+    out = np.zeros_like(q, dtype=np.float64)
+    for t in range(m):
+        n = pos + t + 1
+        for h in range(heads):
+            s = kcache[:n, h // group].astype(np.float64) @ q[t, h] / np.sqrt(d)
+            out[t, h] = softmax(s) @ vcache[:n, h // group]
+    return out
+
+
+@pytest.mark.parametrize("m,pos,ctx", [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300)])
+def test_kv_append_and_attention(m, pos, ctx):
+    heads, kvh, d = 9, 3, 64
+    old_k, old_v = rng.standard_normal((2, pos, kvh, d)).astype(np.float32)
+    kc = np.zeros((kvh, d, ctx), np.float32)
+    vc = np.zeros((kvh, ctx, d), np.float32)
+    kc[:, :, :pos] = old_k.transpose(1, 2, 0)
+    vc[:, :pos] = old_v.transpose(1, 0, 2)
+    k, v = rng.standard_normal((2, m, kvh, d)).astype(np.float32)
+    res = run(kernel(layers.kv_append, kvh, d), {"k": k, "v": v, "kc": kc, "vc": vc}, {"m": m, "pos": pos, "ctx": ctx})
+    q = rng.standard_normal((m, heads, d)).astype(np.float32) * 2
+    got = run(kernel(attention.attention, heads, kvh, d),
+              {"q": q, "kc": res["kc"], "vc": res["vc"], "scores": m * heads * ctx, "out": m * heads * d},
+              {"m": m, "pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
+    want = attention_reference(q, np.concatenate([old_k, k]), np.concatenate([old_v, v]), pos)
+    assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 1000, 49152])
+def test_argmax(n):
+    logits = rng.standard_normal(n).astype(np.float32)
+    if n > 10:
+        logits[[n // 3, n // 2]] = logits.max() + 1  # a tie: the lower index wins
+    got = run(kernel(sampling.argmax), {"logits": logits, "out": 1}, {"n": n})["out"][0]
+    assert got == int(np.argmax(logits))
+
+
+def sample_once(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0) -> int:
+    sizes = {"n": logits.size, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed, "step": step}
+    return int(run(kernel(sampling.sample), {"logits": logits, "probs": logits.size, "out": 1}, sizes)["out"][0])
+
+
+def test_sample_top_k_1_is_greedy_and_seeds_repeat():
+    logits = rng.standard_normal(49152).astype(np.float32)
+    assert sample_once(logits, 1, 0, top_k=1) == int(np.argmax(logits))
+    assert sample_once(logits, 7, 3, 0.8, 40, 0.95) == sample_once(logits, 7, 3, 0.8, 40, 0.95)
+
+
+def expected_distribution(logits, temperature, top_k, top_p):
+    p = softmax(logits.astype(np.float64) / temperature)
+    order = np.argsort(-p, kind="stable")
+    keep = np.zeros(p.size, bool)
+    keep[order[:top_k]] = True
+    p = np.where(keep, p, 0) / p[keep].sum()
+    cum = np.cumsum(p[order])
+    nucleus = order[:int(np.searchsorted(cum, top_p)) + 1]
+    q = np.zeros_like(p)
+    q[nucleus] = p[nucleus]
+    return q / q.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 8, 1.0), (1.3, 0, 0.8), (1.0, 12, 0.9)])
+def test_sample_distribution(temperature, top_k, top_p):
+    """400 seeded draws from 20 logits: never outside the top-k / top-p set, frequencies within
+    sampling noise of the renormalised distribution (total variation below 0.12)."""
+    logits = np.linspace(-2, 2, 20).astype(np.float32)[rng.permutation(20)]
+    want = expected_distribution(logits, temperature, top_k or 20, top_p)
+    draws = np.array([sample_once(logits, 42, step, temperature, top_k, top_p) for step in range(400)])
+    assert set(draws) <= set(np.flatnonzero(want))
+    freq = np.bincount(draws, minlength=20) / draws.size
+    assert 0.5 * np.abs(freq - want).sum() < 0.12
