@@ -138,6 +138,17 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_bench_kernels(args: argparse.Namespace) -> None:
+    from lutlm_bench import kernels
+
+    where = [w.strip() for w in args.where.split(",") if w.strip()]
+    if not where or set(where) - {"native", "browser"}:
+        raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
+    if args.rounds < 1:
+        raise LutlmError("--rounds must be at least 1")
+    kernels.main(where, args.rounds, args.json, args.quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lutlm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=2048, help="context length of the KV cache")
     p.add_argument("--ids", action="store_true", help="write generated token ids instead of text")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    benches = p.add_subparsers(dest="bench", required=True)
+    p = benches.add_parser("kernels", help="LUT vs dequantise GEMV on SmolLM2 shapes, natively and in Chromium")
+    p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds per case; rows give the median (default 7)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
+    p.add_argument("--quick", action="store_true", help="layer shape only, fewer cases (for tests)")
+    p.set_defaults(func=cmd_bench_kernels)
     return parser
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from lutlm.kernels.emit import emit
 from runtime_py.gpu import WgpuBackend
 
-_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32}
+_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
 
 
 @lru_cache(maxsize=None)
@@ -36,13 +36,15 @@ def run(meta: dict[str, Any], arrays: dict[str, np.ndarray], sizes: dict[str, in
             bufs.append(be.create_buffer(data.nbytes, data.tobytes()))
             shapes[b["name"]] = data.shape
         else:
-            bufs.append(be.create_buffer(4 * int(value), bytes(4 * int(value))))
+            nbytes = int(value) * np.dtype(_DTYPES[b["dtype"]]).itemsize
+            bufs.append(be.create_buffer(nbytes, bytes(nbytes)))
             shapes[b["name"]] = (int(value),)
     call = be.bind(meta, bufs).set(be, sizes)
     be.submit([call] * repeat)
     out = {}
     for b, buf in zip(meta["bindings"], bufs):
         if b["access"] == "read_write":
+            dtype = np.dtype(_DTYPES[b["dtype"]])
             n = int(np.prod(shapes[b["name"]]))
-            out[b["name"]] = np.frombuffer(be.read_sync(buf, 4 * n), _DTYPES[b["dtype"]]).reshape(shapes[b["name"]])
+            out[b["name"]] = np.frombuffer(be.read_sync(buf, dtype.itemsize * n), dtype).reshape(shapes[b["name"]])
     return out

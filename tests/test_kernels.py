@@ -15,7 +15,7 @@ from lutlm.kernels import attention, layers, layout, matmul, sampling
 from lutlm.quant.format import QuantSpec, quantize_rtn
 from lutlm.reference import apply_rope, rms_norm, rope_tables, silu, softmax
 
-from kernel_harness import kernel, run
+from kernel_harness import backend, kernel, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 rng = np.random.default_rng(1234)
@@ -51,6 +51,22 @@ def test_lut_gemv_smollm2_shape(bits, tab):
     x = rng.standard_normal(576).astype(np.float32)
     want = q.dequantize().astype(np.float64) @ x
     assert rel_err(lut_gemv(q, x, tab), want) < 1e-5
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_lut_gemv_f16_table(bits):
+    """The f16-table variant (adapters with shader-f16): entries rounded to f16, so 2e-3."""
+    if "shader-f16" not in backend().features:
+        pytest.skip("adapter has no shader-f16")
+    q = quantized(1536, 576, bits)
+    x = rng.standard_normal(576).astype(np.float32)
+    assert rel_err(lut_gemv(q, x, matmul.Table(8, False, "float16")), q.dequantize().astype(np.float64) @ x) < 2e-3
+
+
+def test_stream_read():
+    w = rng.integers(0, 2**32, (20, 100), dtype=np.uint64).astype(np.uint32)
+    got = run(kernel(matmul.stream_read, 20), {"w": w, "y": 100}, {"n": 100})["y"]
+    np.testing.assert_array_equal(got, np.bitwise_xor.reduce(w, axis=0).astype(np.float32))
 
 
 @pytest.mark.parametrize("k,n,group", [(1536, 576, 64), (576, 192, 96), (96, 100, 32), (32, 1, 32)])

@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 
 ROWS = 64  # invocations per workgroup, one output row each
 TOKENS = 8  # tokens per invocation in the prefill GEMM (weights decoded once, used 8 times)
+ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
 
 
 def _f16(h: Any) -> Any:
@@ -35,24 +36,31 @@ def _f16(h: Any) -> Any:
 class Table:
     """How activations are tabulated: `width` activations per table (4 is T-MAC's classic choice;
     8 halves the lookups per weight at 16x the table), `mirror` keeps only the half of the entries
-    whose top weight bit is 0, the other half being their negatives (weights read as +-1)."""
+    whose top weight bit is 0, the other half being their negatives (weights read as +-1);
+    `dtype` float16 halves the table's bytes where the adapter has shader-f16 (sums stay f32)."""
 
     width: int = 8
     mirror: bool = False
+    dtype: str = "float32"
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.dtype == "float16" else 4
 
     @property
     def entries(self) -> int:
         return 1 << (self.width - (1 if self.mirror else 0))
 
     def size(self, k: int) -> int:
-        """f32 words: the entries of each of the k/width tables, then the k/width sums of x."""
-        return k // self.width * (self.entries + 1)
+        """Elements: the entries of each of the k/width tables, then the sum of each 32 x."""
+        return k // self.width * self.entries + k // 32
 
 
 def lut_table(k: int, tab: Table) -> Any:
     """Table build: entry p of table t is sum_i x[t*width + i] * (bit i of p) (mirror: times +-1),
     so a lookup by `width` bits of one bit-plane is the dot product of those activations with
-    `width` one-bit weights. After the tables come the plain sums of each table's activations."""
+    `width` one-bit weights. After the tables come the plain sums of each 32 activations (one
+    per weight word: the zero-point term of a group)."""
     width, entries, tables = tab.width, tab.entries, k // tab.width
 
     low = min(4, entries.bit_length() - 1)  # entry bits handled by one invocation's unrolled loop
@@ -72,7 +80,7 @@ def lut_table(k: int, tab: Table) -> Any:
     def f(x_h: T.handle, table_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         x = T.match_buffer(x_h, (k,), "float32")
-        table = T.match_buffer(table_h, (tab.size(k),), "float32")
+        table = T.match_buffer(table_h, (tab.size(k),), tab.dtype)
         for bx in T.thread_binding((tables * highs + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 xs = T.alloc_buffer((width,), "float32", scope="local")
@@ -83,9 +91,13 @@ def lut_table(k: int, tab: Table) -> Any:
                         xs[i] = x[u // highs * width + i]
                     high[0] = subset_sum(xs, u % highs, low, width - low)
                     for lo in T.unroll(1 << low):
-                        table[u // highs * entries + u % highs * (1 << low) + lo] = high[0] + subset_sum(xs, lo, 0, low)
-                    if u % highs == 0:
-                        table[tables * entries + u // highs] = subset_sum(xs, (1 << width) - 1, 0, width)
+                        table[u // highs * entries + u % highs * (1 << low) + lo] = T.Cast(
+                            tab.dtype, high[0] + subset_sum(xs, lo, 0, low))
+                    if u % (highs * (32 // width)) == 0:
+                        high[0] = T.float32(0)
+                        for i in range(32):
+                            high[0] = high[0] + x[u // highs * width + i]
+                        table[tables * entries + u // (highs * (32 // width))] = T.Cast(tab.dtype, high[0])
     return f
 
 
@@ -102,15 +114,15 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
         """2^j times the entry of table `base` picked by bits [width*s, width*s + width) of `word`."""
         idx = (word >> T.uint32(width * s)) & T.uint32(mask)
         if not tab.mirror:
-            return T.float32(1 << j) * table[base + T.Cast("int32", idx)]
+            return T.float32(1 << j) * T.Cast("float32", table[base + T.Cast("int32", idx)])
         top = idx >> T.uint32(width - 1)
         e = T.Cast("int32", (idx ^ (top * T.uint32(mask))) & T.uint32(entries - 1))
-        return T.Select(top != T.uint32(0), T.float32(-(1 << j)), T.float32(1 << j)) * table[base + e]
+        return T.Select(top != T.uint32(0), T.float32(-(1 << j)), T.float32(1 << j)) * T.Cast("float32", table[base + e])
 
     @T.prim_func
     def f(table_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32):
         T.func_attr({"tirx.noalias": True})
-        table = T.match_buffer(table_h, (tab.size(k),), "float32")
+        table = T.match_buffer(table_h, (tab.size(k),), tab.dtype)
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
         y = T.match_buffer(y_h, (n,), "float32")
@@ -126,8 +138,7 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                         part[0] = T.float32(0)
                         xsum[0] = T.float32(0)
                         for v in range(gw):
-                            for s in T.unroll(per):
-                                xsum[0] = xsum[0] + table[tables * entries + (g * gw + v) * per + s]
+                            xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + g * gw + v])
                             for j in T.unroll(planes):
                                 for s in T.unroll(per):
                                     part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries,
@@ -173,9 +184,12 @@ def dequant_gemv(k: int, bits: int, group: int) -> Any:
 
 
 def gemm(k: int, planes: int, group: int) -> Any:
-    """Prefill: y[m, n] = x[m, :] . W[n, :] for m tokens, codes decoded from the bit-planes once
-    per TOKENS tokens (a register-blocked GEMM; compute-bound, so no table)."""
+    """Prefill: y[m, n] = x[m, :] . W[n, :] for m tokens. Each invocation owns a register tile of
+    ROW_TILE rows x TOKENS tokens: per input column it loads TOKENS activations and decodes
+    ROW_TILE weights for ROW_TILE * TOKENS multiply-adds. (Software WebGPU pays per load per
+    invocation, so loads per multiply-add is the figure that matters.)"""
     gw = group // 32
+    rows_per_group = ROWS * ROW_TILE
 
     @T.prim_func
     def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, m: T.int32, n: T.int32):
@@ -185,32 +199,57 @@ def gemm(k: int, planes: int, group: int) -> Any:
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
         y = T.match_buffer(y_h, (m, n), "float32")
         for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
-            for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for bx in T.thread_binding((n + rows_per_group - 1) // rows_per_group, thread="blockIdx.x"):
                 for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                    acc = T.alloc_buffer((TOKENS,), "float32", scope="local")
-                    part = T.alloc_buffer((TOKENS,), "float32", scope="local")
-                    xsum = T.alloc_buffer((TOKENS,), "float32", scope="local")
-                    q = T.alloc_buffer((1,), "float32", scope="local")
-                    r = bx * ROWS + tx
-                    if r < n:
-                        for t in T.unroll(TOKENS):
-                            acc[t] = T.float32(0)
-                        for g in range(k // group):
-                            for t in T.unroll(TOKENS):
-                                part[t] = T.float32(0)
-                                xsum[t] = T.float32(0)
-                            for v in range(gw):
-                                for i in range(32):
-                                    q[0] = T.float32(0)
+                    acc = T.alloc_buffer((ROW_TILE * TOKENS,), "float32", scope="local")
+                    words = T.alloc_buffer((ROW_TILE * planes,), "uint32", scope="local")
+                    scale = T.alloc_buffer((ROW_TILE * 2,), "float32", scope="local")
+                    wv = T.alloc_buffer((ROW_TILE,), "float32", scope="local")
+                    xv = T.alloc_buffer((TOKENS,), "float32", scope="local")
+                    for a in T.unroll(ROW_TILE * TOKENS):
+                        acc[a] = T.float32(0)
+                    for g in range(k // group):
+                        for r in T.unroll(ROW_TILE):
+                            scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)])
+                            scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)] >> T.uint32(16))
+                        for v in range(gw):
+                            for r in T.unroll(ROW_TILE):
+                                for j in T.unroll(planes):
+                                    words[r * planes + j] = w[g * gw + v, j, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                            for i in range(32):
+                                for t in T.unroll(TOKENS):
+                                    xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
+                                for r in T.unroll(ROW_TILE):
+                                    wv[r] = T.float32(0)
                                     for j in T.unroll(planes):
-                                        q[0] = q[0] + T.Cast("float32", (w[g * gw + v, j, r] >> T.Cast("uint32", i))
-                                                             & T.uint32(1)) * T.float32(1 << j)
+                                        wv[r] = wv[r] + T.Cast("float32", (words[r * planes + j] >> T.Cast("uint32", i))
+                                                               & T.uint32(1)) * T.float32(1 << j)
+                                    wv[r] = wv[r] * scale[2 * r] + scale[2 * r + 1]
                                     for t in T.unroll(TOKENS):
-                                        part[t] = part[t] + q[0] * x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
-                                        xsum[t] = xsum[t] + x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
-                            for t in T.unroll(TOKENS):
-                                acc[t] = acc[t] + _f16(sm[g, r]) * part[t] + _f16(sm[g, r] >> T.uint32(16)) * xsum[t]
+                                        acc[r * TOKENS + t] = acc[r * TOKENS + t] + wv[r] * xv[t]
+                    for r in T.unroll(ROW_TILE):
                         for t in T.unroll(TOKENS):
-                            if by * TOKENS + t < m:
-                                y[by * TOKENS + t, r] = acc[t]
+                            if by * TOKENS + t < m and bx * rows_per_group + r * ROWS + tx < n:
+                                y[by * TOKENS + t, bx * rows_per_group + r * ROWS + tx] = acc[r * TOKENS + t]
+    return f
+
+
+def stream_read(words: int) -> Any:
+    """The practical ceiling for the GEMVs: each row's `words` u32 read in the same column-major
+    layout and folded with xor, nothing else (the benchmark's copy kernel)."""
+
+    @T.prim_func
+    def f(w_h: T.handle, y_h: T.handle, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        w = T.match_buffer(w_h, (words, n), "uint32")
+        y = T.match_buffer(y_h, (n,), "float32")
+        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                acc = T.alloc_buffer((1,), "uint32", scope="local")
+                r = bx * ROWS + tx
+                if r < n:
+                    acc[0] = T.uint32(0)
+                    for i in range(words):
+                        acc[0] = acc[0] ^ w[i, r]
+                    y[r] = T.Cast("float32", acc[0])
     return f

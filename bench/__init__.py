@@ -1,0 +1,1 @@
+"""Benchmarks: kernels (native and browser) now; whole-model and peer comparisons later."""

@@ -1,0 +1,84 @@
+"""Headless Debian Chromium with software WebGPU, driven by Playwright, on a page served from
+127.0.0.1. Any request to another origin is refused and recorded, so a benchmark (or test) can
+show that nothing left the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import mimetypes
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    extra: dict[str, str] = {}
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        name = self.path.split("?")[0].lstrip("/")
+        if name in self.extra:
+            body = self.extra[name].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", mimetypes.guess_type(name)[0] or "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def serve(root: Path, extra: dict[str, str] | None = None) -> Iterator[str]:
+    """Serve `root` (plus in-memory files) on 127.0.0.1 at a free port; yields the base URL."""
+    handler = type("Handler", (_Handler,), {"extra": dict(extra or {})})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def chromium(offsite: list[str] | None = None) -> Iterator[object]:
+    """A fresh headless Chromium context; requests to anything but 127.0.0.1 are aborted and
+    their URLs appended to `offsite`."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} not found (the set-up installs Debian's chromium)")
+    with tempfile.TemporaryDirectory(prefix="lutlm-chromium-") as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            def route(r) -> None:
+                if r.request.url.startswith("http://127.0.0.1:"):
+                    r.continue_()
+                else:
+                    if offsite is not None:
+                        offsite.append(r.request.url)
+                    r.abort()
+
+            context.route("**/*", route)
+            yield context
+        finally:
+            context.close()
+
+
+@contextlib.contextmanager
+def serve_and_open(root: Path, page_name: str, extra: dict[str, str] | None = None) -> Iterator[object]:
+    with serve(root, extra) as base, chromium() as context:
+        page = context.new_page()
+        page.goto(base + page_name)
+        yield page
