@@ -147,7 +147,7 @@ def run_native(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict
     """Time every case on the wgpu-py adapter; returns adapter info and per-case samples (ms)."""
     import numpy as np
 
-    from runtime_py.gpu import WgpuBackend
+    from runtime_py.gpu_wgpu import WgpuBackend
 
     be = WgpuBackend()
     rng = np.random.default_rng(0)

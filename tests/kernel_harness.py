@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lutlm.kernels.emit import emit
-from runtime_py.gpu import WgpuBackend
+from runtime_py.gpu_wgpu import WgpuBackend
 
 _DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
 

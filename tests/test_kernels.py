@@ -213,3 +213,19 @@ def test_sample_distribution(temperature, top_k, top_p):
     assert set(draws) <= set(np.flatnonzero(want))
     freq = np.bincount(draws, minlength=20) / draws.size
     assert 0.5 * np.abs(freq - want).sum() < 0.12
+
+
+def test_emitted_metadata_describes_the_wgsl():
+    """Bindings, uniform layout, workgroup and grid are read back from TVM's output, and agree."""
+    meta = kernel(matmul.lut_gemv, 576, 2, 32, matmul.Table())
+    assert {b["name"]: b["access"] for b in meta["bindings"]} == {"table": "read", "w": "read", "sm": "read", "y": "read_write"}
+    for i, b in enumerate(meta["bindings"]):
+        assert f"@binding({i}) var<storage, {b['access']}> {b['name']}_ptr : array<{b['dtype']}>" in meta["wgsl"]
+    assert meta["uniforms"] == [("n", "i32"), ("packGridDimX", "u32")]
+    assert meta["workgroup"] == (matmul.ROWS, 1, 1)
+    from runtime_py.expr import evaluate
+
+    assert [evaluate(e, {"n": 1537}) for e in meta["grid"]] == [-(-1537 // matmul.ROWS), 1, 1]
+    attn = kernel(attention.attention, 9, 3, 64)
+    assert [evaluate(e, {"m": 5}) for e in attn["grid"]] == [9, 5, 1]
+    assert "storageBarrier(); workgroupBarrier();" in attn["wgsl"]

@@ -1,0 +1,95 @@
+"""The native GPU backend: wgpu-py (Vulkan; Mesa lavapipe on this machine).
+
+The only runtime module that imports something outside the standard library, and only here:
+Pyodide never imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .gpu import Call, GPUError
+
+
+class WgpuBackend:
+    """The `gpu.Backend` protocol on wgpu-py."""
+
+    def __init__(self) -> None:
+        import wgpu
+
+        self._wgpu = wgpu
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        if adapter is None:
+            raise GPUError("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
+        info = adapter.info
+        self.info = {"backend": "wgpu", "vendor": info["vendor"], "device": info["device"],
+                     "description": info["description"], "adapter_type": info["adapter_type"]}
+        wanted = {"shader-f16", "timestamp-query"}
+        self.features = set(adapter.features) & wanted
+        keys = ("max-storage-buffer-binding-size", "max-buffer-size",
+                "max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup",
+                "max-storage-buffers-per-shader-stage")
+        self.limits = {k: adapter.limits[k] for k in keys}
+        self.device = adapter.request_device_sync(required_features=sorted(self.features),
+                                                  required_limits=dict(self.limits))
+        self._pipelines: dict[int, Any] = {}
+
+    def create_buffer(self, size: int, data: bytes | None = None) -> Any:
+        usage = self._wgpu.BufferUsage
+        size = max(4, -(-size // 4) * 4)
+        if size > self.limits["max-storage-buffer-binding-size"]:
+            raise GPUError(f"buffer of {size} bytes exceeds the adapter's binding limit "
+                           f"({self.limits['max-storage-buffer-binding-size']})")
+        buf = self.device.create_buffer(size=size, usage=usage.STORAGE | usage.COPY_SRC | usage.COPY_DST)
+        if data:
+            self.write_buffer(buf, data)
+        return buf
+
+    def write_buffer(self, buf: Any, data: bytes, offset: int = 0) -> None:
+        pad = (-len(data)) % 4
+        self.device.queue.write_buffer(buf, offset, bytes(data) + b"\0" * pad if pad else data)
+
+    def _pipeline(self, kernel: dict[str, Any]) -> Any:
+        key = id(kernel)
+        if key not in self._pipelines:
+            missing = set(kernel.get("features", [])) - self.features
+            if missing:
+                raise GPUError(f"kernel {kernel['name']} needs {', '.join(sorted(missing))}")
+            module = self.device.create_shader_module(code=kernel["wgsl"])
+            self._pipelines[key] = self.device.create_compute_pipeline(
+                layout="auto", compute={"module": module, "entry_point": kernel["entry"]})
+        return self._pipelines[key]
+
+    def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call:
+        if len(buffers) != len(kernel["bindings"]):
+            raise GPUError(f"kernel {kernel['name']} binds {len(kernel['bindings'])} buffers, "
+                           f"got {len(buffers)}")
+        pipeline = self._pipeline(kernel)
+        usage = self._wgpu.BufferUsage
+        uniform = self.device.create_buffer(size=max(16, -(-4 * len(kernel["uniforms"]) // 16) * 16),
+                                            usage=usage.UNIFORM | usage.COPY_DST)
+        entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
+                   for i, b in enumerate(buffers)]
+        entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0,
+                                                              "size": uniform.size}})
+        group = self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+        return Call(kernel, pipeline, group, uniform)
+
+    def submit(self, calls: Sequence[Call]) -> None:
+        encoder = self.device.create_command_encoder()
+        compute = encoder.begin_compute_pass()
+        for call in calls:
+            if 0 in call.grid:
+                continue
+            compute.set_pipeline(call.pipeline)
+            compute.set_bind_group(0, call.bind_group)
+            compute.dispatch_workgroups(*call.grid)
+        compute.end()
+        self.device.queue.submit([encoder.finish()])
+
+    async def read(self, buf: Any, size: int, offset: int = 0) -> bytes:
+        return self.read_sync(buf, size, offset)
+
+    def read_sync(self, buf: Any, size: int, offset: int = 0) -> bytes:
+        """Blocking read (also the sync point: queue.on_submitted_work_done is broken, wgpu-py#834)."""
+        return bytes(self.device.queue.read_buffer(buf, offset, -(-size // 4) * 4))[:size]
