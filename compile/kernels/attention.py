@@ -15,13 +15,15 @@ from typing import Any
 
 from tvm.script import tirx as T
 
+from .reduce import add, tree
+
 WG = 64
+tree_max, tree_sum = tree(WG, T.max), tree(WG, add)
 
 
 def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
     group = heads // kv_heads
     scale = 1.0 / math.sqrt(head_dim)
-    steps = WG.bit_length() - 1
 
     @T.prim_func
     def f(q_h: T.handle, kc_h: T.handle, vc_h: T.handle, s_h: T.handle, o_h: T.handle,
@@ -51,11 +53,7 @@ def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
                             scores[t, h, i * WG + tid] = acc[0]
                             acc[1] = T.max(acc[1], acc[0])
                     red[tid] = acc[1]
-                    T.tvm_storage_sync("shared")
-                    for s in range(steps):
-                        if tid < (WG >> (s + 1)):
-                            red[tid] = T.max(red[tid], red[tid + (WG >> (s + 1))])
-                        T.tvm_storage_sync("shared")
+                    tree_max(red, tid)
                     acc[1] = red[0]
                     T.tvm_storage_sync("shared")
                     # 2. exponentials and their sum
@@ -65,11 +63,7 @@ def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
                             scores[t, h, i * WG + tid] = T.exp(scores[t, h, i * WG + tid] - acc[1])
                             acc[0] = acc[0] + scores[t, h, i * WG + tid]
                     red[tid] = acc[0]
-                    T.tvm_storage_sync("shared")
-                    for s in range(steps):
-                        if tid < (WG >> (s + 1)):
-                            red[tid] = red[tid] + red[tid + (WG >> (s + 1))]
-                        T.tvm_storage_sync("shared")
+                    tree_sum(red, tid)
                     # 3. the weighted sum of values, one invocation per head dimension
                     for c in range((head_dim + WG - 1) // WG):
                         if c * WG + tid < head_dim:

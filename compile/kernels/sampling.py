@@ -17,8 +17,37 @@ from typing import Any
 
 from tvm.script import tirx as T
 
+from .reduce import add, tree
+
 WG = 256
+tree_max, tree_sum = tree(WG, T.max), tree(WG, add)
 BISECT = 30
+
+
+def _bisect(mass: bool) -> Any:
+    """A TVMScript macro: raise the threshold cut[0] (bisecting [cut[0], cut[1]]) as far as the
+    count (or, with `mass`, the probability mass) of probs >= threshold stays >= goal."""
+    weight = (lambda p: p) if mass else (lambda p: T.float32(1))  # noqa: E731
+
+    @T.macro
+    def body(probs, red, cut, acc, lo, hi, tid, goal):
+        for it in range(BISECT):
+            cut[2] = (cut[0] + cut[1]) * T.float32(0.5)
+            acc[0] = T.float32(0)
+            for i in range(lo, hi):
+                acc[0] = acc[0] + T.Select(probs[i] >= cut[2], weight(probs[i]), T.float32(0))
+            red[tid] = acc[0]
+            tree_sum(red, tid)
+            acc[0] = red[0]
+            if acc[0] >= goal:
+                cut[0] = cut[2]
+            else:
+                cut[1] = cut[2]
+            T.tvm_storage_sync("shared")
+    return body
+
+
+bisect_count, bisect_mass = _bisect(False), _bisect(True)
 
 
 def _slice(n: Any, tid: Any) -> tuple[Any, Any]:
@@ -79,11 +108,7 @@ def sample() -> Any:
                 for i in range(lo, hi):
                     acc[0] = T.max(acc[0], logits[i])
                 red[tid] = acc[0]
-                T.tvm_storage_sync("shared")
-                for s in range(8):
-                    if tid < (WG >> (s + 1)):
-                        red[tid] = T.max(red[tid], red[tid + (WG >> (s + 1))])
-                    T.tvm_storage_sync("shared")
+                tree_max(red, tid)
                 acc[1] = red[0]
                 T.tvm_storage_sync("shared")
                 # unnormalised probabilities, the largest exactly 1
@@ -93,54 +118,18 @@ def sample() -> Any:
                 cut[0] = T.float32(0)
                 cut[1] = T.float32(1)
                 if top_k > 0 and top_k < n:
-                    for it in range(BISECT):
-                        cut[2] = (cut[0] + cut[1]) * T.float32(0.5)
-                        acc[0] = T.float32(0)
-                        for i in range(lo, hi):
-                            acc[0] = acc[0] + T.Select(probs[i] >= cut[2], T.float32(1), T.float32(0))
-                        red[tid] = acc[0]
-                        T.tvm_storage_sync("shared")
-                        for s in range(8):
-                            if tid < (WG >> (s + 1)):
-                                red[tid] = red[tid] + red[tid + (WG >> (s + 1))]
-                            T.tvm_storage_sync("shared")
-                        acc[0] = red[0]
-                        if acc[0] >= T.Cast("float32", top_k):
-                            cut[0] = cut[2]
-                        else:
-                            cut[1] = cut[2]
-                        T.tvm_storage_sync("shared")
+                    bisect_count(probs, red, cut, acc, lo, hi, tid, T.Cast("float32", top_k))
                 # the mass top-k kept, then top-p: the largest threshold keeping top_p of it
                 acc[0] = T.float32(0)
                 for i in range(lo, hi):
                     acc[0] = acc[0] + T.Select(probs[i] >= cut[0], probs[i], T.float32(0))
                 red[tid] = acc[0]
-                T.tvm_storage_sync("shared")
-                for s in range(8):
-                    if tid < (WG >> (s + 1)):
-                        red[tid] = red[tid] + red[tid + (WG >> (s + 1))]
-                    T.tvm_storage_sync("shared")
+                tree_sum(red, tid)
                 acc[1] = red[0] * top_p
                 T.tvm_storage_sync("shared")
                 cut[1] = T.float32(1)
                 if top_p < T.float32(1):
-                    for it in range(BISECT):
-                        cut[2] = (cut[0] + cut[1]) * T.float32(0.5)
-                        acc[0] = T.float32(0)
-                        for i in range(lo, hi):
-                            acc[0] = acc[0] + T.Select(probs[i] >= cut[2], probs[i], T.float32(0))
-                        red[tid] = acc[0]
-                        T.tvm_storage_sync("shared")
-                        for s in range(8):
-                            if tid < (WG >> (s + 1)):
-                                red[tid] = red[tid] + red[tid + (WG >> (s + 1))]
-                            T.tvm_storage_sync("shared")
-                        acc[0] = red[0]
-                        if acc[0] >= acc[1]:
-                            cut[0] = cut[2]
-                        else:
-                            cut[1] = cut[2]
-                        T.tvm_storage_sync("shared")
+                    bisect_mass(probs, red, cut, acc, lo, hi, tid, acc[1])
                 # each slice's kept mass, then an inverse-CDF draw in vocabulary order
                 acc[0] = T.float32(0)
                 for i in range(lo, hi):
