@@ -33,6 +33,7 @@ GROUP = 32
 LAYER = [("qkv", 576, 960), ("o", 576, 576), ("gate_up", 576, 3072), ("down", 1536, 576)]
 HEAD = [("head", 576, 49152)]
 PREFILL = 64  # tokens of the prefill GEMM cases
+DEQUANT_TILES = (4, 8)  # rows per invocation of the tiled dequantise variants
 INPUT = {"qkv": "a", "o": "b", "gate_up": "c", "down": "d", "head": "e"}
 
 
@@ -98,7 +99,8 @@ class Workload:
             elif case.kernel == "dequant":
                 bits = _planes(case.bits)
                 w = self.buffer(f"dense{bits}.{name}", 4 * (k * bits // 32) * n, "u32")
-                calls.append(self.call(self.kernel(matmul.dequant_gemv, k, bits, GROUP),
+                tile = int(case.variant[4:]) if case.variant.startswith("rows") else 1
+                calls.append(self.call(self.kernel(matmul.dequant_gemv, k, bits, GROUP, tile),
                                        {"x": x, "w": w, "sm": sm, "y": y}, {"n": n}))
                 weight_bytes += 4 * (k * bits // 32) * n
             else:
@@ -132,6 +134,9 @@ def build(quick: bool = False) -> Workload:
         wl.add(Case("copy", 4, shape), mats)
         for bits in (4, 2):
             wl.add(Case("dequant", bits, shape), mats)
+        if not quick:  # each invocation computing several rows shares each activation load
+            for tile in DEQUANT_TILES:
+                wl.add(Case("dequant", 4, shape, f"rows{tile}"), mats)
         for bits in ((4, 2) if quick else (4, 3, 2, "t")):
             wl.add(Case("lut", bits, shape, table_name(default)), mats, default)
         if shape == "layer" and not quick:
@@ -214,7 +219,7 @@ def rows(wl: Workload, info: dict[str, Any], samples: list[list[float]]) -> list
     for r in out:  # against the decode rows of the same weights (prefill: per token)
         same = [c for c in out if c["shape"] == r["shape"].split("-")[0] and c["adapter"] == r["adapter"]]
         copy = next(c for c in same if c["kernel"] == "copy")
-        base = next(c for c in same if c["kernel"] == "dequant" and c["bits"] == 4)
+        base = next(c for c in same if c["kernel"] == "dequant" and c["bits"] == 4 and not c["variant"])
         r["ratio_to_copy"] = round(r["weight_gbps"] / copy["weight_gbps"], 4)
         r["speedup_vs_dequant4"] = round(base["ms"] * r["tokens"] / r["ms"], 3)
     return out

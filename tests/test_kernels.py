@@ -84,12 +84,13 @@ def test_lut_output_head(bits):
     assert rel_err(lut_gemv(q, x, matmul.Table()), q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
+@pytest.mark.parametrize("tile", [1, 4])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("k,n", [(576, 1536), (96, 100)])
-def test_dequant_gemv(bits, k, n):
+def test_dequant_gemv(bits, k, n, tile):
     q = quantized(n, k, bits)
     x = rng.standard_normal(k).astype(np.float32)
-    meta = kernel(matmul.dequant_gemv, k, bits, 32)
+    meta = kernel(matmul.dequant_gemv, k, bits, 32, tile)
     got = run(meta, {"x": x, "w": layout.dense(q, bits), "sm": layout.scale_min(q), "y": n}, {"n": n})["y"]
     assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
 

@@ -149,11 +149,13 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
     return f
 
 
-def dequant_gemv(k: int, bits: int, group: int) -> Any:
+def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     """The baseline: decode each b-bit code from a dense word (32/b codes per u32, MLC q4f16_1
-    style) and multiply; same group arithmetic as the LUT kernel, so only the inner loop differs."""
+    style) and multiply; same group arithmetic as the LUT kernel, so only the inner loop differs.
+    `tile` > 1 gives each invocation that many rows, so each activation load serves `tile` rows."""
     per = 32 // bits
     mask = (1 << bits) - 1
+    span = ROWS * tile
 
     @T.prim_func
     def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32):
@@ -162,24 +164,32 @@ def dequant_gemv(k: int, bits: int, group: int) -> Any:
         w = T.match_buffer(w_h, (k // per, n), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
         y = T.match_buffer(y_h, (n,), "float32")
-        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+        for bx in T.thread_binding((n + span - 1) // span, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                acc = T.alloc_buffer((1,), "float32", scope="local")
-                part = T.alloc_buffer((1,), "float32", scope="local")
-                xsum = T.alloc_buffer((1,), "float32", scope="local")
-                r = bx * ROWS + tx
-                if r < n:
-                    acc[0] = T.float32(0)
-                    for g in range(k // group):
-                        part[0] = T.float32(0)
-                        xsum[0] = T.float32(0)
-                        for v in range(group // per):
-                            for s in T.unroll(per):
-                                part[0] = part[0] + T.Cast("float32", (w[g * (group // per) + v, r] >> T.uint32(bits * s))
-                                                        & T.uint32(mask)) * x[g * group + v * per + s]
-                                xsum[0] = xsum[0] + x[g * group + v * per + s]
-                        acc[0] = acc[0] + _f16(sm[g, r]) * part[0] + _f16(sm[g, r] >> T.uint32(16)) * xsum[0]
-                    y[r] = acc[0]
+                acc = T.alloc_buffer((tile,), "float32", scope="local")
+                part = T.alloc_buffer((tile,), "float32", scope="local")
+                words = T.alloc_buffer((tile,), "uint32", scope="local")
+                xv = T.alloc_buffer((2,), "float32", scope="local")  # x[k], sum of the group's x
+                for i in T.unroll(tile):
+                    acc[i] = T.float32(0)
+                for g in range(k // group):
+                    xv[1] = T.float32(0)
+                    for i in T.unroll(tile):
+                        part[i] = T.float32(0)
+                    for v in range(group // per):
+                        for i in T.unroll(tile):
+                            words[i] = w[g * (group // per) + v, T.min(bx * span + i * ROWS + tx, n - 1)]
+                        for s in T.unroll(per):
+                            xv[0] = x[g * group + v * per + s]
+                            xv[1] = xv[1] + xv[0]
+                            for i in T.unroll(tile):
+                                part[i] = part[i] + T.Cast("float32", (words[i] >> T.uint32(bits * s)) & T.uint32(mask)) * xv[0]
+                    for i in T.unroll(tile):
+                        acc[i] = acc[i] + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)]) * part[i] \
+                            + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)] >> T.uint32(16)) * xv[1]
+                for i in T.unroll(tile):
+                    if bx * span + i * ROWS + tx < n:
+                        y[bx * span + i * ROWS + tx] = acc[i]
     return f
 
 
