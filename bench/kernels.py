@@ -94,24 +94,24 @@ class Workload:
                 ym = self.buffer(f"y{PREFILL}.{name}", 4 * n * PREFILL, "zero")
                 w = self.buffer(f"planes{planes}.{name}", 4 * (k // 32) * planes * n, "u32")
                 calls.append(self.call(self.kernel(matmul.gemm, k, planes, GROUP),
-                                       {"x": xm, "w": w, "sm": sm, "y": ym}, {"m": PREFILL, "n": n}))
+                                       {"x": xm, "w": w, "sm": sm, "y": ym}, {"m": PREFILL, "n": n, "ldy": n, "y0": 0}))
                 weight_bytes += 4 * (k // 32) * planes * n
             elif case.kernel == "dequant":
                 bits = _planes(case.bits)
                 w = self.buffer(f"dense{bits}.{name}", 4 * (k * bits // 32) * n, "u32")
                 tile = int(case.variant[4:]) if case.variant.startswith("rows") else 1
                 calls.append(self.call(self.kernel(matmul.dequant_gemv, k, bits, GROUP, tile),
-                                       {"x": x, "w": w, "sm": sm, "y": y}, {"n": n}))
+                                       {"x": x, "w": w, "sm": sm, "y": y}, {"n": n, "y0": 0}))
                 weight_bytes += 4 * (k * bits // 32) * n
             else:
                 planes = _planes(case.bits)
                 table = self.buffer(f"table.{case.variant}.{k}.{INPUT[name]}", tab.itemsize * tab.size(k), "zero")
                 if table not in tabled:  # one table build per activation vector
                     tabled.add(table)
-                    calls.append(self.call(self.kernel(matmul.lut_table, k, tab), {"x": x, "table": table}, {}))
+                    calls.append(self.call(self.kernel(matmul.lut_table, k, tab), {"x": x, "table": table}, {"x0": 0}))
                 w = self.buffer(f"planes{planes}.{name}", 4 * (k // 32) * planes * n, "u32")
                 calls.append(self.call(self.kernel(matmul.lut_gemv, k, planes, GROUP, tab),
-                                       {"table": table, "w": w, "sm": sm, "y": y}, {"n": n}))
+                                       {"table": table, "w": w, "sm": sm, "y": y}, {"n": n, "y0": 0}))
                 weight_bytes += 4 * (k // 32) * planes * n
         features = sorted({f for c in calls for f in self.kernels[c["kernel"]]["features"]})
         self.cases.append({"kernel": case.kernel, "variant": case.variant, "bits": case.bits, "shape": case.shape,

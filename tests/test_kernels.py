@@ -33,9 +33,9 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
 
 def lut_gemv(q, x: np.ndarray, tab: matmul.Table) -> np.ndarray:
     k, n = q.codes.shape[1], q.codes.shape[0]
-    table = run(kernel(matmul.lut_table, k, tab), {"x": x, "table": tab.size(k)}, {})["table"]
+    table = run(kernel(matmul.lut_table, k, tab), {"x": x, "table": tab.size(k)}, {"x0": 0})["table"]
     meta = kernel(matmul.lut_gemv, k, q.spec.bits, q.spec.group, tab)
-    return run(meta, {"table": table, "w": layout.planes(q), "sm": layout.scale_min(q), "y": n}, {"n": n})["y"]
+    return run(meta, {"table": table, "w": layout.planes(q), "sm": layout.scale_min(q), "y": n}, {"n": n, "y0": 0})["y"]
 
 
 @pytest.mark.parametrize("tab", TABLES, ids=str)
@@ -91,7 +91,7 @@ def test_dequant_gemv(bits, k, n, tile):
     q = quantized(n, k, bits)
     x = rng.standard_normal(k).astype(np.float32)
     meta = kernel(matmul.dequant_gemv, k, bits, 32, tile)
-    got = run(meta, {"x": x, "w": layout.dense(q, bits), "sm": layout.scale_min(q), "y": n}, {"n": n})["y"]
+    got = run(meta, {"x": x, "w": layout.dense(q, bits), "sm": layout.scale_min(q), "y": n}, {"n": n, "y0": 0})["y"]
     assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
@@ -100,7 +100,7 @@ def test_prefill_gemm(m, k, n, bits):
     q = quantized(n, k, bits)
     x = rng.standard_normal((m, k)).astype(np.float32)
     meta = kernel(matmul.gemm, k, q.spec.bits, 32)
-    got = run(meta, {"x": x, "w": layout.planes(q), "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n})["y"]
+    got = run(meta, {"x": x, "w": layout.planes(q), "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n, "ldy": n, "y0": 0})["y"]
     assert rel_err(got.reshape(m, n), x.astype(np.float64) @ q.dequantize().T.astype(np.float64)) < 1e-5
 
 
@@ -122,20 +122,34 @@ def test_rms_norm(m):
 
 
 @pytest.mark.parametrize("m,pos,ctx", [(3, 5, 16), (1, 8191, 8192), (1, 0, 1)])
-def test_rope(m, pos, ctx):
+def test_rope_inside_a_fused_row(m, pos, ctx):
+    """q (9 heads) at offset 0 and k (3 heads) at offset 576 of a 960-wide qkv row; v untouched."""
     config = SimpleNamespace(rope_theta=100000.0, n_rot=64)
     cos, sin = rope_tables(config, np.arange(ctx))
     table = np.stack([cos, sin], axis=-1)
-    x = rng.standard_normal((m, 9, 64)).astype(np.float32)
-    got = run(kernel(layers.rope, 9, 64), {"x": x, "cs": table}, {"m": m, "pos": pos, "ctx": ctx})["x"]
-    want = apply_rope(x, cos[pos:pos + m], sin[pos:pos + m], 64)
+    qkv = rng.standard_normal((m, 960)).astype(np.float32)
+    got = run(kernel(layers.rope, 9, 64, 64, 960, 0), {"x": qkv, "cs": table}, {"m": m, "pos": pos, "ctx": ctx})["x"]
+    got = run(kernel(layers.rope, 3, 64, 64, 960, 576), {"x": got, "cs": table}, {"m": m, "pos": pos, "ctx": ctx})["x"]
+    c, s_ = cos[pos:pos + m], sin[pos:pos + m]
+    want = np.concatenate([apply_rope(qkv[:, :576].reshape(m, 9, 64), c, s_, 64).reshape(m, 576),
+                           apply_rope(qkv[:, 576:768].reshape(m, 3, 64), c, s_, 64).reshape(m, 192), qkv[:, 768:]], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_partial_rope():
+    """n_rot < head_dim: only the leading n_rot dimensions of each head turn."""
+    config = SimpleNamespace(rope_theta=10000.0, n_rot=32)
+    cos, sin = rope_tables(config, np.arange(8))
+    x = rng.standard_normal((2, 4 * 64)).astype(np.float32)
+    got = run(kernel(layers.rope, 4, 64, 32, 256, 0), {"x": x, "cs": np.stack([cos, sin], -1)}, {"m": 2, "pos": 3, "ctx": 8})["x"]
+    want = apply_rope(x.reshape(2, 4, 64), cos[3:5], sin[3:5], 32).reshape(2, 256)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_swiglu_and_add():
-    g, u = rng.standard_normal((2, 1536 * 3)).astype(np.float32) * 4
-    got = run(kernel(layers.swiglu), {"gate": g, "up": u, "out": g.size}, {"n": g.size})["out"]
-    np.testing.assert_allclose(got, silu(g) * u, rtol=1e-5, atol=1e-6)
+    gu = rng.standard_normal((3, 2 * 1536)).astype(np.float32) * 4
+    got = run(kernel(layers.swiglu, 1536), {"gu": gu, "act": 3 * 1536}, {"m": 3})["act"]
+    np.testing.assert_allclose(got.reshape(3, 1536), silu(gu[:, :1536]) * gu[:, 1536:], rtol=1e-5, atol=1e-6)
     x, y = rng.standard_normal((2, 577)).astype(np.float32)
     np.testing.assert_array_equal(run(kernel(layers.add), {"x": x, "y": y}, {"n": 577})["x"], x + y)
 
@@ -156,19 +170,47 @@ def attention_reference(q, kcache, vcache, pos):
 @pytest.mark.parametrize("m,pos,ctx", [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300)])
 def test_kv_append_and_attention(m, pos, ctx):
     heads, kvh, d = 9, 3, 64
+    stride = (heads + 2 * kvh) * d
     old_k, old_v = rng.standard_normal((2, pos, kvh, d)).astype(np.float32)
     kc = np.zeros((kvh, d, ctx), np.float32)
     vc = np.zeros((kvh, ctx, d), np.float32)
     kc[:, :, :pos] = old_k.transpose(1, 2, 0)
     vc[:, :pos] = old_v.transpose(1, 0, 2)
-    k, v = rng.standard_normal((2, m, kvh, d)).astype(np.float32)
-    res = run(kernel(layers.kv_append, kvh, d), {"k": k, "v": v, "kc": kc, "vc": vc}, {"m": m, "pos": pos, "ctx": ctx})
-    q = rng.standard_normal((m, heads, d)).astype(np.float32) * 2
-    got = run(kernel(attention.attention, heads, kvh, d),
-              {"q": q, "kc": res["kc"], "vc": res["vc"], "scores": m * heads * ctx, "out": m * heads * d},
+    qkv = rng.standard_normal((m, stride)).astype(np.float32)
+    qkv[:, :heads * d] *= 2
+    res = run(kernel(layers.kv_append, kvh, d, stride, heads * d, (heads + kvh) * d),
+              {"qkv": qkv, "kc": kc, "vc": vc}, {"m": m, "pos": pos, "ctx": ctx})
+    got = run(kernel(attention.attention, heads, kvh, d, stride),
+              {"q": qkv, "kc": res["kc"], "vc": res["vc"], "scores": m * heads * ctx, "out": m * heads * d},
               {"m": m, "pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
-    want = attention_reference(q, np.concatenate([old_k, k]), np.concatenate([old_v, v]), pos)
+    k = qkv[:, heads * d:(heads + kvh) * d].reshape(m, kvh, d)
+    v = qkv[:, (heads + kvh) * d:].reshape(m, kvh, d)
+    want = attention_reference(qkv[:, :heads * d].reshape(m, heads, d), np.concatenate([old_k, k]),
+                               np.concatenate([old_v, v]), pos)
     assert rel_err(got, want) < 1e-5
+
+
+def test_nll():
+    logits = rng.standard_normal((3, 49152)).astype(np.float32) * 3
+    targets = np.array([5, 49151, 0], np.int32)
+    got = run(kernel(sampling.nll), {"logits": logits, "targets": targets, "out": 3}, {"m": 3, "n": 49152})["out"]
+    lse = np.log(np.exp(logits.astype(np.float64)).sum(axis=1))
+    np.testing.assert_allclose(got, lse - logits[np.arange(3), targets], rtol=1e-5, atol=1e-4)
+
+
+def test_offsets_of_table_input_and_gemv_output():
+    """lut_table reads x[x0 : x0 + k]; lut_gemv writes y[y0 : y0 + n]; gemm writes rows of ldy."""
+    q = quantized(100, 64, 4)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    tab = matmul.Table()
+    table = run(kernel(matmul.lut_table, 64, tab), {"x": x, "table": tab.size(64)}, {"x0": 128})["table"]
+    y = run(kernel(matmul.lut_gemv, 64, 4, 32, tab), {"table": table, "w": layout.planes(q), "sm": layout.scale_min(q),
+                                                     "y": 110}, {"n": 100, "y0": 7})["y"]
+    want = q.dequantize().astype(np.float64) @ x[2]
+    assert rel_err(y[7:107], want) < 1e-5 and not y[:7].any() and not y[107:].any()
+    y = run(kernel(matmul.gemm, 64, 4, 32), {"x": x, "w": layout.planes(q), "sm": layout.scale_min(q), "y": 3 * 130},
+            {"m": 3, "n": 100, "ldy": 130, "y0": 20})["y"].reshape(3, 130)
+    assert rel_err(y[:, 20:120], x.astype(np.float64) @ q.dequantize().T) < 1e-5 and not y[:, :20].any()
 
 
 @pytest.mark.parametrize("n", [1, 1000, 49152])
@@ -222,11 +264,11 @@ def test_emitted_metadata_describes_the_wgsl():
     assert {b["name"]: b["access"] for b in meta["bindings"]} == {"table": "read", "w": "read", "sm": "read", "y": "read_write"}
     for i, b in enumerate(meta["bindings"]):
         assert f"@binding({i}) var<storage, {b['access']}> {b['name']}_ptr : array<{b['dtype']}>" in meta["wgsl"]
-    assert meta["uniforms"] == [("n", "i32"), ("packGridDimX", "u32")]
+    assert meta["uniforms"] == [("n", "i32"), ("y0", "i32"), ("packGridDimX", "u32")]
     assert meta["workgroup"] == (matmul.ROWS, 1, 1)
     from runtime_py.expr import evaluate
 
     assert [evaluate(e, {"n": 1537}) for e in meta["grid"]] == [-(-1537 // matmul.ROWS), 1, 1]
-    attn = kernel(attention.attention, 9, 3, 64)
+    attn = kernel(attention.attention, 9, 3, 64, 960)
     assert [evaluate(e, {"m": 5}) for e in attn["grid"]] == [9, 5, 1]
     assert "storageBarrier(); workgroupBarrier();" in attn["wgsl"]

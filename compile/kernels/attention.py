@@ -21,7 +21,9 @@ WG = 64
 tree_max, tree_sum = tree(WG, T.max), tree(WG, add)
 
 
-def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
+def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
+    """Token t's query heads start at q[t*q_stride] (the front of a fused qkv row); the output is
+    (m, heads * head_dim)."""
     group = heads // kv_heads
     scale = 1.0 / math.sqrt(head_dim)
 
@@ -29,11 +31,11 @@ def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
     def f(q_h: T.handle, kc_h: T.handle, vc_h: T.handle, s_h: T.handle, o_h: T.handle,
           m: T.int32, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
-        q = T.match_buffer(q_h, (m, heads, head_dim), "float32")
+        q = T.match_buffer(q_h, (m * q_stride,), "float32")
         kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
         vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
         scores = T.match_buffer(s_h, (m, heads, ctx), "float32")
-        out = T.match_buffer(o_h, (m, heads, head_dim), "float32")
+        out = T.match_buffer(o_h, (m * heads * head_dim,), "float32")
         for t in T.thread_binding(m, thread="blockIdx.y"):
             for h in T.thread_binding(heads, thread="blockIdx.x"):
                 for tid in T.thread_binding(WG, thread="threadIdx.x"):
@@ -42,7 +44,7 @@ def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
                     acc = T.alloc_buffer((2,), "float32", scope="local")
                     n = T.min(pos + t + 1, ctx)  # positions this token sees
                     for d in T.unroll(head_dim):
-                        qv[d] = q[t, h, d] * T.float32(scale)
+                        qv[d] = q[t * q_stride + h * head_dim + d] * T.float32(scale)
                     # 1. scores and their maximum
                     acc[1] = T.float32(-3.0e38)
                     for i in range((n + WG - 1) // WG):
@@ -70,5 +72,5 @@ def attention(heads: int, kv_heads: int, head_dim: int) -> Any:
                             acc[0] = T.float32(0)
                             for i in range(n):
                                 acc[0] = acc[0] + scores[t, h, i] * vc[h // group, i, c * WG + tid]
-                            out[t, h, c * WG + tid] = acc[0] / red[0]
+                            out[(t * heads + h) * head_dim + c * WG + tid] = acc[0] / red[0]
     return f

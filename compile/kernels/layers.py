@@ -63,44 +63,45 @@ def rms_norm(d: int) -> Any:
     return f
 
 
-def rope(heads: int, head_dim: int) -> Any:
-    """Rotate adjacent pairs (2i, 2i+1) of x (m, heads, head_dim) in place by the angle of
-    position pos + t; cos/sin come from a (ctx, head_dim/2, 2) table the runtime fills once."""
-    pairs = head_dim // 2
+def rope(heads: int, head_dim: int, n_rot: int, stride: int, offset: int) -> Any:
+    """Rotate adjacent pairs (2i, 2i+1), i < n_rot/2, of `heads` heads in place; token t's heads
+    start at x[t*stride + offset] (so q and k can live inside one fused qkv row). The angle of
+    position pos + t comes from a (ctx, n_rot/2, 2) cos/sin table the runtime fills once."""
+    pairs = n_rot // 2
 
     @T.prim_func
     def f(x_h: T.handle, cs_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
-        x = T.match_buffer(x_h, (m, heads, head_dim), "float32")
+        x = T.match_buffer(x_h, (m * stride,), "float32")
         cs = T.match_buffer(cs_h, (ctx, pairs, 2), "float32")
         for bx in T.thread_binding((m * heads * pairs + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 a = T.alloc_buffer((2,), "float32", scope="local")
                 e = bx * ROWS + tx
-                if e < m * heads * pairs and pos + e // (heads * pairs) < ctx:
-                    a[0] = x[e // (heads * pairs), e // pairs % heads, e % pairs * 2]
-                    a[1] = x[e // (heads * pairs), e // pairs % heads, e % pairs * 2 + 1]
-                    x[e // (heads * pairs), e // pairs % heads, e % pairs * 2] = \
-                        a[0] * cs[pos + e // (heads * pairs), e % pairs, 0] - a[1] * cs[pos + e // (heads * pairs), e % pairs, 1]
-                    x[e // (heads * pairs), e // pairs % heads, e % pairs * 2 + 1] = \
-                        a[0] * cs[pos + e // (heads * pairs), e % pairs, 1] + a[1] * cs[pos + e // (heads * pairs), e % pairs, 0]
+                t = e // (heads * pairs)
+                at = t * stride + offset + e // pairs % heads * head_dim + e % pairs * 2
+                if e < m * heads * pairs and pos + t < ctx:
+                    a[0] = x[at]
+                    a[1] = x[at + 1]
+                    x[at] = a[0] * cs[pos + t, e % pairs, 0] - a[1] * cs[pos + t, e % pairs, 1]
+                    x[at + 1] = a[0] * cs[pos + t, e % pairs, 1] + a[1] * cs[pos + t, e % pairs, 0]
     return f
 
 
-def swiglu() -> Any:
-    """out = silu(gate) * up, elementwise over n values."""
+def swiglu(ff: int) -> Any:
+    """act[t, i] = silu(gu[t, i]) * gu[t, ff + i]: gate and up are the two halves of a fused row."""
 
     @T.prim_func
-    def f(gate_h: T.handle, up_h: T.handle, out_h: T.handle, n: T.int32):
+    def f(gu_h: T.handle, act_h: T.handle, m: T.int32):
         T.func_attr({"tirx.noalias": True})
-        gate = T.match_buffer(gate_h, (n,), "float32")
-        up = T.match_buffer(up_h, (n,), "float32")
-        out = T.match_buffer(out_h, (n,), "float32")
-        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
+        gu = T.match_buffer(gu_h, (m * 2 * ff,), "float32")
+        act = T.match_buffer(act_h, (m * ff,), "float32")
+        for bx in T.thread_binding((m * ff + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                if bx * ROWS + tx < n:
-                    out[bx * ROWS + tx] = gate[bx * ROWS + tx] / (T.float32(1) + T.exp(-gate[bx * ROWS + tx])) \
-                        * up[bx * ROWS + tx]
+                e = bx * ROWS + tx
+                g = e // ff * 2 * ff + e % ff
+                if e < m * ff:
+                    act[e] = gu[g] / (T.float32(1) + T.exp(-gu[g])) * gu[g + ff]
     return f
 
 
@@ -119,23 +120,24 @@ def add() -> Any:
     return f
 
 
-def kv_append(kv_heads: int, head_dim: int) -> Any:
-    """Store m new keys and values at positions pos.. of a layer's cache: keys transposed as
-    (kv_heads, head_dim, ctx) so attention's score loop reads consecutive positions, values as
-    (kv_heads, ctx, head_dim) so its output loop reads consecutive dimensions."""
+def kv_append(kv_heads: int, head_dim: int, stride: int, k_offset: int, v_offset: int) -> Any:
+    """Store m new keys and values (token t's at qkv[t*stride + k_offset / v_offset]) at positions
+    pos.. of a layer's cache: keys transposed as (kv_heads, head_dim, ctx) so attention's score
+    loop reads consecutive positions, values as (kv_heads, ctx, head_dim) so its output loop reads
+    consecutive dimensions."""
+    width = kv_heads * head_dim
 
     @T.prim_func
-    def f(k_h: T.handle, v_h: T.handle, kc_h: T.handle, vc_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
+    def f(qkv_h: T.handle, kc_h: T.handle, vc_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
-        k = T.match_buffer(k_h, (m, kv_heads, head_dim), "float32")
-        v = T.match_buffer(v_h, (m, kv_heads, head_dim), "float32")
+        qkv = T.match_buffer(qkv_h, (m * stride,), "float32")
         kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
         vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
-        for bx in T.thread_binding((m * kv_heads * head_dim + ROWS - 1) // ROWS, thread="blockIdx.x"):
+        for bx in T.thread_binding((m * width + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 e = bx * ROWS + tx
-                t = e // (kv_heads * head_dim)
-                if e < m * kv_heads * head_dim and pos + t < ctx:
-                    kc[e // head_dim % kv_heads, e % head_dim, pos + t] = k[t, e // head_dim % kv_heads, e % head_dim]
-                    vc[e // head_dim % kv_heads, pos + t, e % head_dim] = v[t, e // head_dim % kv_heads, e % head_dim]
+                t = e // width
+                if e < m * width and pos + t < ctx:
+                    kc[e % width // head_dim, e % head_dim, pos + t] = qkv[t * stride + k_offset + e % width]
+                    vc[e % width // head_dim, pos + t, e % head_dim] = qkv[t * stride + v_offset + e % width]
     return f

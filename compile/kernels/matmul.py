@@ -77,9 +77,9 @@ def lut_table(k: int, tab: Table) -> Any:
         return total
 
     @T.prim_func
-    def f(x_h: T.handle, table_h: T.handle):
+    def f(x_h: T.handle, table_h: T.handle, x0: T.int32):
         T.func_attr({"tirx.noalias": True})
-        x = T.match_buffer(x_h, (k,), "float32")
+        x = T.match_buffer(x_h, (x0 + k,), "float32")  # the activations are x[x0 : x0 + k]
         table = T.match_buffer(table_h, (tab.size(k),), tab.dtype)
         for bx in T.thread_binding((tables * highs + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
@@ -88,7 +88,7 @@ def lut_table(k: int, tab: Table) -> Any:
                 u = bx * ROWS + tx  # entries (u % highs) << low ... + (1 << low) - 1 of table u // highs
                 if u < tables * highs:
                     for i in T.unroll(width):
-                        xs[i] = x[u // highs * width + i]
+                        xs[i] = x[x0 + u // highs * width + i]
                     high[0] = subset_sum(xs, u % highs, low, width - low)
                     for lo in T.unroll(1 << low):
                         table[u // highs * entries + u % highs * (1 << low) + lo] = T.Cast(
@@ -96,7 +96,7 @@ def lut_table(k: int, tab: Table) -> Any:
                     if u % (highs * (32 // width)) == 0:
                         high[0] = T.float32(0)
                         for i in range(32):
-                            high[0] = high[0] + x[u // highs * width + i]
+                            high[0] = high[0] + x[x0 + u // highs * width + i]
                         table[tables * entries + u // (highs * (32 // width))] = T.Cast(tab.dtype, high[0])
     return f
 
@@ -120,12 +120,12 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
         return T.Select(top != T.uint32(0), T.float32(-(1 << j)), T.float32(1 << j)) * T.Cast("float32", table[base + e])
 
     @T.prim_func
-    def f(table_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32):
+    def f(table_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32, y0: T.int32):
         T.func_attr({"tirx.noalias": True})
         table = T.match_buffer(table_h, (tab.size(k),), tab.dtype)
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
-        y = T.match_buffer(y_h, (n,), "float32")
+        y = T.match_buffer(y_h, (y0 + n,), "float32")  # rows land at y[y0 : y0 + n]
         for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 acc = T.alloc_buffer((1,), "float32", scope="local")
@@ -145,7 +145,7 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                                                                w[g * gw + v, j, r], s, j)
                         acc[0] = acc[0] + _f16(sm[g, r]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
                             + _f16(sm[g, r] >> T.uint32(16)) * xsum[0]
-                    y[r] = acc[0]
+                    y[y0 + r] = acc[0]
     return f
 
 
@@ -158,12 +158,12 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     span = ROWS * tile
 
     @T.prim_func
-    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32):
+    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32, y0: T.int32):
         T.func_attr({"tirx.noalias": True})
         x = T.match_buffer(x_h, (k,), "float32")
         w = T.match_buffer(w_h, (k // per, n), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
-        y = T.match_buffer(y_h, (n,), "float32")
+        y = T.match_buffer(y_h, (y0 + n,), "float32")
         for bx in T.thread_binding((n + span - 1) // span, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 acc = T.alloc_buffer((tile,), "float32", scope="local")
@@ -189,7 +189,7 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
                             + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)] >> T.uint32(16)) * xv[1]
                 for i in T.unroll(tile):
                     if bx * span + i * ROWS + tx < n:
-                        y[bx * span + i * ROWS + tx] = acc[i]
+                        y[y0 + bx * span + i * ROWS + tx] = acc[i]
     return f
 
 
@@ -202,12 +202,13 @@ def gemm(k: int, planes: int, group: int) -> Any:
     rows_per_group = ROWS * ROW_TILE
 
     @T.prim_func
-    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, m: T.int32, n: T.int32):
+    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, m: T.int32, n: T.int32,
+          ldy: T.int32, y0: T.int32):
         T.func_attr({"tirx.noalias": True})
         x = T.match_buffer(x_h, (m, k), "float32")
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
-        y = T.match_buffer(y_h, (m, n), "float32")
+        y = T.match_buffer(y_h, (m * ldy,), "float32")  # token t's rows land at y[t*ldy + y0 : ... + n]
         for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
             for bx in T.thread_binding((n + rows_per_group - 1) // rows_per_group, thread="blockIdx.x"):
                 for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
@@ -240,7 +241,7 @@ def gemm(k: int, planes: int, group: int) -> Any:
                     for r in T.unroll(ROW_TILE):
                         for t in T.unroll(TOKENS):
                             if by * TOKENS + t < m and bx * rows_per_group + r * ROWS + tx < n:
-                                y[by * TOKENS + t, bx * rows_per_group + r * ROWS + tx] = acc[r * TOKENS + t]
+                                y[(by * TOKENS + t) * ldy + y0 + bx * rows_per_group + r * ROWS + tx] = acc[r * TOKENS + t]
     return f
 
 

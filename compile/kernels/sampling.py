@@ -162,3 +162,34 @@ def sample() -> Any:
                         if probs[i] == T.float32(1) and out[0] < 0:
                             out[0] = i
     return f
+
+
+def nll() -> Any:
+    """Perplexity on the GPU: nll[t] = logsumexp(logits[t]) - logits[t, targets[t]] for m tokens,
+    one workgroup per token, so scoring a window reads back m floats instead of m x n logits."""
+
+    @T.prim_func
+    def f(logits_h: T.handle, targets_h: T.handle, nll_h: T.handle, m: T.int32, n: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        logits = T.match_buffer(logits_h, (m, n), "float32")
+        targets = T.match_buffer(targets_h, (m,), "int32")
+        out = T.match_buffer(nll_h, (m,), "float32")
+        for t in T.thread_binding(m, thread="blockIdx.x"):
+            for tid in T.thread_binding(WG, thread="threadIdx.x"):
+                red = T.alloc_buffer((WG,), "float32", scope="shared")
+                acc = T.alloc_buffer((2,), "float32", scope="local")
+                acc[0] = T.float32(-3.4e38)
+                for i in range(_slice(n, tid)[0], _slice(n, tid)[1]):
+                    acc[0] = T.max(acc[0], logits[t, i])
+                red[tid] = acc[0]
+                tree_max(red, tid)
+                acc[1] = red[0]
+                T.tvm_storage_sync("shared")
+                acc[0] = T.float32(0)
+                for i in range(_slice(n, tid)[0], _slice(n, tid)[1]):
+                    acc[0] = acc[0] + T.exp(logits[t, i] - acc[1])
+                red[tid] = acc[0]
+                tree_sum(red, tid)
+                if tid == 0:
+                    out[t] = T.log(red[0]) + acc[1] - logits[t, T.min(T.max(targets[t], 0), n - 1)]
+    return f
