@@ -1,0 +1,147 @@
+"""Write a model package: the only thing compile/ hands to runtime_py/.
+
+    NAME/manifest.json   format + version, config, per-tensor quantisation, shards (bytes, sha256),
+                         tensors (shard, offset, bytes, dtype, shape), kernels (WGSL file + launch
+                         metadata), activation buffers (byte sizes as expressions), plans
+    NAME/tokenizer.json  Hugging Face format
+    NAME/kernels/*.wgsl
+    NAME/shards/*.bin    at most SHARD_BYTES each (a larger tensor gets a shard of its own)
+
+Weights are stored in the GPU layouts (`kernels.layout`); q/k/v and gate/up are fused into one
+matrix per layer when they share a spec. Written into a temporary sibling folder and renamed into
+place when complete, so an interrupted compile leaves no package behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .errors import LutlmError
+from .kernels import layout
+from .plan import CHUNK, build, fused_groups
+from .quant.format import QTensor
+
+FORMAT = "lutlm-package"
+VERSION = 1
+SHARD_BYTES = 32 << 20
+
+
+def _fuse(parts: list[QTensor]) -> QTensor:
+    return QTensor(parts[0].spec, np.concatenate([q.codes for q in parts]), np.concatenate([q.scale for q in parts]),
+                   np.concatenate([q.minimum for q in parts]))
+
+
+def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor]) -> tuple[dict[str, np.ndarray], dict, dict, str]:
+    """The arrays to upload (NAME.planes / NAME.sm per weight, f32 norms), with the specs and shapes
+    of the GPU weights and the name of the output head."""
+    c = ckpt.config
+    missing = [n for n in ["token_embd.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer)
+               for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+               if n not in quantized]
+    if missing:
+        raise LutlmError(f"not quantised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    weights: dict[str, QTensor] = {"token_embd.weight": quantized["token_embd.weight"]}
+    head = "output.weight" if "output.weight" in quantized else "token_embd.weight"
+    weights[head] = quantized[head]
+    specs = {n: q.spec for n, q in quantized.items()}
+    for layer in range(c.n_layer):
+        for name, parts in fused_groups(c, specs, layer).items():
+            weights[name] = _fuse([quantized[p] for p in parts]) if len(parts) > 1 else quantized[parts[0]]
+    arrays: dict[str, np.ndarray] = {}
+    for name, q in weights.items():
+        arrays[name + ".planes"] = layout.planes(q)
+        arrays[name + ".sm"] = layout.scale_min(q)
+    norms = ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer) for p in ("attn_norm", "ffn_norm")]
+    for name in norms:
+        arrays[name] = np.ascontiguousarray(ckpt.tensors[name], dtype=np.float32)
+    return arrays, {n: q.spec for n, q in weights.items()}, {n: q.codes.shape for n, q in weights.items()}, head
+
+
+def check_output(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))):
+        raise LutlmError(f"{out} exists and is not a model package; refusing to overwrite it")
+
+
+def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict[str, Any],
+          progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    out = Path(out)
+    check_output(out)
+    progress("generating kernels")
+    arrays, specs, shapes, head = gpu_tensors(ckpt, quantized)
+    plan = build(ckpt.config, specs, shapes, head)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "kernels").mkdir()
+        (tmp / "shards").mkdir()
+        kernels = {}
+        for kid, meta in plan.kernels.items():
+            (tmp / "kernels" / f"{kid}.wgsl").write_text(meta["wgsl"], encoding="utf-8")
+            kernels[kid] = {k: v for k, v in meta.items() if k not in ("wgsl", "name")} | {"file": f"kernels/{kid}.wgsl"}
+        progress("writing shards")
+        shards, tensors = _write_shards(tmp / "shards", arrays)
+        (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
+        c = ckpt.config
+        manifest = {
+            "format": FORMAT, "version": VERSION, "name": out.name, "source": ckpt.source,
+            "config": asdict(c), "chat_template": ckpt.chat_template,
+            "eos_ids": sorted({i for i in (c.eos_id, _token_id(ckpt.tokenizer, "<|im_end|>"),
+                                          _token_id(ckpt.tokenizer, "<|endoftext|>")) if i is not None}),
+            "quantization": {**info, "tensors": {n: s.name for n, s in specs.items()}},
+            "chunk": CHUNK, "max_ctx": c.n_ctx, "rope": {"theta": c.rope_theta, "pairs": c.n_rot // 2},
+            "shards": shards, "tensors": tensors, "kernels": kernels, "buffers": plan.buffers, "plans": plan.plans,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _token_id(tokenizer: dict[str, Any], text: str) -> int | None:
+    for tok in tokenizer.get("added_tokens", []):
+        if tok.get("content") == text:
+            return int(tok["id"])
+    return None
+
+
+def _write_shards(folder: Path, arrays: dict[str, np.ndarray]) -> tuple[list[dict], dict[str, dict]]:
+    shards: list[dict[str, Any]] = []
+    tensors: dict[str, dict[str, Any]] = {}
+    current: list[bytes] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal current, size
+        if not current:
+            return
+        data = b"".join(current)
+        name = f"shards/{len(shards):03d}.bin"
+        (folder.parent / name).write_bytes(data)
+        shards.append({"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        current, size = [], 0
+
+    for name, arr in arrays.items():
+        data = np.ascontiguousarray(arr).tobytes()
+        if size and size + len(data) > SHARD_BYTES:
+            flush()
+        tensors[name] = {"shard": len(shards), "offset": size, "bytes": len(data),
+                         "dtype": {np.dtype(np.uint32): "u32", np.dtype(np.float32): "f32"}[arr.dtype],
+                         "shape": list(arr.shape)}
+        current.append(data)
+        size += len(data)
+    flush()
+    return shards, tensors

@@ -1,0 +1,165 @@
+"""The dispatch plan of a Llama-family decoder: which kernels run, on which buffers, with which sizes.
+
+A plan is data (the runtime executes it, it knows nothing of Llama): each step names a kernel, the
+buffers bound in the kernel's binding order, and its uniform values as expressions of the runtime
+variables m (tokens in this call), pos (position of the first), ctx (cache capacity) and the
+sampling parameters. Buffers are weights (the package's tensors) or activations whose byte sizes
+are expressions of ctx and chunk (the most tokens one prefill call takes).
+
+Plans: `prefill` (m tokens through every block, GEMMs), `decode` (one token, LUT GEMVs), both
+ending with the final norm in `h`; `head` (the last token's logits), then `greedy` or `sample`
+(the next id into ids[0], the only value read back); `score` (every token's logits and their NLL
+against `targets`, for perplexity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .checkpoint import ModelConfig
+from .kernels import attention, layers, matmul, sampling
+from .kernels.emit import emit
+from .quant.format import QuantSpec
+
+TABLE = matmul.Table()
+CHUNK = 64
+
+
+@dataclass
+class Plan:
+    config: ModelConfig
+    specs: dict[str, QuantSpec]  # GPU tensor base name -> spec (weights stored as NAME.planes / NAME.sm)
+    shapes: dict[str, tuple[int, int]]  # GPU tensor base name -> (rows, cols)
+    kernels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buffers: dict[str, str] = field(default_factory=dict)
+    plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def kernel(self, name: str, builder: Callable[..., Any], *args: Any) -> str:
+        if name not in self.kernels:
+            self.kernels[name] = emit(builder(*args), name).to_json()
+        return name
+
+    def step(self, plan: str, kid: str, bind: dict[str, str], sizes: dict[str, Any]) -> None:
+        """Uniform values: numbers as they are, anything else as an expression string."""
+        meta = self.kernels[kid]
+        missing = [b["name"] for b in meta["bindings"] if b["name"] not in bind]
+        if missing:
+            raise ValueError(f"{kid}: no buffer for {missing}")
+        uniforms = {f: sizes[f] if isinstance(sizes[f], (int, float)) else str(sizes[f])
+                    for f, _ in meta["uniforms"] if f != "packGridDimX"}
+        self.plans.setdefault(plan, []).append(
+            {"kernel": kid, "bind": [bind[b["name"]] for b in meta["bindings"]], "sizes": uniforms})
+
+    def table(self, plan: str, x: str, k: int, x0: Any = 0) -> str:
+        kid = self.kernel(f"lut_table_k{k}", matmul.lut_table, k, TABLE)
+        self.step(plan, kid, {"x": x, "table": f"table{k}"}, {"x0": x0})
+        return f"table{k}"
+
+    def matmul(self, plan: str, weight: str, x: str, y: str, y0: int, ldy: int, table_ready: bool) -> None:
+        """y[.., y0 : y0 + n] = x @ weight^T: a LUT GEMV for decode, the GEMM for prefill."""
+        spec, (n, k) = self.specs[weight], self.shapes[weight]
+        bind = {"w": weight + ".planes", "sm": weight + ".sm"}
+        if plan == "prefill" or plan == "score":
+            kid = self.kernel(f"gemm_k{k}_p{spec.bits}_g{spec.group}", matmul.gemm, k, spec.bits, spec.group)
+            self.step(plan, kid, {**bind, "x": x, "y": y}, {"m": "m", "n": n, "ldy": ldy, "y0": y0})
+        else:
+            if not table_ready:
+                self.table(plan, x, k)
+            kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}", matmul.lut_gemv, k, spec.bits,
+                              spec.group, TABLE)
+            self.step(plan, kid, {**bind, "table": f"table{k}", "y": y}, {"n": n, "y0": y0})
+
+
+def fused_groups(config: ModelConfig, specs: dict[str, QuantSpec], layer: int) -> dict[str, list[str]]:
+    """Matmuls that read the same activations and share a spec run as one (rows concatenated)."""
+    b = f"blk.{layer}."
+    groups: dict[str, list[str]] = {}
+    for fused, parts in (("qkv", ["attn_q", "attn_k", "attn_v"]), ("gate_up", ["ffn_gate", "ffn_up"])):
+        names = [b + p + ".weight" for p in parts]
+        if len({specs[n] for n in names}) == 1:
+            groups[b + fused] = names
+        else:
+            groups.update({n: [n] for n in names})
+    for p in ("attn_output", "ffn_down"):
+        groups[b + p + ".weight"] = [b + p + ".weight"]
+    return groups
+
+
+def _present(specs: dict[str, QuantSpec], fused: str, parts: list[str]) -> list[str]:
+    return [fused] if fused in specs else parts
+
+
+def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tuple[int, int]],
+          head: str) -> Plan:
+    """`specs`/`shapes` are per GPU weight (fused names included); `head` names the output head."""
+    c = config
+    e, ff, hd, kvd = c.n_embd, c.n_ff, c.head_dim, c.n_head_kv * c.head_dim
+    qd = c.n_head * hd
+    qkv_w = qd + 2 * kvd
+    p = Plan(c, specs, shapes=shapes)
+    p.buffers = {
+        "ids": "4 * chunk", "targets": "4 * chunk", "nll": "4 * chunk",
+        "x": f"4 * chunk * {e}", "h": f"4 * chunk * {e}", "o": f"4 * chunk * {e}",
+        "attn": f"4 * chunk * {qd}", "qkv": f"4 * chunk * {qkv_w}", "gu": f"4 * chunk * {2 * ff}",
+        "act": f"4 * chunk * {ff}", "scores": f"4 * chunk * {c.n_head} * ctx",
+        "logits": f"4 * chunk * {c.n_vocab}", "probs": f"4 * {c.n_vocab}",
+        "rope": f"4 * ctx * {c.n_rot // 2} * 2",
+    }
+    for k in sorted({shape[1] for shape in shapes.values()}):
+        p.buffers[f"table{k}"] = str(TABLE.itemsize * TABLE.size(k))
+    for layer in range(c.n_layer):
+        p.buffers[f"kc.{layer}"] = p.buffers[f"vc.{layer}"] = f"4 * {kvd} * ctx"
+
+    emb = "token_embd.weight"
+    embed = p.kernel(f"embed_k{e}_p{specs[emb].bits}_g{specs[emb].group}", layers.embed, e, specs[emb].bits, specs[emb].group)
+    norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
+    rope_q = p.kernel(f"rope_q{c.n_head}", layers.rope, c.n_head, hd, c.n_rot, qkv_w, 0)
+    rope_k = p.kernel(f"rope_k{c.n_head_kv}", layers.rope, c.n_head_kv, hd, c.n_rot, qkv_w, qd)
+    append = p.kernel("kv_append", layers.kv_append, c.n_head_kv, hd, qkv_w, qd, qd + kvd)
+    attend = p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)
+    glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
+    add = p.kernel("add", layers.add)
+    eps = float(c.rms_eps)
+    run = {"m": "m", "pos": "pos", "ctx": "ctx"}
+    for plan in ("prefill", "decode"):
+        m = "m" if plan == "prefill" else 1
+        p.step(plan, embed, {"ids": "ids", "w": emb + ".planes", "sm": emb + ".sm", "x": "x"}, {"m": m, "n": c.n_vocab})
+        for layer in range(c.n_layer):
+            b = f"blk.{layer}."
+            p.step(plan, norm, {"x": "x", "weight": b + "attn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+            offset, first = 0, True
+            for name in _present(specs, b + "qkv", [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]):
+                p.matmul(plan, name, "h", "qkv", offset, qkv_w, table_ready=not first)
+                offset, first = offset + shapes[name][0], False
+            sizes = {**run, "m": m}
+            p.step(plan, rope_q, {"x": "qkv", "cs": "rope"}, sizes)
+            p.step(plan, rope_k, {"x": "qkv", "cs": "rope"}, sizes)
+            p.step(plan, append, {"qkv": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
+            p.step(plan, attend, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores", "out": "attn"}, sizes)
+            p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
+            p.step(plan, add, {"x": "x", "y": "o"}, {"n": f"{m} * {e}"})
+            p.step(plan, norm, {"x": "x", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+            offset, first = 0, True
+            for name in _present(specs, b + "gate_up", [b + "ffn_gate.weight", b + "ffn_up.weight"]):
+                p.matmul(plan, name, "h", "gu", offset, 2 * ff, table_ready=not first)
+                offset, first = offset + shapes[name][0], False
+            p.step(plan, glu, {"gu": "gu", "act": "act"}, {"m": m})
+            p.matmul(plan, b + "ffn_down.weight", "act", "o", 0, e, table_ready=False)
+            p.step(plan, add, {"x": "x", "y": "o"}, {"n": f"{m} * {e}"})
+        p.step(plan, norm, {"x": "x", "weight": "output_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+
+    # the last token's logits (x0 picks its row of h), then the next id into ids[0]
+    hs = specs[head]
+    p.table("head", "h", e, x0=f"(m - 1) * {e}")
+    gemv = p.kernel(f"lut_gemv_k{e}_p{hs.bits}_g{hs.group}", matmul.lut_gemv, e, hs.bits, hs.group, TABLE)
+    p.step("head", gemv, {"table": f"table{e}", "w": head + ".planes", "sm": head + ".sm", "y": "logits"},
+           {"n": c.n_vocab, "y0": 0})
+    p.step("greedy", p.kernel("argmax", sampling.argmax), {"logits": "logits", "out": "ids"}, {"n": c.n_vocab})
+    p.step("sample", p.kernel("sample", sampling.sample), {"logits": "logits", "probs": "probs", "out": "ids"},
+           {"n": c.n_vocab, "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+            "seed": "seed", "step": "step"})
+    p.matmul("score", head, "h", "logits", 0, c.n_vocab, table_ready=False)
+    p.step("score", p.kernel("nll", sampling.nll), {"logits": "logits", "targets": "targets", "out": "nll"},
+           {"m": "m", "n": c.n_vocab})
+    return p

@@ -1,0 +1,183 @@
+"""Run a model package's plans on a GPU backend: prefill, decode, sampling, perplexity scoring.
+
+Everything is created once at load: one buffer per weight tensor and per activation buffer, the
+KV cache for the chosen context, one pipeline per kernel and one bound call (with its own small
+uniform buffer) per plan step. A decode step then rewrites only the uniforms that changed (the
+position), submits the decode, head and sampling plans as one command buffer, and reads back the
+4-byte id the sampler left in ids[0], which is also the next step's input: nothing else crosses.
+
+The cache holds `history`: the tokens whose keys and values it has. A new prompt that starts
+with part of the history (the earlier turns of a chat) only prefills what is new.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from .expr import evaluate
+from .gpu import Backend, Call
+from .package import Manifest, PackageError, buffer_sizes, load_tensors, parse_manifest
+
+
+class GenerationError(ValueError):
+    """A request the engine cannot serve as asked (bad parameter, prompt over the context)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
+            raise GenerationError(f"temperature must be in [0, 100], not {self.temperature!r}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise GenerationError(f"top_k must be a non-negative integer, not {self.top_k!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise GenerationError(f"top_p must be in (0, 1], not {self.top_p!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 1 << 32):
+            raise GenerationError(f"seed must be an integer in [0, 2^32), not {self.seed!r}")
+
+
+class Engine:
+    def __init__(self, manifest: Manifest, tensors: dict[str, Any], wgsl: dict[str, str], backend: Backend,
+                 ctx: int | None = None) -> None:
+        self.manifest, self.backend = manifest, backend
+        cfg = manifest.config
+        self.ctx = int(ctx or min(manifest["max_ctx"], 4096))
+        if not 1 <= self.ctx <= manifest["max_ctx"]:
+            raise GenerationError(f"context {self.ctx} outside 1..{manifest['max_ctx']} for this model")
+        self.chunk, self.vocab = manifest["chunk"], cfg["n_vocab"]
+        limit = backend.limits["max-storage-buffer-binding-size"]
+        self.buffers: dict[str, Any] = {}
+        for name, data in tensors.items():
+            if len(data) > limit:
+                raise PackageError(f"tensor {name} has {len(data)} bytes; the adapter binds at most {limit}")
+            self.buffers[name] = backend.create_buffer(len(data), bytes(data))
+        for name, size in buffer_sizes(manifest, self.ctx, limit).items():
+            self.buffers[name] = backend.create_buffer(size)
+        self._fill_rope(manifest["rope"]["theta"], manifest["rope"]["pairs"], cfg["n_rot"])
+        kernels = {kid: {**meta, "name": kid, "wgsl": wgsl[kid]} for kid, meta in manifest["kernels"].items()}
+        self.plans: dict[str, list[tuple[Call, dict[str, Any], list]]] = {
+            name: [(backend.bind(kernels[st["kernel"]], [self.buffers[b] for b in st["bind"]]), st["sizes"], [None])
+                   for st in steps]
+            for name, steps in manifest["plans"].items()}
+        self.history: list[int] = []
+        self.eos = set(manifest["eos_ids"])
+
+    @classmethod
+    def from_files(cls, read: Callable[[str], bytes], backend: Backend, ctx: int | None = None) -> "Engine":
+        """`read(relative_path)` gives a file of the package (a folder natively, fetches in a browser)."""
+        manifest = parse_manifest(read("manifest.json"))
+        wgsl = {}
+        for kid, k in manifest["kernels"].items():
+            try:
+                wgsl[kid] = read(k["file"]).decode("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PackageError(f"{k['file']}: unreadable ({exc})") from None
+        return cls(manifest, load_tensors(manifest, read), wgsl, backend, ctx)
+
+    def _fill_rope(self, theta: float, pairs: int, n_rot: int) -> None:
+        inv = [theta ** (-2 * i / n_rot) for i in range(pairs)]
+        table = array("f")
+        for pos in range(self.ctx):
+            for f in inv:
+                table.append(math.cos(pos * f))
+                table.append(math.sin(pos * f))
+        self.backend.write_buffer(self.buffers["rope"], table.tobytes())
+
+    def _calls(self, plans: Sequence[str], variables: dict[str, Any]) -> list[Call]:
+        calls = []
+        for plan in plans:
+            for call, sizes, last in self.plans[plan]:
+                values = {k: v if isinstance(v, (int, float)) else
+                          variables[v] if v in variables else evaluate(v, variables) for k, v in sizes.items()}
+                if values != last[0]:  # only uniforms that changed are rewritten
+                    call.set(self.backend, values)
+                    last[0] = values
+                calls.append(call)
+        return calls
+
+    async def _run(self, plans: Sequence[str], variables: dict[str, Any]) -> int:
+        self.backend.submit(self._calls(plans, variables))
+        return struct.unpack("<i", await self.backend.read(self.buffers["ids"], 4))[0]
+
+    def _variables(self, m: int, pos: int, sampling: Sampling, step: int) -> dict[str, Any]:
+        return {"m": m, "pos": pos, "ctx": self.ctx, "temperature": float(sampling.temperature or 1.0),
+                "top_k": sampling.top_k, "top_p": float(sampling.top_p), "seed": sampling.seed, "step": step}
+
+    def reset(self) -> None:
+        self.history = []
+
+    def _reuse(self, prompt: list[int]) -> int:
+        """Length of the cached prefix to keep: shared with the prompt, leaving >= 1 token to run."""
+        keep = 0
+        for a, b in zip(self.history, prompt[:-1]):
+            if a != b:
+                break
+            keep += 1
+        return keep
+
+    async def _prefill(self, tokens: list[int], pos: int, last: list[str], variables: dict[str, Any]) -> int:
+        nxt = -1
+        for start in range(0, len(tokens), self.chunk):
+            part = tokens[start:start + self.chunk]
+            self.backend.write_buffer(self.buffers["ids"], array("i", part).tobytes())
+            variables.update(m=len(part), pos=pos + start)
+            final = start + self.chunk >= len(tokens)
+            nxt = await self._run(["prefill"] + (last if final else []), variables)
+        return nxt
+
+    async def generate(self, prompt: list[int], max_tokens: int, sampling: Sampling = Sampling(),
+                       cancelled: Callable[[], bool] = lambda: False) -> AsyncIterator[int]:
+        """Yield generated ids until EOS (not yielded), `max_tokens`, the context end or cancellation."""
+        sampling.validate()
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise GenerationError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+        if not prompt:
+            raise GenerationError("the prompt is empty")
+        if any(not isinstance(t, int) or not 0 <= t < self.vocab for t in prompt):
+            raise GenerationError(f"prompt token ids must be integers in [0, {self.vocab})")
+        if len(prompt) >= self.ctx:
+            raise GenerationError(f"the prompt has {len(prompt)} tokens; the context holds {self.ctx} "
+                                  f"(at least one more is needed to answer)")
+        keep = self._reuse(prompt)
+        self.history = prompt[:keep]
+        pick = ["head", "greedy" if sampling.temperature == 0 else "sample"]
+        variables = self._variables(1, keep, sampling, 0)
+        token = await self._prefill(prompt[keep:], keep, pick, variables)
+        self.history = list(prompt)
+        for step in range(max_tokens):
+            if token in self.eos:
+                return
+            yield token
+            if step + 1 == max_tokens or len(self.history) >= self.ctx or cancelled():
+                return
+            variables.update(m=1, pos=len(self.history), step=step + 1)
+            nxt = await self._run(["decode"] + pick, variables)  # runs `token`, already in ids[0]
+            self.history.append(token)
+            token = nxt
+
+    async def score(self, tokens: list[int]) -> list[float]:
+        """Negative log-likelihood of tokens[1:] given what precedes each, from an empty cache."""
+        if not 2 <= len(tokens) <= self.ctx:
+            raise GenerationError(f"scoring needs 2..{self.ctx} tokens, got {len(tokens)}")
+        self.history = []
+        nll: list[float] = []
+        variables = self._variables(1, 0, Sampling(), 0)
+        for start in range(0, len(tokens), self.chunk):
+            part = tokens[start:start + self.chunk]
+            targets = tokens[start + 1:start + 1 + len(part)]
+            self.backend.write_buffer(self.buffers["ids"], array("i", part).tobytes())
+            self.backend.write_buffer(self.buffers["targets"], array("i", targets + [0] * (len(part) - len(targets))).tobytes())
+            variables.update(m=len(part), pos=start)
+            self.backend.submit(self._calls(["prefill", "score"], variables))
+            values = array("f", await self.backend.read(self.buffers["nll"], 4 * len(part)))
+            nll.extend(values[:len(targets)])
+        return nll
