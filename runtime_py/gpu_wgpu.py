@@ -32,7 +32,8 @@ class WgpuBackend:
         self.limits = {k: adapter.limits[k] for k in keys}
         self.device = adapter.request_device_sync(required_features=sorted(self.features),
                                                   required_limits=dict(self.limits))
-        self._pipelines: dict[int, Any] = {}
+        self._pipelines: dict[tuple[str, str, str], Any] = {}
+        self.allocated = {"buffers": 0, "bytes": 0}  # every buffer this backend created (soak tests)
 
     def create_buffer(self, size: int, data: bytes | None = None) -> Any:
         usage = self._wgpu.BufferUsage
@@ -41,6 +42,8 @@ class WgpuBackend:
             raise GPUError(f"buffer of {size} bytes exceeds the adapter's binding limit "
                            f"({self.limits['max-storage-buffer-binding-size']})")
         buf = self.device.create_buffer(size=size, usage=usage.STORAGE | usage.COPY_SRC | usage.COPY_DST)
+        self.allocated["buffers"] += 1
+        self.allocated["bytes"] += size
         if data:
             self.write_buffer(buf, data)
         return buf
@@ -50,7 +53,7 @@ class WgpuBackend:
         self.device.queue.write_buffer(buf, offset, bytes(data) + b"\0" * pad if pad else data)
 
     def _pipeline(self, kernel: dict[str, Any]) -> Any:
-        key = id(kernel)
+        key = (kernel["name"], kernel["entry"], kernel["wgsl"])  # by content: ids of dead dicts get reused
         if key not in self._pipelines:
             missing = set(kernel.get("features", [])) - self.features
             if missing:
@@ -68,6 +71,8 @@ class WgpuBackend:
         usage = self._wgpu.BufferUsage
         uniform = self.device.create_buffer(size=max(16, -(-4 * len(kernel["uniforms"]) // 16) * 16),
                                             usage=usage.UNIFORM | usage.COPY_DST)
+        self.allocated["buffers"] += 1
+        self.allocated["bytes"] += uniform.size
         entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
                    for i, b in enumerate(buffers)]
         entries.append({"binding": len(buffers), "resource": {"buffer": uniform, "offset": 0,

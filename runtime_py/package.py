@@ -110,6 +110,11 @@ def parse_manifest(text: bytes | str) -> Manifest:
         g = k.get("grid")
         _check(isinstance(g, list) and len(g) == 3 and all(isinstance(e, str) and len(e) <= 1000 for e in g),
                f"manifest: kernel {kid} grid")
+        for e in g:  # parses, and names only the kernel's own uniforms
+            try:
+                evaluate(e, {f: 1 for f, _ in u})
+            except ExprError as exc:
+                raise PackageError(f"manifest: kernel {kid} grid: {exc}") from None
         _check(isinstance(k.get("features", []), list), f"manifest: kernel {kid} features")
     buffers = data.get("buffers")
     _check(isinstance(buffers, dict) and all(bool(_NAME.fullmatch(n)) and isinstance(e, str) for n, e in buffers.items()),

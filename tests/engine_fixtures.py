@@ -1,0 +1,33 @@
+"""A tiny random Llama compiled into real model packages, with its numpy reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lutlm.checkpoint import Checkpoint, load_checkpoint
+from lutlm.package import write
+from lutlm.quant.pipeline import Request, quantize
+from lutlm.reference import Reference
+from runtime_py.engine import Engine
+from tiny_llama import write_hf_folder
+
+from kernel_harness import backend
+
+
+def tiny_checkpoint(folder: Path) -> Checkpoint:
+    write_hf_folder(folder)
+    return load_checkpoint(folder)
+
+
+def compile_package(ckpt: Checkpoint, out: Path, bits: str = "4", budget: float | None = None) -> Reference:
+    """Quantise (round to nearest; mixed measures sensitivity on a fixed random window) and write
+    the package; returns the numpy reference on the same quantised weights."""
+    calib = [[(7 * i + 3) % ckpt.config.n_vocab for i in range(64)]] if bits == "mixed" else None
+    quantized, info = quantize(ckpt, Request(bits=bits, method="rtn", budget=budget), calib)
+    write(out, ckpt, quantized, info)
+    tensors = dict(ckpt.tensors) | {n: q.dequantize() for n, q in quantized.items()}
+    return Reference(Checkpoint(ckpt.config, tensors, ckpt.tokenizer))
+
+
+def engine(package: Path, ctx: int | None = None) -> Engine:
+    return Engine.from_files(lambda p: (package / p).read_bytes(), backend(), ctx)
