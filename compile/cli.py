@@ -37,6 +37,20 @@ def _load(source: str, tensors: bool = True):
     return load_checkpoint(path, tensors=tensors)
 
 
+def _package(source: str) -> Path | None:
+    """`source` as a model package folder, or None if it is something else."""
+    path = Path(source)
+    return path if (path / "manifest.json").is_file() and not (path / "quantized.json").is_file() else None
+
+
+def _runtime(path: Path, ctx: int | None):
+    from runtime_py.api import LutLM
+    from runtime_py.gpu_wgpu import WgpuBackend
+
+    print(f"loading {path}", file=sys.stderr)
+    return LutLM.from_folder(str(path), WgpuBackend(), ctx)
+
+
 def cmd_fetch(args: argparse.Namespace) -> None:
     names = list(ASSETS) if args.names == ["all"] else args.names
     for name in names:
@@ -61,8 +75,13 @@ def cmd_eval_ppl(args: argparse.Namespace) -> None:
     from .reference import Reference
 
     text = load_text(args.text)
-    ckpt = _load(args.source)
-    tokens = _tokenizer(ckpt).encode(text)
+    package = _package(args.source)
+    if package:
+        llm = _runtime(package, args.window)
+        tokens = llm.tokenizer.encode(text)
+    else:
+        ckpt = _load(args.source)
+        tokens = _tokenizer(ckpt).encode(text)
     chunks = windows(tokens, args.window, args.windows)
     print(f"text {args.text}: {len(tokens)} tokens; {len(chunks)} windows of {args.window} consecutive tokens "
           f"from token 0, no BOS, each from an empty cache, tokens 2..{args.window} of each scored "
@@ -73,12 +92,30 @@ def cmd_eval_ppl(args: argparse.Namespace) -> None:
         bar.update(1)
         bar.set_postfix(ppl=f"{running:.3f}")
 
-    result = perplexity(Reference(ckpt), chunks, progress)
+    result = perplexity(_gpu_nll(llm.engine) if package else Reference(ckpt), chunks, progress)
     bar.close()
     print(f"ppl {result.ppl:.4f}")
 
 
+def _gpu_nll(engine):
+    """The runtime engine as perplexity()'s scorer (NLL of each next token, computed on the GPU)."""
+    import asyncio
+
+    return lambda window: asyncio.run(engine.score(window))
+
+
+def _sampling_args(args: argparse.Namespace):
+    from runtime_py.engine import Sampling
+
+    return Sampling(args.temperature or 0.0, args.top_k, args.top_p, args.seed, args.repetition_penalty)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
+    package = _package(args.source)
+    if package:
+        return _generate_package(args, package)
+    if args.temperature:
+        raise LutlmError("--temperature needs a model package (the numpy reference decodes greedily)")
     from runtime_py import ChatTemplate
 
     from .reference import Reference
@@ -101,7 +138,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model = Reference(ckpt)
     stream = tok.stream(skip_special=True)
     t0, count = time.perf_counter(), 0
-    for token in model.generate_greedy(prompt, args.max_tokens, stop, n_ctx=args.ctx):
+    n_ctx = args.ctx or min(2048, ckpt.config.n_ctx)
+    for token in model.generate_greedy(prompt, args.max_tokens, stop, n_ctx=n_ctx):
         count += 1
         piece = f"{token} " if args.ids else stream.feed(token)
         sys.stdout.write(piece)
@@ -111,18 +149,118 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"[{len(prompt)} prompt tokens, {count} generated in {elapsed:.1f} s]", file=sys.stderr)
 
 
-def cmd_quantize(args: argparse.Namespace) -> None:
-    from .perplexity import load_text
+def _generate_package(args: argparse.Namespace, package: Path) -> None:
+    """`generate` through the runtime on the GPU: only the generated text (or ids) on stdout."""
+    import asyncio
+
+    from runtime_py.engine import GenerationError
+
+    if args.max_tokens < 1:
+        raise LutlmError("--max-tokens must be at least 1")
+    sampling = _sampling_args(args)
+    sampling.validate()
+    llm = _runtime(package, args.ctx)
+    cfg = llm.engine.manifest.config
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt = llm.tokenizer.encode(llm.template.render(messages + [{"role": "user", "content": args.prompt}]), special=True)
+    else:
+        prompt = llm.tokenizer.encode(args.prompt)
+        if cfg["add_bos"] and cfg["bos_id"] is not None:
+            prompt = [cfg["bos_id"]] + prompt
+    stream = llm.tokenizer.stream(skip_special=True)
+
+    async def run() -> int:
+        count = 0
+        async for token in llm.engine.generate(prompt, args.max_tokens, sampling):
+            count += 1
+            sys.stdout.write(f"{token} " if args.ids else stream.feed(token))
+            sys.stdout.flush()
+        return count
+
+    t0 = time.perf_counter()
+    try:
+        count = asyncio.run(run())
+    except GenerationError as exc:
+        raise LutlmError(str(exc)) from None
+    sys.stdout.write(("" if args.ids else stream.flush()) + "\n")
+    print(f"[{len(prompt)} prompt tokens, {count} generated in {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    """Interactive chat in the terminal: streaming replies, /reset, /exit, tokens/s after each."""
+    import asyncio
+
+    package = _package(args.package)
+    if not package:
+        raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
+    llm = _runtime(package, args.ctx)
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    print("chat with " + llm.model + " - /reset starts over, /exit (or Ctrl-D) leaves", file=sys.stderr)
+
+    async def reply() -> str:
+        text = []
+        stream = await llm.chat.completions.create(messages=messages, stream=True, max_tokens=args.max_tokens,
+                                                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                                   seed=args.seed, repetition_penalty=args.repetition_penalty)
+        async for chunk in stream:
+            piece = chunk["choices"][0]["delta"].get("content", "")
+            text.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            if "usage" in chunk:
+                u = chunk["usage"]
+                tps = f", {u['decode_tokens_per_s']} tok/s" if u["decode_tokens_per_s"] else ""
+                print(f"\n[{u['prompt_tokens']} prompt tokens ({u['reused_tokens']} cached), {u['completion_tokens']} "
+                      f"generated; first token {u['ttft_s']:.2f} s{tps}]", file=sys.stderr)
+        return "".join(text)
+
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            llm.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            answer = asyncio.run(reply())
+        except KeyboardInterrupt:
+            llm.interrupt()
+            print("\n[interrupted]", file=sys.stderr)
+            messages.pop()
+            continue
+        messages.append({"role": "assistant", "content": answer})
+
+
+def _quantized_source(args: argparse.Namespace):
+    """The checkpoint and its quantised tensors: read from a quantised folder, or quantised now."""
     from .quant import store
+
+    path = resolve_source(args.source)
+    if store.is_quantized(path):
+        ckpt, quantized = store.read(path)
+        return ckpt, quantized, {"from": str(path)}
+    return _quantize(args)
+
+
+def _quantize(args: argparse.Namespace):
+    from .perplexity import load_text
     from .quant.gptq import GPTQOptions
-    from .quant.pipeline import Request, calibration_windows, quantize, summary
+    from .quant.pipeline import Request, calibration_windows, quantize
 
     req = Request(bits=args.bits, group=args.group, method=args.method, budget=args.budget,
                   embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
                   window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order))
     req.validate()
-    out = Path(args.output)
-    store.check_output(out)  # before minutes of work, not after
     ckpt = _load(args.source)
     calib = None
     if req.method == "gptq" or req.bits == "mixed":
@@ -133,6 +271,36 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
     with tqdm(desc="quantize", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
         quantized, info = quantize(ckpt, req, calib, log=lambda msg: bar.set_postfix_str(msg))
+    return ckpt, quantized, info
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .package import check_output, write
+
+    out = Path(args.output)
+    check_output(out)  # before minutes of work, not after
+    ckpt, quantized, info = _quantized_source(args)
+    if "mix" in info:
+        from .quant.pipeline import summary
+
+        print(summary(info), file=sys.stderr)
+    with tqdm(desc="compile", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
+        manifest = write(out, ckpt, quantized, info, progress=lambda msg: bar.set_postfix_str(msg))
+    size = sum(s["bytes"] for s in manifest["shards"])
+    print(f"{len(manifest['kernels'])} kernels, {len(manifest['shards'])} shards ({size / 2**20:.1f} MiB), "
+          f"decode plan of {len(manifest['plans']['decode'])} dispatches", file=sys.stderr)
+    print(out)
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .quant import store
+    from .quant.pipeline import summary
+
+    out = Path(args.output)
+    store.check_output(out)  # before minutes of work, not after
+    ckpt, quantized, info = _quantize(args)
     store.write(out, ckpt, quantized, info)
     print(summary(info))
     print(out)
@@ -147,6 +315,30 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
     if args.rounds < 1:
         raise LutlmError("--rounds must be at least 1")
     kernels.main(where, args.rounds, args.json, args.quick)
+
+
+def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--bits", required=required, default=None if required else "4",
+                   help="4, 3, 2, t (ternary) or mixed" + ("" if required else " (default 4)"))
+    p.add_argument("--budget", type=float, help="bits per weight of the linear layers, scales included (mixed)")
+    p.add_argument("--group", type=int, default=32, help="weights per scale/minimum group (default 32)")
+    p.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
+    p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
+    p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")
+    p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
+    p.add_argument("--window", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")
+    p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+
+
+def _sampling_options(p: argparse.ArgumentParser, temperature: float | None) -> None:
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help="0 or unset: greedy" if temperature is None else f"default {temperature}; 0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,28 +366,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="quantise a model's weights to 4, 3, 2 bits, ternary or a mix")
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
-    p.add_argument("--bits", required=True, help="4, 3, 2, t (ternary) or mixed")
-    p.add_argument("--budget", type=float, help="bits per weight of the linear layers, scales included (mixed)")
-    p.add_argument("--group", type=int, default=32, help="weights per scale/minimum group (default 32)")
-    p.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
-    p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
-    p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")
-    p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
-    p.add_argument("--window", type=int, default=512, help="tokens per calibration window")
-    p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")
-    p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    _quant_options(p, required=True)
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("generate", help="greedy generation from the numpy reference model")
+    p = sub.add_parser("compile", help="quantise (or take a quantised checkpoint) and write a model package")
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    _quant_options(p, required=False)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("chat", help="interactive chat with a model package on the GPU (wgpu)")
+    p.add_argument("package", metavar="PACKAGE")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--ctx", type=int, help="context length of the KV cache (default: the model's, at most 2048)")
+    _sampling_options(p, temperature=0.7)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("generate", help="generate from a model package (GPU) or any SOURCE (numpy reference, greedy)")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP + ", or a model package")
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message (with --chat)")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--ctx", type=int, default=2048, help="context length of the KV cache")
+    p.add_argument("--ctx", type=int, help="context length of the KV cache (default: the model's, at most 2048)")
     p.add_argument("--ids", action="store_true", help="write generated token ids instead of text")
+    _sampling_options(p, temperature=None)
     p.set_defaults(func=cmd_generate)
+
 
     p = sub.add_parser("bench", help="benchmarks")
     benches = p.add_subparsers(dest="bench", required=True)
@@ -211,10 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime_py import ChatTemplateError, TokenizerError
+    from runtime_py.engine import GenerationError
+    from runtime_py.gpu import GPUError
+    from runtime_py.package import PackageError
 
     try:
         args.func(args)
-    except (LutlmError, TokenizerError, ChatTemplateError) as exc:
+    except (LutlmError, TokenizerError, ChatTemplateError, GenerationError, PackageError, GPUError) as exc:
         return _fail(str(exc))
     except MemoryError:
         return _fail("out of memory")

@@ -61,17 +61,26 @@ class PerplexityResult:
     scored: int
 
 
-def perplexity(model: Reference, chunks: list[list[int]],
-               progress: Callable[[int, float], None] | None = None) -> PerplexityResult:
-    """exp of the mean NLL over every token after the first of each window; `progress(i, running_ppl)`."""
-    total, count = 0.0, 0
-    for i, window in enumerate(chunks):
+def reference_nll(model: Reference) -> Callable[[list[int]], Sequence[float]]:
+    """NLL of each token after the first of a window, by the numpy reference from an empty cache."""
+    def nll(window: list[int]) -> Sequence[float]:
         logits = model.forward(window, model.new_cache(len(window)), all_logits=True)
         logp = log_softmax(logits[:-1])
-        targets = np.asarray(window[1:])
-        nll = float(-logp[np.arange(len(targets)), targets].sum())
-        total += nll
-        count += len(targets)
+        return -logp[np.arange(len(window) - 1), np.asarray(window[1:])]
+    return nll
+
+
+def perplexity(nll: Callable[[list[int]], Sequence[float]] | Reference, chunks: list[list[int]],
+               progress: Callable[[int, float], None] | None = None) -> PerplexityResult:
+    """exp of the mean NLL over every token after the first of each window; `progress(i, running_ppl)`.
+    `nll` scores one window (the numpy reference by default, or the GPU runtime)."""
+    if isinstance(nll, Reference):
+        nll = reference_nll(nll)
+    total, count = 0.0, 0
+    for i, window in enumerate(chunks):
+        values = nll(window)
+        total += float(sum(float(v) for v in values))
+        count += len(window) - 1
         if progress:
             progress(i, math.exp(total / count))
     return PerplexityResult(math.exp(total / count), count)

@@ -7,8 +7,9 @@ sampling parameters. Buffers are weights (the package's tensors) or activations 
 are expressions of ctx and chunk (the most tokens one prefill call takes).
 
 Plans: `prefill` (m tokens through every block, GEMMs), `decode` (one token, LUT GEMVs), both
-ending with the final norm in `h`; `head` (the last token's logits), then `greedy` or `sample`
-(the next id into ids[0], the only value read back); `score` (every token's logits and their NLL
+ending with the final norm in `h`; `head` (the last token's logits), optionally `penalty`
+(repetition penalty on the ids in `seen`), then `greedy` or `sample` (the next id into ids[0],
+the only value read back); `score` (every token's logits and their NLL
 against `targets`, for perplexity).
 """
 
@@ -104,7 +105,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         "attn": f"4 * chunk * {qd}", "qkv": f"4 * chunk * {qkv_w}", "gu": f"4 * chunk * {2 * ff}",
         "act": f"4 * chunk * {ff}", "scores": f"4 * chunk * {c.n_head} * ctx",
         "logits": f"4 * chunk * {c.n_vocab}", "probs": f"4 * {c.n_vocab}",
-        "rope": f"4 * ctx * {c.n_rot // 2} * 2",
+        "rope": f"4 * ctx * {c.n_rot // 2} * 2", "seen": "4 * ctx",
     }
     for k in sorted({shape[1] for shape in shapes.values()}):
         p.buffers[f"table{k}"] = str(TABLE.itemsize * TABLE.size(k))
@@ -155,6 +156,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     gemv = p.kernel(f"lut_gemv_k{e}_p{hs.bits}_g{hs.group}", matmul.lut_gemv, e, hs.bits, hs.group, TABLE)
     p.step("head", gemv, {"table": f"table{e}", "w": head + ".planes", "sm": head + ".sm", "y": "logits"},
            {"n": c.n_vocab, "y0": 0})
+    p.step("penalty", p.kernel("penalize", sampling.penalize), {"logits": "logits", "seen": "seen"},
+           {"n": c.n_vocab, "count": "seen_count", "penalty": "penalty"})
     p.step("greedy", p.kernel("argmax", sampling.argmax), {"logits": "logits", "out": "ids"}, {"n": c.n_vocab})
     p.step("sample", p.kernel("sample", sampling.sample), {"logits": "logits", "probs": "probs", "out": "ids"},
            {"n": c.n_vocab, "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",

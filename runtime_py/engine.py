@@ -33,6 +33,7 @@ class Sampling:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     seed: int = 0
+    repetition_penalty: float = 1.0  # 1: off; > 1 discourages every id already in prompt or output
 
     def validate(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
@@ -43,6 +44,8 @@ class Sampling:
             raise GenerationError(f"top_p must be in (0, 1], not {self.top_p!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 1 << 32):
             raise GenerationError(f"seed must be an integer in [0, 2^32), not {self.seed!r}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and 0 < self.repetition_penalty <= 10):
+            raise GenerationError(f"repetition_penalty must be in (0, 10], not {self.repetition_penalty!r}")
 
 
 class Engine:
@@ -50,7 +53,7 @@ class Engine:
                  ctx: int | None = None) -> None:
         self.manifest, self.backend = manifest, backend
         cfg = manifest.config
-        self.ctx = int(ctx or min(manifest["max_ctx"], 4096))
+        self.ctx = int(ctx or min(manifest["max_ctx"], 2048))
         if not 1 <= self.ctx <= manifest["max_ctx"]:
             raise GenerationError(f"context {self.ctx} outside 1..{manifest['max_ctx']} for this model")
         self.chunk, self.vocab = manifest["chunk"], cfg["n_vocab"]
@@ -110,7 +113,8 @@ class Engine:
 
     def _variables(self, m: int, pos: int, sampling: Sampling, step: int) -> dict[str, Any]:
         return {"m": m, "pos": pos, "ctx": self.ctx, "temperature": float(sampling.temperature or 1.0),
-                "top_k": sampling.top_k, "top_p": float(sampling.top_p), "seed": sampling.seed, "step": step}
+                "top_k": sampling.top_k, "top_p": float(sampling.top_p), "seed": sampling.seed, "step": step,
+                "penalty": float(sampling.repetition_penalty), "seen_count": 0}
 
     def reset(self) -> None:
         self.history = []
@@ -151,6 +155,14 @@ class Engine:
         self.history = prompt[:keep]
         pick = ["head", "greedy" if sampling.temperature == 0 else "sample"]
         variables = self._variables(1, keep, sampling, 0)
+        seen: dict[int, None] = {}
+        if sampling.repetition_penalty != 1:
+            if "penalty" not in self.plans:
+                raise GenerationError("this package has no repetition-penalty plan")
+            pick.insert(1, "penalty")
+            seen = dict.fromkeys(prompt)
+            self.backend.write_buffer(self.buffers["seen"], array("i", list(seen)).tobytes())
+            variables["seen_count"] = len(seen)
         token = await self._prefill(prompt[keep:], keep, pick, variables)
         self.history = list(prompt)
         for step in range(max_tokens):
@@ -159,6 +171,10 @@ class Engine:
             yield token
             if step + 1 == max_tokens or len(self.history) >= self.ctx or cancelled():
                 return
+            if sampling.repetition_penalty != 1 and token not in seen:
+                self.backend.write_buffer(self.buffers["seen"], array("i", [token]).tobytes(), 4 * len(seen))
+                seen[token] = None
+                variables["seen_count"] = len(seen)
             variables.update(m=1, pos=len(self.history), step=step + 1)
             nxt = await self._run(["decode"] + pick, variables)  # runs `token`, already in ids[0]
             self.history.append(token)

@@ -111,3 +111,41 @@ def test_quantize_bad_arguments(tiny_hf, tmp_path):
                               "-o", out), "has 0 tokens")
     assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "-o", str(tiny_hf)), "refusing to overwrite")
     assert not (tmp_path / "q").exists()
+
+
+def test_compile_then_generate_chat_and_score(tiny_hf, tmp_path):
+    """The package path of the CLI on a tiny model: compile, greedy generate (= the reference on
+    the same quantised weights), perplexity through the runtime, and the chat loop."""
+    pkg, q = tmp_path / "pkg", tmp_path / "q4"
+    proc = run("compile", str(tiny_hf), "--bits", "4", "--method", "rtn", "-o", str(pkg))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(pkg) and (pkg / "manifest.json").is_file()
+    assert run("quantize", str(tiny_hf), "--bits", "4", "--method", "rtn", "-o", str(q)).returncode == 0
+    gpu = run("generate", str(pkg), "--prompt", "Hello", "--max-tokens", "12", "--ids")
+    ref = run("generate", str(q), "--prompt", "Hello", "--max-tokens", "12", "--ids")
+    assert gpu.returncode == 0 and ref.returncode == 0, gpu.stderr + ref.stderr
+    assert gpu.stdout.split() == ref.stdout.split() and len(gpu.stdout.split()) >= 1
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    scores = [run("eval", "ppl", src, "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
+              for src in (str(pkg), str(q))]
+    gpu_ppl, ref_ppl = (float(p.stdout.strip().splitlines()[-1].split()[1]) for p in scores)
+    assert abs(gpu_ppl / ref_ppl - 1) < 0.005
+    chat = subprocess.run([*LUTLM, "chat", str(pkg), "--max-tokens", "5", "--temperature", "0"], input="Hi\n/reset\nHello\n/exit\n",
+                          capture_output=True, text=True, timeout=600)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stderr.count("generated; first token") == 2 and "[conversation reset]" in chat.stderr
+
+
+def test_package_errors_are_one_line(tiny_hf, tmp_path):
+    pkg = tmp_path / "pkg"
+    assert run("compile", str(tiny_hf), "--bits", "2", "--method", "rtn", "-o", str(pkg)).returncode == 0
+    assert_one_line_error(run("generate", str(pkg), "--prompt", "x", "--top-p", "0"), "top_p")
+    assert_one_line_error(run("generate", str(pkg), "--prompt", "x " * 300, "--ctx", "64"), "context holds 64")
+    assert_one_line_error(run("chat", str(tiny_hf)), "not a model package")
+    assert_one_line_error(run("generate", str(tiny_hf), "--prompt", "x", "--temperature", "0.5"), "needs a model package")
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "notes.txt").write_text("mine")
+    assert_one_line_error(run("compile", str(tiny_hf), "--method", "rtn", "-o", str(tmp_path / "occupied")), "refusing")
+    shard = pkg / "shards" / "000.bin"
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\0")
+    assert_one_line_error(run("generate", str(pkg), "--prompt", "x"), "shards/000.bin: sha256 mismatch")

@@ -272,3 +272,10 @@ def test_emitted_metadata_describes_the_wgsl():
     attn = kernel(attention.attention, 9, 3, 64, 960)
     assert [evaluate(e, {"m": 5}) for e in attn["grid"]] == [9, 5, 1]
     assert "storageBarrier(); workgroupBarrier();" in attn["wgsl"]
+
+
+def test_repetition_penalty():
+    logits = np.array([2.0, -2.0, 0.5, 3.0, -1.0], np.float32)
+    seen = np.array([0, 1, 4], np.int32)
+    got = run(kernel(sampling.penalize), {"logits": logits, "seen": seen}, {"n": 5, "count": 3, "penalty": 1.25})["logits"]
+    np.testing.assert_allclose(got, [1.6, -2.5, 0.5, 3.0, -1.25], rtol=1e-6)

@@ -193,3 +193,21 @@ def nll() -> Any:
                 if tid == 0:
                     out[t] = T.log(red[0]) + acc[1] - logits[t, T.min(T.max(targets[t], 0), n - 1)]
     return f
+
+
+def penalize() -> Any:
+    """Repetition penalty (as in Hugging Face / CTRL): each distinct id in seen[0:count] gets its
+    logit divided by `penalty` if positive, multiplied if not. The runtime keeps `seen` distinct."""
+
+    @T.prim_func
+    def f(logits_h: T.handle, seen_h: T.handle, n: T.int32, count: T.int32, penalty: T.float32):
+        T.func_attr({"tirx.noalias": True})
+        logits = T.match_buffer(logits_h, (n,), "float32")
+        seen = T.match_buffer(seen_h, (count,), "int32")
+        for bx in T.thread_binding((count + WG - 1) // WG, thread="blockIdx.x"):
+            for tid in T.thread_binding(WG, thread="threadIdx.x"):
+                i = bx * WG + tid
+                if i < count and seen[i] >= 0 and seen[i] < n:
+                    logits[seen[i]] = T.Select(logits[seen[i]] > T.float32(0), logits[seen[i]] / penalty,
+                                               logits[seen[i]] * penalty)
+    return f
