@@ -1,15 +1,19 @@
 # The two commands of README's quick start. Both run the idempotent set-up first.
 VENV := .venv/bin
 DEMO_PROMPT ?= What is the capital of France?
+DEMO_PACKAGE := build/smollm2-135m-instruct-q4
 
 .PHONY: setup demo test
 
 setup:
 	@bash scripts/setup.sh
 
+# Compile the default model to a 4-bit package (round to nearest: lossless on the shipped Q4_1
+# weights) and answer one chat turn on the GPU runtime (wgpu-py; lavapipe on a machine without GPU).
 demo: setup
+	@$(VENV)/lutlm compile smollm2-135m-instruct --bits 4 --method rtn -o $(DEMO_PACKAGE)
 	@echo "> $(DEMO_PROMPT)"
-	@$(VENV)/lutlm generate smollm2-135m-instruct --chat --prompt "$(DEMO_PROMPT)"
+	@echo "$(DEMO_PROMPT)" | $(VENV)/lutlm chat $(DEMO_PACKAGE) --temperature 0 --max-tokens 128
 
 test: setup
 	$(VENV)/python -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,8 @@ Pyodide never imports it.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any, Sequence
 
 from .gpu import Call, GPUError
@@ -15,6 +17,10 @@ class WgpuBackend:
     """The `gpu.Backend` protocol on wgpu-py."""
 
     def __init__(self) -> None:
+        if not os.environ.get("XDG_RUNTIME_DIR"):  # else the Vulkan loader prints an alarming error
+            private = os.path.join(tempfile.gettempdir(), f"lutlm-runtime-{os.getuid()}")
+            os.makedirs(private, mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = private
         import wgpu
 
         self._wgpu = wgpu

@@ -194,3 +194,20 @@ def test_interrupted_compile_leaves_nothing(tiny, monkeypatch):
         (root / "occupied" / "x").write_text("keep me")
         compile_package(ckpt, root / "occupied")
     assert (root / "occupied" / "x").read_text() == "keep me"
+
+
+def test_repetition_penalty_matches_numpy(tiny):
+    ckpt, root, refs = tiny
+    model, prompt, penalty = refs["4"], [5, 5, 17, 42, 17], 1.5
+    cache = model.new_cache(128)
+    logits, seen, want = model.forward(prompt, cache), set(prompt), []
+    for _ in range(16):
+        adj = logits.astype(np.float64).copy()
+        idx = sorted(seen)
+        adj[idx] = np.where(adj[idx] > 0, adj[idx] / penalty, adj[idx] * penalty)
+        want.append(int(np.argmax(adj)))
+        seen.add(want[-1])
+        logits = model.forward([want[-1]], cache)
+    eng = engine(root / "pkg4", ctx=128)
+    eng.eos = set()
+    assert collect(eng, prompt, 16, Sampling(repetition_penalty=penalty)) == want

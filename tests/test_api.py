@@ -1,0 +1,104 @@
+"""The OpenAI-style surface on a tiny package: whole and streamed replies, stop strings,
+queueing of concurrent requests, interruption, cache reuse across turns, bad parameters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine_fixtures import compile_package, tiny_checkpoint
+from kernel_harness import backend
+from runtime_py.api import LutLM
+from runtime_py.engine import GenerationError
+
+USER = [{"role": "user", "content": "Hello, world! Paris is"}]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    compile_package(tiny_checkpoint(root / "hf"), root / "pkg")
+    return root / "pkg"
+
+
+def fresh(package) -> LutLM:
+    llm = LutLM.from_folder(str(package), backend(), ctx=128)
+    llm.engine.eos = set()  # random weights: let replies run to max_tokens
+    return llm
+
+
+async def streamed(llm, **kw):
+    chunks = [c async for c in await llm.chat.completions.create(stream=True, **kw)]
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks), chunks
+
+
+def test_whole_and_streamed_replies_agree(package):
+    llm = fresh(package)
+    whole = asyncio.run(llm.chat.completions.create(messages=USER, max_tokens=12, temperature=0))
+    assert whole["object"] == "chat.completion" and whole["choices"][0]["finish_reason"] == "length"
+    assert whole["usage"]["completion_tokens"] == 12 and whole["usage"]["prompt_tokens"] > 0
+    llm.reset()
+    text, chunks = asyncio.run(streamed(llm, messages=USER, max_tokens=12, temperature=0))
+    assert text == whole["choices"][0]["message"]["content"]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and "usage" in chunks[-1]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+
+
+def test_stop_string_cuts_the_reply(package):
+    llm = fresh(package)
+    full = asyncio.run(llm.chat.completions.create(messages=USER, max_tokens=24, temperature=0))["choices"][0]["message"]["content"]
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert len(stop) == 3
+    llm.reset()
+    text, chunks = asyncio.run(streamed(llm, messages=USER, max_tokens=24, temperature=0, stop=[stop]))
+    assert text == full[: full.find(stop)] and stop not in text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_concurrent_requests_are_queued_not_interleaved(package):
+    llm = fresh(package)
+    other = [{"role": "user", "content": "The quick brown fox"}]
+
+    async def both():
+        return await asyncio.gather(streamed(llm, messages=USER, max_tokens=10, temperature=0),
+                                    streamed(llm, messages=other, max_tokens=10, temperature=0))
+    (a, _), (b, _) = asyncio.run(both())
+    alone_a = asyncio.run(streamed(fresh(package), messages=USER, max_tokens=10, temperature=0))[0]
+    alone_b = asyncio.run(streamed(fresh(package), messages=other, max_tokens=10, temperature=0))[0]
+    assert (a, b) == (alone_a, alone_b)
+
+
+def test_interrupt_stops_between_tokens(package):
+    llm = fresh(package)
+
+    async def go():
+        chunks = []
+        async for c in await llm.chat.completions.create(messages=USER, max_tokens=100, temperature=0, stream=True):
+            chunks.append(c)
+            if len(chunks) == 2:
+                llm.interrupt()
+        return chunks
+    chunks = asyncio.run(go())
+    assert chunks[-1]["choices"][0]["finish_reason"] == "abort"
+    assert chunks[-1]["usage"]["completion_tokens"] <= 4
+
+
+def test_second_turn_reuses_the_cache(package):
+    llm = fresh(package)
+    first = asyncio.run(llm.chat.completions.create(messages=USER, max_tokens=8, temperature=0))
+    turn2 = USER + [first["choices"][0]["message"], {"role": "user", "content": "And Rome?"}]
+    second = asyncio.run(llm.chat.completions.create(messages=turn2, max_tokens=8, temperature=0))
+    assert second["usage"]["reused_tokens"] >= first["usage"]["prompt_tokens"]
+
+
+def test_bad_parameters(package):
+    llm = fresh(package)
+    for kwargs, message in [({"messages": USER, "frequency_penalty": 1}, "unknown parameter"),
+                            ({"messages": USER, "max_tokens": 0}, "max_tokens"),
+                            ({"messages": []}, "messages"),
+                            ({"messages": USER, "temperature": -1}, "temperature"),
+                            ({"messages": USER, "stop": ["a"] * 5}, "stop")]:
+        with pytest.raises(GenerationError, match=message):
+            asyncio.run(llm.chat.completions.create(**kwargs))
