@@ -101,7 +101,7 @@ class Workload:
                 w = self.buffer(f"dense{bits}.{name}", 4 * (k * bits // 32) * n, "u32")
                 tile = int(case.variant[4:]) if case.variant.startswith("rows") else 1
                 calls.append(self.call(self.kernel(matmul.dequant_gemv, k, bits, GROUP, tile),
-                                       {"x": x, "w": w, "sm": sm, "y": y}, {"n": n, "y0": 0}))
+                                       {"x": x, "w": w, "sm": sm, "y": y}, {"n": n, "x0": 0, "y0": 0}))
                 weight_bytes += 4 * (k * bits // 32) * n
             else:
                 planes = _planes(case.bits)

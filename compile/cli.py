@@ -287,7 +287,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
         print(summary(info), file=sys.stderr)
     with tqdm(desc="compile", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
-        manifest = write(out, ckpt, quantized, info, progress=lambda msg: bar.set_postfix_str(msg))
+        manifest = write(out, ckpt, quantized, info, progress=lambda msg: bar.set_postfix_str(msg), decode=args.decode)
     size = sum(s["bytes"] for s in manifest["shards"])
     print(f"{len(manifest['kernels'])} kernels, {len(manifest['shards'])} shards ({size / 2**20:.1f} MiB), "
           f"decode plan of {len(manifest['plans']['decode'])} dispatches", file=sys.stderr)
@@ -341,6 +341,21 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float | None) -> 
     p.add_argument("--repetition-penalty", type=float, default=1.0)
 
 
+def cmd_bench_model(args: argparse.Namespace) -> None:
+    from lutlm_bench import model
+
+    for pkg in args.packages:
+        if not _package(pkg):
+            raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
+    try:
+        sizes = [int(v) for v in args.prompts.split(",")]
+    except ValueError:
+        raise LutlmError(f"--prompts takes comma-separated token counts, not {args.prompts!r}") from None
+    if not sizes or min(sizes) < 1 or args.new_tokens < 2 or args.reps < 1:
+        raise LutlmError("--prompts sizes, --new-tokens (>= 2) and --reps (>= 1) must be positive")
+    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lutlm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -372,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="quantise (or take a quantised checkpoint) and write a model package")
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     _quant_options(p, required=False)
+    p.add_argument("--decode", default="lut", choices=["lut", "dequant", "dequant8"],
+                   help="decode matmul: LUT (default), or the dequantise baseline with 1 or 8 rows per invocation")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("chat", help="interactive chat with a model package on the GPU (wgpu)")
@@ -402,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--quick", action="store_true", help="layer shape only, fewer cases (for tests)")
     p.set_defaults(func=cmd_bench_kernels)
+    p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages (native)")
+    p.add_argument("packages", nargs="+", metavar="PACKAGE")
+    p.add_argument("--prompts", default="40,400", help="prompt sizes in tokens, comma-separated (default 40,400)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
+    p.set_defaults(func=cmd_bench_model)
     return parser
 
 

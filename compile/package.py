@@ -28,7 +28,7 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .errors import LutlmError
 from .kernels import layout
-from .plan import CHUNK, build, fused_groups
+from .plan import CHUNK, DECODE, build, dense_bits, fused_groups
 from .quant.format import QTensor
 
 FORMAT = "lutlm-package"
@@ -41,9 +41,9 @@ def _fuse(parts: list[QTensor]) -> QTensor:
                    np.concatenate([q.minimum for q in parts]))
 
 
-def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor]) -> tuple[dict[str, np.ndarray], dict, dict, str]:
-    """The arrays to upload (NAME.planes / NAME.sm per weight, f32 norms), with the specs and shapes
-    of the GPU weights and the name of the output head."""
+def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "lut") -> tuple[dict[str, np.ndarray], dict, dict, str]:
+    """The arrays to upload (NAME.planes / NAME.sm per weight, f32 norms; NAME.dense too when
+    decode dequantises), with the specs and shapes of the GPU weights and the output head's name."""
     c = ckpt.config
     missing = [n for n in ["token_embd.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer)
                for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
@@ -61,6 +61,8 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor]) -> tuple[dict[s
     for name, q in weights.items():
         arrays[name + ".planes"] = layout.planes(q)
         arrays[name + ".sm"] = layout.scale_min(q)
+        if decode != "lut":
+            arrays[name + ".dense"] = layout.dense(q, dense_bits(q.spec))
     norms = ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer) for p in ("attn_norm", "ffn_norm")]
     for name in norms:
         arrays[name] = np.ascontiguousarray(ckpt.tensors[name], dtype=np.float32)
@@ -73,12 +75,14 @@ def check_output(out: Path) -> None:
 
 
 def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict[str, Any],
-          progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+          progress: Callable[[str], None] = lambda msg: None, decode: str = "lut") -> dict[str, Any]:
     out = Path(out)
     check_output(out)
+    if decode not in DECODE:
+        raise LutlmError(f"decode matmul must be one of {', '.join(DECODE)}, not {decode!r}")
     progress("generating kernels")
-    arrays, specs, shapes, head = gpu_tensors(ckpt, quantized)
-    plan = build(ckpt.config, specs, shapes, head)
+    arrays, specs, shapes, head = gpu_tensors(ckpt, quantized, decode)
+    plan = build(ckpt.config, specs, shapes, head, decode)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -97,7 +101,7 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
             "config": asdict(c), "chat_template": ckpt.chat_template,
             "eos_ids": sorted({i for i in (c.eos_id, _token_id(ckpt.tokenizer, "<|im_end|>"),
                                           _token_id(ckpt.tokenizer, "<|endoftext|>")) if i is not None}),
-            "quantization": {**info, "tensors": {n: s.name for n, s in specs.items()}},
+            "quantization": {**info, "tensors": {n: s.name for n, s in specs.items()}}, "decode": decode,
             "chunk": CHUNK, "max_ctx": c.n_ctx, "rope": {"theta": c.rope_theta, "pairs": c.n_rot // 2},
             "shards": shards, "tensors": tensors, "kernels": kernels, "buffers": plan.buffers, "plans": plan.plans,
         }

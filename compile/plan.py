@@ -25,6 +25,12 @@ from .quant.format import QuantSpec
 
 TABLE = matmul.Table()
 CHUNK = 64
+DECODE = {"lut": 0, "dequant": 1, "dequant8": 8}  # decode matmul kinds; dequant: rows per invocation
+
+
+def dense_bits(spec: QuantSpec) -> int:
+    """Code width of the dense (dequantise) layout: 3-bit codes travel in 4-bit fields."""
+    return spec.bits if spec.bits in (2, 4, 8) else 4
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Plan:
     config: ModelConfig
     specs: dict[str, QuantSpec]  # GPU tensor base name -> spec (weights stored as NAME.planes / NAME.sm)
     shapes: dict[str, tuple[int, int]]  # GPU tensor base name -> (rows, cols)
+    decode: str = "lut"  # how decode multiplies: LUT GEMV, or dequantise (NAME.dense) as a baseline
     kernels: dict[str, dict[str, Any]] = field(default_factory=dict)
     buffers: dict[str, str] = field(default_factory=dict)
     plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -65,11 +72,22 @@ class Plan:
             kid = self.kernel(f"gemm_k{k}_p{spec.bits}_g{spec.group}", matmul.gemm, k, spec.bits, spec.group)
             self.step(plan, kid, {**bind, "x": x, "y": y}, {"m": "m", "n": n, "ldy": ldy, "y0": y0})
         else:
-            if not table_ready:
-                self.table(plan, x, k)
-            kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}", matmul.lut_gemv, k, spec.bits,
-                              spec.group, TABLE)
-            self.step(plan, kid, {**bind, "table": f"table{k}", "y": y}, {"n": n, "y0": y0})
+            self.gemv(plan, weight, x, y, y0, 0, table_ready)
+
+    def gemv(self, plan: str, weight: str, x: str, y: str, y0: int, x0: Any, table_ready: bool) -> None:
+        spec, (n, k) = self.specs[weight], self.shapes[weight]
+        if self.decode != "lut":
+            bits, tile = dense_bits(spec), DECODE[self.decode]
+            kid = self.kernel(f"dequant_gemv_k{k}_b{bits}_g{spec.group}_r{tile}", matmul.dequant_gemv, k, bits,
+                              spec.group, tile)
+            self.step(plan, kid, {"x": x, "w": weight + ".dense", "sm": weight + ".sm", "y": y},
+                      {"n": n, "x0": x0, "y0": y0})
+            return
+        if not table_ready:
+            self.table(plan, x, k, x0)
+        kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}", matmul.lut_gemv, k, spec.bits, spec.group, TABLE)
+        self.step(plan, kid, {"w": weight + ".planes", "sm": weight + ".sm", "table": f"table{k}", "y": y},
+                  {"n": n, "y0": y0})
 
 
 def fused_groups(config: ModelConfig, specs: dict[str, QuantSpec], layer: int) -> dict[str, list[str]]:
@@ -92,13 +110,13 @@ def _present(specs: dict[str, QuantSpec], fused: str, parts: list[str]) -> list[
 
 
 def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tuple[int, int]],
-          head: str) -> Plan:
+          head: str, decode: str = "lut") -> Plan:
     """`specs`/`shapes` are per GPU weight (fused names included); `head` names the output head."""
     c = config
     e, ff, hd, kvd = c.n_embd, c.n_ff, c.head_dim, c.n_head_kv * c.head_dim
     qd = c.n_head * hd
     qkv_w = qd + 2 * kvd
-    p = Plan(c, specs, shapes=shapes)
+    p = Plan(c, specs, shapes=shapes, decode=decode)
     p.buffers = {
         "ids": "4 * chunk", "targets": "4 * chunk", "nll": "4 * chunk",
         "x": f"4 * chunk * {e}", "h": f"4 * chunk * {e}", "o": f"4 * chunk * {e}",
@@ -151,11 +169,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         p.step(plan, norm, {"x": "x", "weight": "output_norm.weight", "out": "h"}, {"m": m, "eps": eps})
 
     # the last token's logits (x0 picks its row of h), then the next id into ids[0]
-    hs = specs[head]
-    p.table("head", "h", e, x0=f"(m - 1) * {e}")
-    gemv = p.kernel(f"lut_gemv_k{e}_p{hs.bits}_g{hs.group}", matmul.lut_gemv, e, hs.bits, hs.group, TABLE)
-    p.step("head", gemv, {"table": f"table{e}", "w": head + ".planes", "sm": head + ".sm", "y": "logits"},
-           {"n": c.n_vocab, "y0": 0})
+    p.gemv("head", head, "h", "logits", 0, f"(m - 1) * {e}", table_ready=False)
     p.step("penalty", p.kernel("penalize", sampling.penalize), {"logits": "logits", "seen": "seen"},
            {"n": c.n_vocab, "count": "seen_count", "penalty": "penalty"})
     p.step("greedy", p.kernel("argmax", sampling.argmax), {"logits": "logits", "out": "ids"}, {"n": c.n_vocab})

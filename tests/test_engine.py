@@ -45,6 +45,17 @@ def test_greedy_4bit_matches_reference_64_tokens(tiny):
         assert collect(eng, prompt, 64) == want
 
 
+@pytest.mark.parametrize("bits,decode", [("3", "dequant"), ("4", "dequant8")])
+def test_dequantise_decode_packages_match_reference(tiny, bits, decode):
+    ckpt, root, refs = tiny
+    compile_package(ckpt, root / f"pkg{bits}{decode}", bits, decode=decode)
+    eng = engine(root / f"pkg{bits}{decode}", ctx=128)
+    eng.eos = set()
+    for prompt in PROMPTS[:3]:
+        eng.reset()
+        assert collect(eng, prompt, 24) == list(refs[bits].generate_greedy(prompt, 24, set(), n_ctx=128))
+
+
 @pytest.mark.parametrize("bits", ["3", "2", "t", "mixed"])
 def test_low_bit_packages_match_their_reference(tiny, bits):
     ckpt, root, refs = tiny

@@ -91,7 +91,7 @@ def test_dequant_gemv(bits, k, n, tile):
     q = quantized(n, k, bits)
     x = rng.standard_normal(k).astype(np.float32)
     meta = kernel(matmul.dequant_gemv, k, bits, 32, tile)
-    got = run(meta, {"x": x, "w": layout.dense(q, bits), "sm": layout.scale_min(q), "y": n}, {"n": n, "y0": 0})["y"]
+    got = run(meta, {"x": x, "w": layout.dense(q, bits), "sm": layout.scale_min(q), "y": n}, {"n": n, "x0": 0, "y0": 0})["y"]
     assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
 
 

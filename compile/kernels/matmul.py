@@ -158,9 +158,9 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     span = ROWS * tile
 
     @T.prim_func
-    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32, y0: T.int32):
+    def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32, x0: T.int32, y0: T.int32):
         T.func_attr({"tirx.noalias": True})
-        x = T.match_buffer(x_h, (k,), "float32")
+        x = T.match_buffer(x_h, (x0 + k,), "float32")  # the activations are x[x0 : x0 + k]
         w = T.match_buffer(w_h, (k // per, n), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
         y = T.match_buffer(y_h, (y0 + n,), "float32")
@@ -180,7 +180,7 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
                         for i in T.unroll(tile):
                             words[i] = w[g * (group // per) + v, T.min(bx * span + i * ROWS + tx, n - 1)]
                         for s in T.unroll(per):
-                            xv[0] = x[g * group + v * per + s]
+                            xv[0] = x[x0 + g * group + v * per + s]
                             xv[1] = xv[1] + xv[0]
                             for i in T.unroll(tile):
                                 part[i] = part[i] + T.Cast("float32", (words[i] >> T.uint32(bits * s)) & T.uint32(mask)) * xv[0]

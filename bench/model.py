@@ -1,0 +1,101 @@
+"""`lutlm bench model PACKAGE...`: load time, time to first token, prefill and decode tokens/s of
+model packages on the native runtime (wgpu-py; lavapipe here), same prompts for every package.
+
+Workload: fixed ChatML prompts (~40 and ~400 tokens with SmolLM2's template), greedy, a fixed
+number of new tokens (end-of-sequence ignored so that every run decodes the same count), a fresh
+cache per repetition; medians over repetitions, every sample kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHORT = "What is the capital of France? Answer in one sentence."
+PARAGRAPH = ("The Loire is the longest river in France. It rises in the Massif Central, flows north and then "
+             "west through Orleans, Tours and Angers, and reaches the Atlantic Ocean at Saint-Nazaire. Its valley "
+             "is known for its castles, its vineyards and its mild climate. ")
+# llama.cpp on this kind of machine, from ../shared/ENVIRONMENT.md (not measured by this command)
+LLAMA_CPP = [{"system": "llama.cpp (ENVIRONMENT.md)", "variant": "Q4_1, 2 threads", "where": "native-cpu",
+              "prefill_tps": 291.0, "decode_tps": 117.0, "measured": False},
+             {"system": "llama.cpp (ENVIRONMENT.md)", "variant": "Q4_1, 1 thread", "where": "native-cpu",
+              "prefill_tps": 170.0, "decode_tps": 80.0, "measured": False}]
+
+
+def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, list[int]]:
+    """A chat prompt of about `size` tokens for each size: the short question, or a summary
+    request over as many repetitions of a paragraph as reach the size."""
+    out = {}
+    for size in sizes:
+        text = SHORT
+        while True:
+            ids = tokenizer.encode(template.render([{"role": "user", "content": text}]), special=True)
+            if len(ids) >= size or size <= 64:
+                break
+            text = "Summarise in two sentences: " + PARAGRAPH * (text.count("Loire") + 1)
+        out[size] = ids
+    return out
+
+
+async def _one(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, float]:
+    llm.reset()
+    t0 = time.perf_counter()
+    first, count = None, 0
+    from runtime_py.engine import Sampling
+
+    async for _ in llm.engine.generate(prompt, new_tokens, Sampling()):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return {"ttft_s": first - t0, "prefill_tps": len(prompt) / (first - t0),
+            "decode_tps": (count - 1) / (end - first) if count > 1 else float("nan"), "new_tokens": count}
+
+
+def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
+    from runtime_py.api import LutLM
+    from runtime_py.gpu_wgpu import WgpuBackend
+
+    backend = WgpuBackend()
+    adapter = f"{backend.info['device']}, {backend.info['description']}"
+    rows = []
+    for pkg in packages:
+        t0 = time.perf_counter()
+        llm = LutLM.from_folder(pkg, backend, ctx=max(sizes) + new_tokens + 8)
+        load_s = time.perf_counter() - t0
+        llm.engine.eos = set()
+        m = llm.engine.manifest
+        variant = f"{m['quantization'].get('bits', '?')}-bit {m['decode']} ({Path(pkg).name})"
+        for size, prompt in prompts(llm.tokenizer, llm.template, sizes).items():
+            samples = [asyncio.run(_one(llm, prompt, new_tokens)) for _ in range(reps)]
+            med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
+            rows.append({"system": "lutlm", "variant": variant, "where": "native", "adapter": adapter,
+                         "prompt_tokens": len(prompt), "new_tokens": new_tokens, "load_s": round(load_s, 3),
+                         **{k: round(v, 3) for k, v in med.items()}, "samples": samples, "measured": True})
+            print(f"{variant}: {len(prompt)}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
+                  f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| system | variant | where | prompt tokens | load s | ttft s | prefill tok/s | decode tok/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def f(key: str, fmt: str) -> str:
+            return format(r[key], fmt) if key in r else "-"
+        lines.append(f"| {r['system']} | {r['variant']} | {r['where']} | {r.get('prompt_tokens', '~40')} | "
+                     f"{f('load_s', '.2f')} | {f('ttft_s', '.2f')} | {f('prefill_tps', '.1f')} | {f('decode_tps', '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json_path: str | None) -> None:
+    rows = run(packages, sizes, new_tokens, reps) + LLAMA_CPP
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rows, indent=1) + "\n")
+    print(markdown(rows))
