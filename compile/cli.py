@@ -341,6 +341,28 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float | None) -> 
     p.add_argument("--repetition-penalty", type=float, default=1.0)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from . import webapp
+
+    packages = [Path(p) for p in args.packages] or sorted(p.parent for p in Path("build").glob("*/manifest.json"))
+    for pkg in packages:
+        if not _package(str(pkg)):
+            raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
+    if not 0 <= args.port <= 65535:
+        raise LutlmError(f"--port must be in 0..65535, not {args.port}")
+    root = webapp.build(Path(args.out), packages)
+    try:
+        srv = webapp.server(root, args.port)
+    except OSError as exc:
+        raise LutlmError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc})") from None
+    print(f"serving {root} with {len(packages)} model(s) at http://127.0.0.1:{srv.server_address[1]}/ (Ctrl-C stops)",
+          flush=True)
+    try:
+        srv.serve_forever()
+    finally:
+        srv.server_close()
+
+
 def cmd_bench_model(args: argparse.Namespace) -> None:
     from lutlm_bench import model
 
@@ -410,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(p, temperature=None)
     p.set_defaults(func=cmd_generate)
 
+
+    p = sub.add_parser("serve", help="build the web app and serve it with model packages on 127.0.0.1")
+    p.add_argument("packages", nargs="*", metavar="PACKAGE", help="default: every package under build/")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--out", default="build/web", help="where the app is assembled (default build/web)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks")
     benches = p.add_subparsers(dest="bench", required=True)

@@ -1,0 +1,119 @@
+"""The browser GPU backend: the `gpu.Backend` protocol on WebGPU through Pyodide's `js` module.
+
+Runs inside the Web Worker that hosts Pyodide (`navigator.gpu` exists in workers). Reading a
+buffer back is the one await per decode step: a copy into a mappable staging buffer, then
+`mapAsync`, whose promise Pyodide's event loop awaits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import js  # type: ignore[import-not-found]
+from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+from .gpu import Call, GPUError
+
+LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
+          "maxComputeInvocationsPerWorkgroup", "maxStorageBuffersPerShaderStage")
+
+
+def _js(value: Any) -> Any:
+    return to_js(value, dict_converter=js.Object.fromEntries)
+
+
+class JsBackend:
+    def __init__(self, adapter: Any, device: Any) -> None:
+        self.adapter, self.device = adapter, device
+        info = getattr(adapter, "info", None)
+        self.info = {"backend": "webgpu", "vendor": getattr(info, "vendor", ""), "device": getattr(info, "device", ""),
+                     "description": getattr(info, "architecture", ""), "adapter_type": ""}
+        self.features = {f for f in ("shader-f16", "timestamp-query") if device.features.has(f)}
+        # the protocol's limit names are wgpu-py's (kebab-case)
+        self.limits = {"max-storage-buffer-binding-size": int(device.limits.maxStorageBufferBindingSize),
+                       "max-buffer-size": int(device.limits.maxBufferSize)}
+        self._pipelines: dict[tuple[str, str, str], Any] = {}
+        self._staging: dict[int, Any] = {}
+        self.allocated = {"buffers": 0, "bytes": 0}
+
+    @classmethod
+    async def create(cls) -> "JsBackend":
+        gpu = getattr(js.navigator, "gpu", None)
+        if gpu is None:
+            raise GPUError("this browser exposes no WebGPU (navigator.gpu); on Linux start Chromium with "
+                           "--enable-unsafe-webgpu")
+        adapter = await gpu.requestAdapter()
+        if adapter is None:
+            raise GPUError("WebGPU is present but offers no adapter")
+        limits = {name: getattr(adapter.limits, name) for name in LIMITS}
+        features = [f for f in ("shader-f16",) if adapter.features.has(f)]
+        device = await adapter.requestDevice(_js({"requiredLimits": limits, "requiredFeatures": features}))
+        return cls(adapter, device)
+
+    def create_buffer(self, size: int, data: bytes | None = None) -> Any:
+        size = max(4, -(-size // 4) * 4)
+        if size > self.limits["max-storage-buffer-binding-size"]:
+            raise GPUError(f"buffer of {size} bytes exceeds the adapter's binding limit "
+                           f"({self.limits['max-storage-buffer-binding-size']})")
+        usage = js.GPUBufferUsage.STORAGE | js.GPUBufferUsage.COPY_SRC | js.GPUBufferUsage.COPY_DST
+        buf = self.device.createBuffer(_js({"size": size, "usage": usage}))
+        self.allocated["buffers"] += 1
+        self.allocated["bytes"] += size
+        if data:
+            self.write_buffer(buf, data)
+        return buf
+
+    def write_buffer(self, buf: Any, data: bytes, offset: int = 0) -> None:
+        pad = (-len(data)) % 4
+        view = memoryview(bytes(data) + b"\0" * pad if pad else data)
+        self.device.queue.writeBuffer(buf, offset, to_js(view))
+
+    def _pipeline(self, kernel: dict[str, Any]) -> Any:
+        key = (kernel["name"], kernel["entry"], kernel["wgsl"])
+        if key not in self._pipelines:
+            missing = set(kernel.get("features", [])) - self.features
+            if missing:
+                raise GPUError(f"kernel {kernel['name']} needs {', '.join(sorted(missing))}")
+            module = self.device.createShaderModule(_js({"code": kernel["wgsl"]}))
+            self._pipelines[key] = self.device.createComputePipeline(
+                _js({"layout": "auto", "compute": {"module": module, "entryPoint": kernel["entry"]}}))
+        return self._pipelines[key]
+
+    def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call:
+        if len(buffers) != len(kernel["bindings"]):
+            raise GPUError(f"kernel {kernel['name']} binds {len(kernel['bindings'])} buffers, got {len(buffers)}")
+        pipeline = self._pipeline(kernel)
+        size = max(16, -(-4 * len(kernel["uniforms"]) // 16) * 16)
+        uniform = self.device.createBuffer(_js({"size": size, "usage": js.GPUBufferUsage.UNIFORM | js.GPUBufferUsage.COPY_DST}))
+        self.allocated["buffers"] += 1
+        self.allocated["bytes"] += size
+        entries = [{"binding": i, "resource": {"buffer": b}} for i, b in enumerate(buffers)]
+        entries.append({"binding": len(buffers), "resource": {"buffer": uniform}})
+        group = self.device.createBindGroup(_js({"layout": pipeline.getBindGroupLayout(0), "entries": entries}))
+        return Call(kernel, pipeline, group, uniform)
+
+    def submit(self, calls: Sequence[Call]) -> None:
+        encoder = self.device.createCommandEncoder()
+        compute = encoder.beginComputePass()
+        for call in calls:
+            if 0 in call.grid:
+                continue
+            compute.setPipeline(call.pipeline)
+            compute.setBindGroup(0, call.bind_group)
+            compute.dispatchWorkgroups(*call.grid)
+        compute.end()
+        self.device.queue.submit(_js([encoder.finish()]))
+
+    async def read(self, buf: Any, size: int, offset: int = 0) -> bytes:
+        n = -(-size // 4) * 4
+        staging = self._staging.get(n)
+        if staging is None:
+            staging = self.device.createBuffer(_js({"size": n, "usage": js.GPUBufferUsage.MAP_READ | js.GPUBufferUsage.COPY_DST}))
+            self._staging[n] = staging
+        encoder = self.device.createCommandEncoder()
+        encoder.copyBufferToBuffer(buf, offset, staging, 0, n)
+        self.device.queue.submit(_js([encoder.finish()]))
+        await staging.mapAsync(js.GPUMapMode.READ)
+        data = bytes(js.Uint8Array.new(staging.getMappedRange()).to_py())
+        staging.unmap()
+        return data[:size]

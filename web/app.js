@@ -1,0 +1,91 @@
+// The chat page: talks to the worker (Pyodide + runtime_py) with messages. Model output is
+// inserted as text (textContent), never as HTML.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const worker = new Worker("worker.js", { type: "module" });
+const messages = [];
+let current = null; // {id, node, text}
+let nextId = 1;
+
+function add(role, text) {
+  const node = document.createElement("div");
+  node.className = `msg ${role}`;
+  node.textContent = text;
+  $("log").appendChild(node);
+  $("log").scrollTop = $("log").scrollHeight;
+  return node;
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("prompt").disabled = false;
+  $("stop").disabled = !busy;
+  $("reset").disabled = busy;
+}
+
+worker.onmessage = (e) => {
+  const m = e.data;
+  if (m.type === "progress") {
+    $("progress").hidden = false;
+    $("progress").max = m.total || 1;
+    $("progress").value = m.done;
+    $("status").textContent = m.stage === "download"
+      ? `Downloading ${(m.done / 2 ** 20).toFixed(1)} of ${(m.total / 2 ** 20).toFixed(1)} MiB (${m.file})`
+      : m.stage === "gpu" ? "Preparing the GPU..." : "Starting Python...";
+  } else if (m.type === "ready") {
+    $("progress").hidden = true;
+    $("status").textContent = `Ready: ${m.model} on ${m.adapter.vendor} ${m.adapter.description}, context ${m.ctx}`;
+    $("prompt").disabled = false;
+    $("send").disabled = false;
+    $("reset").disabled = false;
+    document.body.dataset.state = "ready";
+  } else if (m.type === "chunk" && current && m.id === current.id) {
+    current.text += m.text;
+    current.node.textContent = current.text;
+  } else if (m.type === "done" && current && m.id === current.id) {
+    messages.push({ role: "assistant", content: current.text });
+    const u = JSON.parse(m.usage || "null");
+    if (u) {
+      const stats = add("stats", `${u.completion_tokens} tokens, first after ${u.ttft_s.toFixed(2)} s` +
+        (u.decode_tokens_per_s ? `, ${u.decode_tokens_per_s.toFixed(2)} tok/s` : "") + ` (${m.finish})`);
+      stats.className = "stats";
+    }
+    current = null;
+    setBusy(false);
+    document.body.dataset.state = "idle";
+  } else if (m.type === "error") {
+    add("error", m.message);
+    if (current && (m.id === undefined || m.id === current.id)) { current = null; setBusy(false); }
+    document.body.dataset.state = "error";
+  }
+};
+
+$("form").onsubmit = (e) => {
+  e.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text) return;
+  if (current) { add("error", "Still answering: wait, or press Stop."); return; }
+  $("prompt").value = "";
+  messages.push({ role: "user", content: text });
+  add("user", text);
+  current = { id: nextId++, node: add("assistant", ""), text: "" };
+  setBusy(true);
+  document.body.dataset.state = "generating";
+  const params = JSON.parse(document.body.dataset.params || '{"temperature": 0, "max_tokens": 256}');
+  worker.postMessage({ type: "chat", id: current.id, messages, params });
+};
+$("stop").onclick = () => worker.postMessage({ type: "stop" });
+$("reset").onclick = () => { messages.length = 0; $("log").textContent = ""; };
+$("load").onclick = () => {
+  $("load").disabled = true;
+  worker.postMessage({ type: "load", model: $("model").value });
+};
+
+fetch("models.json").then((r) => r.json()).then((list) => {
+  for (const m of list) {
+    const opt = document.createElement("option");
+    opt.value = m.name;
+    opt.textContent = `${m.name} (${(m.bytes / 2 ** 20).toFixed(0)} MiB)`;
+    $("model").appendChild(opt);
+  }
+}).catch(() => { $("status").textContent = "No models are served with this page (models.json missing)."; });

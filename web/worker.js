@@ -1,0 +1,117 @@
+// The Web Worker that hosts Pyodide and runtime_py. Messages in: {type: "load", model, ctx},
+// {type: "chat", id, messages, params}, {type: "stop"}. Messages out: {type: "progress", ...},
+// {type: "ready", ...}, {type: "chunk", id, text}, {type: "done", id, finish, usage},
+// {type: "error", message}. The page stays responsive: everything heavy happens here.
+import { loadPyodide } from "./pyodide/pyodide.mjs";
+
+let pyodide = null;
+let busy = Promise.resolve();
+const files = new Map(); // package-relative path -> Uint8Array
+
+function post(msg) { self.postMessage(msg); }
+
+async function fetchBytes(url, onBytes) {
+  const resp = await fetch(url);
+  if (!resp.ok) throw new Error(`${url}: HTTP ${resp.status}`);
+  if (!resp.body || !onBytes) return new Uint8Array(await resp.arrayBuffer());
+  const reader = resp.body.getReader();
+  const parts = [];
+  let got = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    got += value.length;
+    onBytes(value.length);
+  }
+  const out = new Uint8Array(got);
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+async function load(model, ctx) {
+  post({ type: "progress", stage: "python", done: 0, total: 1 });
+  pyodide = await loadPyodide({ indexURL: new URL("pyodide/", self.location).href });
+  pyodide.unpackArchive(await fetchBytes("runtime_py.zip"), "zip", { extractDir: "/lutlm" });
+  pyodide.runPython("import sys; sys.path.insert(0, '/lutlm')");
+  const base = `models/${model}/`;
+  const manifestBytes = await fetchBytes(base + "manifest.json");
+  const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  files.set("manifest.json", manifestBytes);
+  files.set("tokenizer.json", await fetchBytes(base + "tokenizer.json"));
+  for (const k of Object.values(manifest.kernels)) files.set(k.file, await fetchBytes(base + k.file));
+  const total = manifest.shards.reduce((a, s) => a + s.bytes, 0);
+  let done = 0;
+  for (const s of manifest.shards) {
+    files.set(s.file, await fetchBytes(base + s.file, (n) => {
+      done += n;
+      post({ type: "progress", stage: "download", done, total, file: s.file });
+    }));
+  }
+  self.lutlmRead = (path) => {
+    const data = files.get(path);
+    if (!data) throw new Error(`${path}: not part of the package`);
+    return data;
+  };
+  post({ type: "progress", stage: "gpu", done: total, total });
+  const info = await pyodide.runPythonAsync(`
+import json
+import js
+from runtime_py.api import LutLM
+from runtime_py.chat_template import ChatTemplate
+from runtime_py.engine import Engine
+from runtime_py.gpu_js import JsBackend
+from runtime_py.tokenizer import Tokenizer
+
+def _read(path):
+    return bytes(js.lutlmRead(path).to_py())
+
+backend = await JsBackend.create()
+engine = Engine.from_files(_read, backend, ${Number(ctx) || 0} or None)
+llm = LutLM(engine, Tokenizer(json.loads(_read("tokenizer.json"))),
+            ChatTemplate.from_template(engine.manifest["chat_template"]), engine.manifest["name"])
+json.dumps({"model": llm.model, "ctx": engine.ctx, "adapter": backend.info})
+`);
+  files.clear(); // the GPU has the weights now
+  post({ type: "ready", ...JSON.parse(info) });
+}
+
+async function chat(id, messages, params) {
+  self.lutlmRequest = { id, messages: JSON.stringify(messages), params: JSON.stringify(params || {}) };
+  await pyodide.runPythonAsync(`
+import json
+import js
+from pyodide.ffi import to_js
+
+_req = js.lutlmRequest
+_id = _req.id
+async for _chunk in await llm.chat.completions.create(messages=json.loads(_req.messages), stream=True,
+                                                      **json.loads(_req.params)):
+    _choice = _chunk["choices"][0]
+    _text = _choice["delta"].get("content", "")
+    if _text:
+        js.postMessage(to_js({"type": "chunk", "id": _id, "text": _text}, dict_converter=js.Object.fromEntries))
+    if _choice["finish_reason"]:
+        js.postMessage(to_js({"type": "done", "id": _id, "finish": _choice["finish_reason"],
+                              "usage": json.dumps(_chunk.get("usage"))}, dict_converter=js.Object.fromEntries))
+`);
+}
+
+self.onmessage = (e) => {
+  const msg = e.data;
+  if (msg.type === "stop") {
+    if (pyodide) pyodide.runPython("llm.interrupt()");
+    return;
+  }
+  busy = busy.then(async () => {
+    try {
+      if (msg.type === "load") await load(msg.model, msg.ctx);
+      else if (msg.type === "chat") await chat(msg.id, msg.messages, msg.params);
+    } catch (err) {
+      const text = String((err && err.message) || err);
+      // Python errors arrive as a traceback: the last line says what went wrong
+      post({ type: "error", id: msg.id, message: text.trim().split("\n").pop() });
+    }
+  });
+};
