@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .atomic import replacing
 from .checkpoint import Checkpoint
 from .errors import LutlmError
 from .kernels import layout
@@ -83,9 +81,7 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
     progress("generating kernels")
     arrays, specs, shapes, head = gpu_tensors(ckpt, quantized, decode)
     plan = build(ckpt.config, specs, shapes, head, decode)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replacing(out) as tmp:
         (tmp / "kernels").mkdir()
         (tmp / "shards").mkdir()
         kernels = {}
@@ -106,12 +102,6 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
             "shards": shards, "tensors": tensors, "kernels": kernels, "buffers": plan.buffers, "plans": plan.plans,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

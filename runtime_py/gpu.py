@@ -63,3 +63,21 @@ class Backend(Protocol):
     def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call: ...
     def submit(self, calls: Sequence[Call]) -> None: ...
     async def read(self, buf: Any, size: int, offset: int = 0) -> bytes: ...
+
+
+def buffer_bytes(size: int, limit: int) -> int:
+    """`size` rounded up to whole u32s, refused if over the adapter's binding limit."""
+    size = max(4, -(-size // 4) * 4)
+    if size > limit:
+        raise GPUError(f"buffer of {size} bytes exceeds the adapter's binding limit ({limit})")
+    return size
+
+
+def check_kernel(kernel: dict[str, Any], buffers: Sequence[Any], features: set[str]) -> int:
+    """Refuse a binding count or a feature the kernel cannot have; returns its uniform buffer size."""
+    if len(buffers) != len(kernel["bindings"]):
+        raise GPUError(f"kernel {kernel['name']} binds {len(kernel['bindings'])} buffers, got {len(buffers)}")
+    missing = set(kernel.get("features", [])) - features
+    if missing:
+        raise GPUError(f"kernel {kernel['name']} needs {', '.join(sorted(missing))}")
+    return max(16, -(-4 * len(kernel["uniforms"]) // 16) * 16)

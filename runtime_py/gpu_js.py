@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
-from .gpu import Call, GPUError
+from .gpu import Call, GPUError, buffer_bytes, check_kernel
 
 LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
           "maxComputeInvocationsPerWorkgroup", "maxStorageBuffersPerShaderStage")
@@ -51,10 +51,7 @@ class JsBackend:
         return cls(adapter, device)
 
     def create_buffer(self, size: int, data: bytes | None = None) -> Any:
-        size = max(4, -(-size // 4) * 4)
-        if size > self.limits["max-storage-buffer-binding-size"]:
-            raise GPUError(f"buffer of {size} bytes exceeds the adapter's binding limit "
-                           f"({self.limits['max-storage-buffer-binding-size']})")
+        size = buffer_bytes(size, self.limits["max-storage-buffer-binding-size"])
         usage = js.GPUBufferUsage.STORAGE | js.GPUBufferUsage.COPY_SRC | js.GPUBufferUsage.COPY_DST
         buf = self.device.createBuffer(_js({"size": size, "usage": usage}))
         self.allocated["buffers"] += 1
@@ -71,19 +68,14 @@ class JsBackend:
     def _pipeline(self, kernel: dict[str, Any]) -> Any:
         key = (kernel["name"], kernel["entry"], kernel["wgsl"])
         if key not in self._pipelines:
-            missing = set(kernel.get("features", [])) - self.features
-            if missing:
-                raise GPUError(f"kernel {kernel['name']} needs {', '.join(sorted(missing))}")
             module = self.device.createShaderModule(_js({"code": kernel["wgsl"]}))
             self._pipelines[key] = self.device.createComputePipeline(
                 _js({"layout": "auto", "compute": {"module": module, "entryPoint": kernel["entry"]}}))
         return self._pipelines[key]
 
     def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call:
-        if len(buffers) != len(kernel["bindings"]):
-            raise GPUError(f"kernel {kernel['name']} binds {len(kernel['bindings'])} buffers, got {len(buffers)}")
+        size = check_kernel(kernel, buffers, self.features)
         pipeline = self._pipeline(kernel)
-        size = max(16, -(-4 * len(kernel["uniforms"]) // 16) * 16)
         uniform = self.device.createBuffer(_js({"size": size, "usage": js.GPUBufferUsage.UNIFORM | js.GPUBufferUsage.COPY_DST}))
         self.allocated["buffers"] += 1
         self.allocated["bytes"] += size

@@ -10,7 +10,7 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-from .gpu import Call, GPUError
+from .gpu import Call, GPUError, buffer_bytes, check_kernel
 
 
 class WgpuBackend:
@@ -43,10 +43,7 @@ class WgpuBackend:
 
     def create_buffer(self, size: int, data: bytes | None = None) -> Any:
         usage = self._wgpu.BufferUsage
-        size = max(4, -(-size // 4) * 4)
-        if size > self.limits["max-storage-buffer-binding-size"]:
-            raise GPUError(f"buffer of {size} bytes exceeds the adapter's binding limit "
-                           f"({self.limits['max-storage-buffer-binding-size']})")
+        size = buffer_bytes(size, self.limits["max-storage-buffer-binding-size"])
         buf = self.device.create_buffer(size=size, usage=usage.STORAGE | usage.COPY_SRC | usage.COPY_DST)
         self.allocated["buffers"] += 1
         self.allocated["bytes"] += size
@@ -61,22 +58,16 @@ class WgpuBackend:
     def _pipeline(self, kernel: dict[str, Any]) -> Any:
         key = (kernel["name"], kernel["entry"], kernel["wgsl"])  # by content: ids of dead dicts get reused
         if key not in self._pipelines:
-            missing = set(kernel.get("features", [])) - self.features
-            if missing:
-                raise GPUError(f"kernel {kernel['name']} needs {', '.join(sorted(missing))}")
             module = self.device.create_shader_module(code=kernel["wgsl"])
             self._pipelines[key] = self.device.create_compute_pipeline(
                 layout="auto", compute={"module": module, "entry_point": kernel["entry"]})
         return self._pipelines[key]
 
     def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call:
-        if len(buffers) != len(kernel["bindings"]):
-            raise GPUError(f"kernel {kernel['name']} binds {len(kernel['bindings'])} buffers, "
-                           f"got {len(buffers)}")
+        size = check_kernel(kernel, buffers, self.features)
         pipeline = self._pipeline(kernel)
         usage = self._wgpu.BufferUsage
-        uniform = self.device.create_buffer(size=max(16, -(-4 * len(kernel["uniforms"]) // 16) * 16),
-                                            usage=usage.UNIFORM | usage.COPY_DST)
+        uniform = self.device.create_buffer(size=size, usage=usage.UNIFORM | usage.COPY_DST)
         self.allocated["buffers"] += 1
         self.allocated["bytes"] += uniform.size
         entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}

@@ -10,15 +10,13 @@ Codes are stored in the bit-plane layout the LUT kernels read, so file size foll
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import replacing
 from ..checkpoint import Checkpoint, ModelConfig
 from ..errors import LutlmError
 from .format import QTensor, QuantSpec
@@ -45,9 +43,7 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
 
     out = Path(out)
     check_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replacing(out) as tmp:
         arrays: dict[str, np.ndarray] = {}
         tensors: dict[str, Any] = {}
         for name, value in ckpt.tensors.items():
@@ -69,12 +65,6 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
         manifest = {"format": FORMAT, "version": VERSION, "config": asdict(ckpt.config),
                     "chat_template": ckpt.chat_template, "source": ckpt.source, "tensors": tensors, **info}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read(folder: Path, with_tensors: bool = True) -> tuple[Checkpoint, dict[str, QTensor]]:
