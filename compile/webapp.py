@@ -1,6 +1,7 @@
 """Assemble the static web app and serve it (and its model packages) on 127.0.0.1.
 
-    OUT/index.html, app.js, worker.js, style.css   from web/
+    OUT/index.html, app.js, worker.js, style.css, manifest.webmanifest, icon.svg   from web/
+    OUT/sw.js           the service worker, with the app-shell list and a content hash filled in
     OUT/pyodide/        the npm `pyodide` files the worker loads (served by the app itself)
     OUT/runtime_py.zip  runtime_py/*.py, unpacked into Pyodide's file system by the worker
     OUT/models/NAME/    each model package (symlinked), listed in OUT/models.json
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import io
 import json
@@ -59,6 +61,11 @@ def build(out: Path, packages: list[Path]) -> Path:
         listed.append({"name": pkg.name, "bytes": sum(s["bytes"] for s in manifest["shards"]),
                        "bits": manifest["quantization"].get("bits"), "decode": manifest.get("decode")})
     (out / "models.json").write_text(json.dumps(listed, indent=1), encoding="utf-8")
+    shell = ["./"] + sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                            if p.is_file() and "models" not in p.relative_to(out).parts and p.name != "sw.js")
+    digest = hashlib.sha256(b"".join((out / f).read_bytes() for f in shell[1:])).hexdigest()[:16]
+    sw = (ROOT / "web" / "sw.js").read_text(encoding="utf-8")
+    (out / "sw.js").write_text(sw.replace("__BUILD__", digest).replace("__SHELL__", json.dumps(shell)), encoding="utf-8")
     return out
 
 

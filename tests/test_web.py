@@ -1,11 +1,13 @@
-"""The browser path end to end: the built app in headless Chromium (SwiftShader WebGPU) loads a
-package into Pyodide + runtime_py in a Web Worker and answers a greedy chat turn with the same
-text as the native runtime on the same package, with no request leaving 127.0.0.1."""
+"""The browser path end to end, in headless Chromium (SwiftShader WebGPU): the built app loads a
+package into Pyodide + runtime_py in a Web Worker, keeps it in the Cache API, works offline after
+one visit, shows model output as text, stops on request, refuses a second prompt while busy,
+repairs a damaged cached shard, and never sends a request beyond 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from lutlm_bench.browser import chromium
 from runtime_py.api import LutLM
 
 PROMPT = "Hello, world! Paris is"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +32,95 @@ def site(tmp_path_factory):
     srv.server_close()
 
 
-def test_browser_chat_turn_matches_native(site):
+@pytest.fixture(scope="module")
+def native_text(site):
+    llm = LutLM.from_folder(str(site[1]), backend())
+    reply = asyncio.run(llm.chat.completions.create(messages=[{"role": "user", "content": PROMPT}],
+                                                    temperature=0, max_tokens=12))
+    return reply["choices"][0]["message"]["content"]
+
+
+def load(page, url):
+    page.goto(url)
+    page.wait_for_selector("#model option", state="attached")
+    page.click("#load")
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+    assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#log")
+
+
+def ask(page, text, max_tokens=12, wait=True):
+    page.evaluate(f"document.body.dataset.params = JSON.stringify({{temperature: 0, max_tokens: {max_tokens}}})")
+    page.fill("#prompt", text)
+    page.click("#send")
+    if wait:
+        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=120_000)
+        assert page.evaluate("document.body.dataset.state") == "idle", page.text_content("#log")
+        return page.locator(".assistant").last.text_content()
+
+
+def test_chat_offline_and_cache(site, native_text):
     url, package = site
-    native = LutLM.from_folder(str(package), backend())
-    want = asyncio.run(native.chat.completions.create(messages=[{"role": "user", "content": PROMPT}],
-                                                      temperature=0, max_tokens=12))
     offsite: list[str] = []
     with chromium(offsite) as context:
         page = context.new_page()
-        page.goto(url)
-        page.wait_for_selector("#model option", state="attached")
-        page.click("#load")
-        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=120_000)
-        assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#log")
+        load(page, url)
         assert "swiftshader" in page.text_content("#status")
-        page.evaluate("document.body.dataset.params = JSON.stringify({temperature: 0, max_tokens: 12})")
-        page.fill("#prompt", PROMPT)
-        page.click("#send")
-        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=120_000)
-        assert page.evaluate("document.body.dataset.state") == "idle", page.text_content("#log")
-        assert page.text_content(".assistant") == want["choices"][0]["message"]["content"]
-        assert "12 tokens" in page.text_content(".stats")
+        assert ask(page, PROMPT) == native_text  # the browser gives the native runtime's text
+        assert "12 tokens" in page.locator(".stats").last.text_content()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "chat.png"))
+        page.wait_for_function("navigator.serviceWorker.controller !== null || navigator.serviceWorker.ready", timeout=30_000)
+        page.evaluate("navigator.serviceWorker.ready")
+        # offline: the app shell, Pyodide and runtime_py from the service worker, the model from the Cache API
+        context.set_offline(True)
+        page.reload()
+        load(page, url)
+        assert ask(page, PROMPT) == native_text
+        context.set_offline(False)
+        # a damaged shard in the cache is noticed, fetched again, and the model still answers
+        page.evaluate("""async () => {
+            const cache = await caches.open('lutlm-models-v1');
+            const key = (await cache.keys()).find((r) => r.url.endsWith('shards/000.bin'));
+            const data = new Uint8Array(await (await cache.match(key)).arrayBuffer());
+            data[100] ^= 255;
+            await cache.put(key, new Response(data));
+        }""")
+        page.reload()
+        load(page, url)
+        assert "damaged: downloading it again" in page.text_content("#log")
+        assert ask(page, PROMPT) == native_text
+    assert offsite == []
+
+
+def test_output_is_text_stop_and_queue(site):
+    url, package = site
+    offsite: list[str] = []
+    with chromium(offsite) as context:
+        page = context.new_page()
+        load(page, url)
+        # stop: the page asks the worker to stop as soon as the first piece arrives; a second
+        # prompt sent meanwhile is refused with a message, never interleaved
+        page.evaluate("""() => {
+            document.body.dataset.params = JSON.stringify({temperature: 0, max_tokens: 120});
+            worker.addEventListener('message', (e) => {
+                if (e.data.type === 'chunk' && !window.stopSent) { window.stopSent = true; document.querySelector('#stop').click(); }
+            });
+            document.querySelector('#prompt').value = 'Hello, world! Paris is';
+            document.querySelector('#send').click();
+            document.querySelector('#prompt').value = 'a second question';
+            document.querySelector('#send').click();
+        }""")
+        assert "Still answering" in page.text_content("#log")
+        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=60_000)
+        stats = page.locator(".stats").last.text_content()
+        assert "(abort)" in stats and int(stats.split()[0]) <= 3, stats
+        # model output containing markup is shown literally: nothing is parsed as HTML
+        ask(page, PROMPT, max_tokens=3, wait=False)
+        page.evaluate("""() => worker.onmessage({data: {type: 'chunk', id: current.id,
+            text: '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'}})""")
+        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=60_000)
+        answer = page.locator(".assistant").last
+        assert '<img src=x onerror="window.pwned=1">' in answer.text_content()
+        assert answer.locator("img, script").count() == 0
+        assert page.evaluate("window.pwned === undefined")
     assert offsite == []

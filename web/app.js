@@ -17,7 +17,7 @@ function add(role, text) {
 }
 
 function setBusy(busy) {
-  $("send").disabled = busy;
+  // Send stays enabled: a prompt sent while answering gets a message instead of being lost
   $("prompt").disabled = false;
   $("stop").disabled = !busy;
   $("reset").disabled = busy;
@@ -53,6 +53,8 @@ worker.onmessage = (e) => {
     current = null;
     setBusy(false);
     document.body.dataset.state = "idle";
+  } else if (m.type === "notice") {
+    add("notice", m.message);
   } else if (m.type === "error") {
     add("error", m.message);
     if (current && (m.id === undefined || m.id === current.id)) { current = null; setBusy(false); }
@@ -80,6 +82,17 @@ $("load").onclick = () => {
   $("load").disabled = true;
   worker.postMessage({ type: "load", model: $("model").value });
 };
+
+if ("serviceWorker" in navigator) {
+  // the app shell, Pyodide and runtime_py come from the service worker's cache when offline
+  navigator.serviceWorker.register("sw.js").catch((err) => add("notice", `Offline use unavailable: ${err.message}`));
+}
+if (!navigator.gpu) {
+  $("status").textContent = "This browser exposes no WebGPU. Use a recent Chromium; on Linux start it with " +
+    "--enable-unsafe-webgpu (and, without a GPU, it falls back to SwiftShader).";
+  $("load").disabled = true;
+  document.body.dataset.state = "no-webgpu";
+}
 
 fetch("models.json").then((r) => r.json()).then((list) => {
   for (const m of list) {

@@ -30,21 +30,57 @@ async function fetchBytes(url, onBytes) {
   return out;
 }
 
+const MODEL_CACHE = "lutlm-models-v1";
+const FORMAT = "lutlm-package";
+const VERSION = 1;
+
+async function sha256hex(data) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// A package file from the Cache API if it is there and intact, else from the server (then kept).
+// `entry` carries {bytes, sha256} for shards: a cached shard that fails them is dropped and
+// fetched again; a download that fails them is an error.
+async function packageFile(cache, url, entry, onBytes) {
+  const ok = async (data) => !entry || (data.length === entry.bytes && await sha256hex(data) === entry.sha256);
+  const hit = await cache.match(url);
+  if (hit) {
+    const data = new Uint8Array(await hit.arrayBuffer());
+    if (await ok(data)) { if (onBytes) onBytes(data.length); return data; }
+    await cache.delete(url);
+    post({ type: "notice", message: `${url.split("/").slice(-2).join("/")} in the cache was damaged: downloading it again` });
+  }
+  const data = await fetchBytes(url, onBytes);
+  if (!(await ok(data))) throw new Error(`${url}: the download does not match the package's sha256; try again`);
+  try {
+    await cache.put(url, new Response(data));
+  } catch (err) {
+    post({ type: "notice", message: `Storage is full (${err.name}): the model works now but will be downloaded again next time` });
+  }
+  return data;
+}
+
 async function load(model, ctx) {
   post({ type: "progress", stage: "python", done: 0, total: 1 });
   pyodide = await loadPyodide({ indexURL: new URL("pyodide/", self.location).href });
   pyodide.unpackArchive(await fetchBytes("runtime_py.zip"), "zip", { extractDir: "/lutlm" });
   pyodide.runPython("import sys; sys.path.insert(0, '/lutlm')");
-  const base = `models/${model}/`;
-  const manifestBytes = await fetchBytes(base + "manifest.json");
+  const base = new URL(`models/${model}/`, self.location).href;
+  const cache = await caches.open(MODEL_CACHE);
+  const manifestBytes = await packageFile(cache, base + "manifest.json", null);
   const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  if (manifest.format !== FORMAT || manifest.version !== VERSION) {
+    await cache.delete(base + "manifest.json");
+    throw new Error(`this model package is ${manifest.format} version ${manifest.version}; this app reads ${FORMAT} version ${VERSION}`);
+  }
   files.set("manifest.json", manifestBytes);
-  files.set("tokenizer.json", await fetchBytes(base + "tokenizer.json"));
-  for (const k of Object.values(manifest.kernels)) files.set(k.file, await fetchBytes(base + k.file));
+  files.set("tokenizer.json", await packageFile(cache, base + "tokenizer.json", null));
+  for (const k of Object.values(manifest.kernels)) files.set(k.file, await packageFile(cache, base + k.file, null));
   const total = manifest.shards.reduce((a, s) => a + s.bytes, 0);
   let done = 0;
   for (const s of manifest.shards) {
-    files.set(s.file, await fetchBytes(base + s.file, (n) => {
+    files.set(s.file, await packageFile(cache, base + s.file, s, (n) => {
       done += n;
       post({ type: "progress", stage: "download", done, total, file: s.file });
     }));
