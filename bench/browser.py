@@ -82,3 +82,37 @@ def serve_and_open(root: Path, page_name: str, extra: dict[str, str] | None = No
         page = context.new_page()
         page.goto(base + page_name)
         yield page
+
+
+class AppPage:
+    """The lutlm chat page driven like a person would: pick a model, load it, ask."""
+
+    def __init__(self, page: object, url: str) -> None:
+        self.page, self.url = page, url
+
+    def load(self, model: str | None = None, timeout_s: float = 600) -> float:
+        """Open the app, load `model` (default: the first listed); returns the load time in s."""
+        page = self.page
+        page.goto(self.url)
+        page.wait_for_selector("#model option", state="attached")
+        if model:
+            page.select_option("#model", model)
+        page.click("#load")
+        page.wait_for_function("['ready', 'error', 'no-webgpu'].includes(document.body.dataset.state)",
+                               timeout=timeout_s * 1000)
+        if page.evaluate("document.body.dataset.state") != "ready":
+            raise RuntimeError(f"the app did not load the model: {page.text_content('#status')} {page.text_content('#log')}")
+        return float(page.evaluate("window.loadSeconds"))
+
+    def ask(self, text: str, params: dict | None = None, timeout_s: float = 900) -> tuple[str, dict]:
+        """Send `text` with sampling `params`; returns the answer and the runtime's usage."""
+        import json
+
+        page = self.page
+        page.evaluate(f"document.body.dataset.params = {json.dumps(json.dumps(params or {'temperature': 0}))}")
+        page.fill("#prompt", text)
+        page.click("#send")
+        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=timeout_s * 1000)
+        if page.evaluate("document.body.dataset.state") != "idle":
+            raise RuntimeError(f"the app failed to answer: {page.text_content('#log')}")
+        return page.locator(".assistant").last.text_content(), page.evaluate("window.lastUsage")

@@ -355,12 +355,41 @@ def cmd_serve(args: argparse.Namespace) -> None:
         srv = webapp.server(root, args.port)
     except OSError as exc:
         raise LutlmError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc})") from None
-    print(f"serving {root} with {len(packages)} model(s) at http://127.0.0.1:{srv.server_address[1]}/ (Ctrl-C stops)",
+    url = f"http://127.0.0.1:{srv.server_address[1]}/"
+    print(f"serving {root} with {len(packages)} model(s) at {url}" + ("" if args.exit_after_check else " (Ctrl-C stops)"),
           flush=True)
     try:
-        srv.serve_forever()
+        if args.check is None:
+            srv.serve_forever()
+            return
+        import threading
+
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        _browser_check(url, packages[0].name if packages else None, args.check)
+        if not args.exit_after_check:
+            print("(Ctrl-C stops)", flush=True)
+            threading.Event().wait()
     finally:
+        srv.shutdown() if args.check is not None else None
         srv.server_close()
+
+
+def _browser_check(url: str, model: str | None, prompt: str) -> None:
+    """One chat turn through headless Chromium against the running server (make demo's proof)."""
+    from lutlm_bench.browser import AppPage, chromium
+
+    offsite: list[str] = []
+    try:
+        with chromium(offsite) as context:
+            app = AppPage(context.new_page(), url)
+            load_s = app.load(model)
+            print(f"> {prompt}", flush=True)
+            text, usage = app.ask(prompt, {"temperature": 0, "max_tokens": 128})
+    except RuntimeError as exc:
+        raise LutlmError(f"headless browser check failed: {exc}") from None
+    print(text)
+    print(f"[headless Chromium: model loaded in {load_s:.1f} s, first token after {usage['ttft_s']:.1f} s, "
+          f"{usage['decode_tokens_per_s'] or 0:.2f} tok/s; requests beyond 127.0.0.1: {len(offsite)}]", flush=True)
 
 
 def cmd_bench_model(args: argparse.Namespace) -> None:
@@ -437,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("packages", nargs="*", metavar="PACKAGE", help="default: every package under build/")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--out", default="build/web", help="where the app is assembled (default build/web)")
+    p.add_argument("--check", metavar="PROMPT", help="drive one chat turn through headless Chromium once serving")
+    p.add_argument("--exit-after-check", action="store_true", help="stop serving after --check (headless machines)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks")

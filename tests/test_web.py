@@ -14,7 +14,7 @@ import pytest
 from engine_fixtures import compile_package, tiny_checkpoint
 from kernel_harness import backend
 from lutlm import webapp
-from lutlm_bench.browser import chromium
+from lutlm_bench.browser import AppPage, chromium
 from runtime_py.api import LutLM
 
 PROMPT = "Hello, world! Paris is"
@@ -41,21 +41,11 @@ def native_text(site):
 
 
 def load(page, url):
-    page.goto(url)
-    page.wait_for_selector("#model option", state="attached")
-    page.click("#load")
-    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=120_000)
-    assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#log")
+    AppPage(page, url).load(timeout_s=120)
 
 
-def ask(page, text, max_tokens=12, wait=True):
-    page.evaluate(f"document.body.dataset.params = JSON.stringify({{temperature: 0, max_tokens: {max_tokens}}})")
-    page.fill("#prompt", text)
-    page.click("#send")
-    if wait:
-        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=120_000)
-        assert page.evaluate("document.body.dataset.state") == "idle", page.text_content("#log")
-        return page.locator(".assistant").last.text_content()
+def ask(page, text, max_tokens=12):
+    return AppPage(page, "").ask(text, {"temperature": 0, "max_tokens": max_tokens}, timeout_s=120)[0]
 
 
 def test_chat_offline_and_cache(site, native_text):
@@ -115,7 +105,8 @@ def test_output_is_text_stop_and_queue(site):
         stats = page.locator(".stats").last.text_content()
         assert "(abort)" in stats and int(stats.split()[0]) <= 3, stats
         # model output containing markup is shown literally: nothing is parsed as HTML
-        ask(page, PROMPT, max_tokens=3, wait=False)
+        page.evaluate("""() => { document.body.dataset.params = JSON.stringify({temperature: 0, max_tokens: 3});
+            document.querySelector('#prompt').value = 'Hi'; document.querySelector('#send').click(); }""")
         page.evaluate("""() => worker.onmessage({data: {type: 'chunk', id: current.id,
             text: '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'}})""")
         page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=60_000)

@@ -33,6 +33,7 @@ worker.onmessage = (e) => {
       ? `Downloading ${(m.done / 2 ** 20).toFixed(1)} of ${(m.total / 2 ** 20).toFixed(1)} MiB (${m.file})`
       : m.stage === "gpu" ? "Preparing the GPU..." : "Starting Python...";
   } else if (m.type === "ready") {
+    window.loadSeconds = (performance.now() - window.loadStarted) / 1000;
     $("progress").hidden = true;
     $("status").textContent = `Ready: ${m.model} on ${m.adapter.vendor} ${m.adapter.description}, context ${m.ctx}`;
     $("prompt").disabled = false;
@@ -45,6 +46,7 @@ worker.onmessage = (e) => {
   } else if (m.type === "done" && current && m.id === current.id) {
     messages.push({ role: "assistant", content: current.text });
     const u = JSON.parse(m.usage || "null");
+    window.lastUsage = u; // for tests and benchmarks
     if (u) {
       const stats = add("stats", `${u.completion_tokens} tokens, first after ${u.ttft_s.toFixed(2)} s` +
         (u.decode_tokens_per_s ? `, ${u.decode_tokens_per_s.toFixed(2)} tok/s` : "") + ` (${m.finish})`);
@@ -80,6 +82,7 @@ $("stop").onclick = () => worker.postMessage({ type: "stop" });
 $("reset").onclick = () => { messages.length = 0; $("log").textContent = ""; };
 $("load").onclick = () => {
   $("load").disabled = true;
+  window.loadStarted = performance.now();
   worker.postMessage({ type: "load", model: $("model").value });
 };
 
