@@ -104,6 +104,9 @@ class AppPage:
             raise RuntimeError(f"the app did not load the model: {page.text_content('#status')} {page.text_content('#log')}")
         return float(page.evaluate("window.loadSeconds"))
 
+    def new_chat(self) -> None:
+        self.page.click("#reset")
+
     def ask(self, text: str, params: dict | None = None, timeout_s: float = 900) -> tuple[str, dict]:
         """Send `text` with sampling `params`; returns the answer and the runtime's usage."""
         import json

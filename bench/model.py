@@ -27,9 +27,9 @@ LLAMA_CPP = [{"system": "llama.cpp (ENVIRONMENT.md)", "variant": "Q4_1, 2 thread
               "prefill_tps": 170.0, "decode_tps": 80.0, "measured": False}]
 
 
-def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, list[int]]:
-    """A chat prompt of about `size` tokens for each size: the short question, or a summary
-    request over as many repetitions of a paragraph as reach the size."""
+def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, tuple[str, list[int]]]:
+    """A chat prompt of about `size` tokens for each size (the user's text and the whole prompt's
+    ids): the short question, or a summary request over enough repetitions of a paragraph."""
     out = {}
     for size in sizes:
         text = SHORT
@@ -38,7 +38,7 @@ def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, list[i
             if len(ids) >= size or size <= 64:
                 break
             text = "Summarise in two sentences: " + PARAGRAPH * (text.count("Loire") + 1)
-        out[size] = ids
+        out[size] = (text, ids)
     return out
 
 
@@ -66,12 +66,12 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> li
     rows = []
     for pkg in packages:
         t0 = time.perf_counter()
-        llm = LutLM.from_folder(pkg, backend, ctx=max(sizes) + new_tokens + 8)
+        llm = LutLM.from_folder(pkg, backend)
         load_s = time.perf_counter() - t0
         llm.engine.eos = set()
         m = llm.engine.manifest
-        variant = f"{m['quantization'].get('bits', '?')}-bit {m['decode']} ({Path(pkg).name})"
-        for size, prompt in prompts(llm.tokenizer, llm.template, sizes).items():
+        variant = f"{m['quantization'].get('bits', '?')}-bit {m.data.get('decode', 'lut')} ({Path(pkg).name})"
+        for size, (_, prompt) in prompts(llm.tokenizer, llm.template, sizes).items():
             samples = [asyncio.run(_one(llm, prompt, new_tokens)) for _ in range(reps)]
             med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
             rows.append({"system": "lutlm", "variant": variant, "where": "native", "adapter": adapter,
@@ -79,6 +79,54 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> li
                          **{k: round(v, 3) for k, v in med.items()}, "samples": samples, "measured": True})
             print(f"{variant}: {len(prompt)}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
                   f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+    return rows
+
+
+def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
+    """The same workload through the web app in headless Chromium (SwiftShader WebGPU)."""
+    import tempfile
+    import threading
+
+    from lutlm import webapp
+    from runtime_py.chat_template import ChatTemplate
+    from runtime_py.tokenizer import Tokenizer
+
+    from .browser import AppPage, chromium
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lutlm-bench-web-") as tmp:
+        srv = webapp.server(webapp.build(Path(tmp), [Path(p) for p in packages]))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        try:
+            for pkg in packages:
+                name = Path(pkg).name
+                manifest = json.loads((Path(pkg) / "manifest.json").read_text())
+                tokenizer = Tokenizer(json.loads((Path(pkg) / "tokenizer.json").read_text()))
+                texts = prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
+                offsite: list[str] = []
+                with chromium(offsite) as context:
+                    app = AppPage(context.new_page(), url)
+                    load_s = app.load(name)
+                    adapter = app.page.text_content("#status").split(" on ", 1)[-1].split(",")[0]
+                    for size, (text, ids) in texts.items():
+                        samples = []
+                        for _ in range(reps):
+                            app.new_chat()
+                            _, usage = app.ask(text, {"temperature": 0, "max_tokens": new_tokens, "ignore_eos": True})
+                            samples.append({"ttft_s": usage["ttft_s"], "prefill_tps": len(ids) / usage["ttft_s"],
+                                            "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
+                        med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
+                        variant = f"{manifest['quantization'].get('bits', '?')}-bit {manifest.get('decode', 'lut')} ({name})"
+                        rows.append({"system": "lutlm", "variant": variant, "where": "browser-webgpu", "adapter": adapter,
+                                     "prompt_tokens": len(ids), "new_tokens": new_tokens, "load_s": round(load_s, 3),
+                                     **{k: round(v, 3) for k, v in med.items()}, "samples": samples,
+                                     "offsite_requests": len(offsite), "measured": True})
+                        print(f"browser {variant}: {len(ids)}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
+                              f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+        finally:
+            srv.shutdown()
+            srv.server_close()
     return rows
 
 
@@ -93,8 +141,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json_path: str | None) -> None:
-    rows = run(packages, sizes, new_tokens, reps) + LLAMA_CPP
+def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json_path: str | None,
+         where: list[str]) -> None:
+    rows = []
+    if "native" in where:
+        rows += run(packages, sizes, new_tokens, reps)
+    if "browser" in where:
+        rows += run_browser(packages, sizes, new_tokens, reps)
+    rows += LLAMA_CPP
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(rows, indent=1) + "\n")

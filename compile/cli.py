@@ -404,7 +404,10 @@ def cmd_bench_model(args: argparse.Namespace) -> None:
         raise LutlmError(f"--prompts takes comma-separated token counts, not {args.prompts!r}") from None
     if not sizes or min(sizes) < 1 or args.new_tokens < 2 or args.reps < 1:
         raise LutlmError("--prompts sizes, --new-tokens (>= 2) and --reps (>= 1) must be positive")
-    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json)
+    where = [w.strip() for w in args.where.split(",") if w.strip()]
+    if not where or set(where) - {"native", "browser"}:
+        raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
+    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -478,10 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--quick", action="store_true", help="layer shape only, fewer cases (for tests)")
     p.set_defaults(func=cmd_bench_kernels)
-    p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages (native)")
+    p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
     p.add_argument("--prompts", default="40,400", help="prompt sizes in tokens, comma-separated (default 40,400)")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--where", default="native", help="native (wgpu-py), browser (the web app in headless Chromium) or both")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.set_defaults(func=cmd_bench_model)

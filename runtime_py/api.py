@@ -24,7 +24,7 @@ from .engine import Engine, GenerationError, Sampling
 from .tokenizer import Tokenizer
 
 PARAMETERS = {"messages", "stream", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-              "repetition_penalty", "model"}
+              "repetition_penalty", "model", "ignore_eos"}  # ignore_eos: decode max_tokens whatever (benchmarks)
 
 
 @dataclass
@@ -102,7 +102,8 @@ class LutLM:
 
     def _request(self, messages: Any = None, stream: bool = False, max_tokens: int = 256, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Any = None,
-                 repetition_penalty: float = 1.0, model: str | None = None) -> tuple[list[int], int, Sampling, list[str]]:
+                 repetition_penalty: float = 1.0, model: str | None = None,
+                 ignore_eos: bool = False) -> tuple[list[int], int, Sampling, list[str], bool]:
         if not isinstance(messages, list) or not messages:
             raise GenerationError("messages must be a non-empty list of {role, content} objects")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -115,11 +116,14 @@ class LutLM:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise GenerationError(f"max_tokens must be a positive integer, not {max_tokens!r}")
         prompt = self.tokenizer.encode(self.template.render(messages), special=True)
-        return prompt, max_tokens, sampling, stops
+        return prompt, max_tokens, sampling, stops, bool(ignore_eos)
 
-    async def _stream(self, prompt: list[int], max_tokens: int, sampling: Sampling,
-                      stops: list[str]) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(self, prompt: list[int], max_tokens: int, sampling: Sampling, stops: list[str],
+                      ignore_eos: bool) -> AsyncIterator[dict[str, Any]]:
         async with self._lock:
+            eos = self.engine.eos
+            if ignore_eos:
+                self.engine.eos = set()
             self._interrupt = False
             usage = Usage(prompt_tokens=len(prompt), reused_tokens=self.engine._reuse(prompt))
             decoder = self.tokenizer.stream(skip_special=True)
@@ -127,26 +131,30 @@ class LutLM:
             t0 = time.perf_counter()
             t_first = None
             cid = f"chatcmpl-{int(time.time() * 1000)}"
-            async for token in self.engine.generate(prompt, max_tokens, sampling, cancelled=lambda: self._interrupt):
-                if t_first is None:
-                    t_first = time.perf_counter()
-                usage.completion_tokens += 1
-                pending += decoder.feed(token)
-                cut = min((pending.find(s) for s in stops if s in pending), default=-1)
-                if cut >= 0:
-                    pending, finish = pending[:cut], "stop"
-                    break
-                hold = max((k for s in stops for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
-                if len(pending) > hold:
-                    yield self._chunk(cid, pending[:len(pending) - hold], None)
-                    pending = pending[len(pending) - hold:]
-                await asyncio.sleep(0)  # let other tasks (a UI, an interrupt) run between tokens
-            else:
-                pending += decoder.flush()
-                if self._interrupt:
-                    finish = "abort"
-                elif usage.completion_tokens < max_tokens and len(self.engine.history) < self.engine.ctx:
-                    finish = "stop"  # an end-of-sequence token
+            tokens = self.engine.generate(prompt, max_tokens, sampling, cancelled=lambda: self._interrupt)
+            try:
+                async for token in tokens:
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    usage.completion_tokens += 1
+                    pending += decoder.feed(token)
+                    cut = min((pending.find(s) for s in stops if s in pending), default=-1)
+                    if cut >= 0:
+                        pending, finish = pending[:cut], "stop"
+                        break
+                    hold = max((k for s in stops for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
+                    if len(pending) > hold:
+                        yield self._chunk(cid, pending[:len(pending) - hold], None)
+                        pending = pending[len(pending) - hold:]
+                    await asyncio.sleep(0)  # let other tasks (a UI, an interrupt) run between tokens
+                else:
+                    pending += decoder.flush()
+                    if self._interrupt:
+                        finish = "abort"
+                    elif usage.completion_tokens < max_tokens and len(self.engine.history) < self.engine.ctx:
+                        finish = "stop"  # an end-of-sequence token
+            finally:
+                self.engine.eos = eos
             t_end = time.perf_counter()
             usage.prefill_s = (t_first or t_end) - t0
             usage.decode_s = t_end - (t_first or t_end)

@@ -79,7 +79,12 @@ $("form").onsubmit = (e) => {
   worker.postMessage({ type: "chat", id: current.id, messages, params });
 };
 $("stop").onclick = () => worker.postMessage({ type: "stop" });
-$("reset").onclick = () => { messages.length = 0; $("log").textContent = ""; };
+$("reset").onclick = () => {
+  if (current) return;
+  messages.length = 0;
+  $("log").textContent = "";
+  worker.postMessage({ type: "reset" }); // a new chat starts from an empty cache
+};
 $("load").onclick = () => {
   $("load").disabled = true;
   window.loadStarted = performance.now();

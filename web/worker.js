@@ -140,6 +140,10 @@ self.onmessage = (e) => {
     if (pyodide) pyodide.runPython("llm.interrupt()");
     return;
   }
+  if (msg.type === "reset") {
+    busy = busy.then(() => { if (pyodide) pyodide.runPython("llm.reset()"); });
+    return;
+  }
   busy = busy.then(async () => {
     try {
       if (msg.type === "load") await load(msg.model, msg.ctx);
