@@ -102,3 +102,23 @@ def test_bad_parameters(package):
                             ({"messages": USER, "stop": ["a"] * 5}, "stop")]:
         with pytest.raises(GenerationError, match=message):
             asyncio.run(llm.chat.completions.create(**kwargs))
+
+
+def test_ignore_eos_decodes_the_full_count(package):
+    llm = fresh(package)
+    ids = collect_ids(llm)
+    llm.engine.eos = {ids[3]}  # pretend the fourth greedy token ends the sequence
+    llm.reset()
+    short = asyncio.run(llm.chat.completions.create(messages=USER, max_tokens=10, temperature=0))
+    assert short["choices"][0]["finish_reason"] == "stop" and short["usage"]["completion_tokens"] == 3
+    llm.reset()
+    full = asyncio.run(llm.chat.completions.create(messages=USER, max_tokens=10, temperature=0, ignore_eos=True))
+    assert full["usage"]["completion_tokens"] == 10 and llm.engine.eos == {ids[3]}
+
+
+def collect_ids(llm):
+    prompt = llm.tokenizer.encode(llm.template.render(USER), special=True)
+
+    async def go():
+        return [t async for t in llm.engine.generate(prompt, 10)]
+    return asyncio.run(go())
