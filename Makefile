@@ -17,7 +17,8 @@ demo: setup
 	@$(VENV)/lutlm compile smollm2-135m-instruct --bits 4 --method rtn -o $(DEMO_PACKAGE)
 	@echo "> $(DEMO_PROMPT)"
 	@echo "$(DEMO_PROMPT)" | $(VENV)/lutlm chat $(DEMO_PACKAGE) --temperature 0 --max-tokens 128
-	@$(VENV)/lutlm serve $(DEMO_PACKAGE) --port $(DEMO_PORT) --check "$(DEMO_PROMPT)" $(if $(DISPLAY),,--exit-after-check)
+	@$(VENV)/lutlm serve $(DEMO_PACKAGE) --port $(DEMO_PORT) --check "$(DEMO_PROMPT)" \
+		--screenshot results/screenshots/demo.png $(if $(DISPLAY),,--exit-after-check)
 
 test: setup
 	$(VENV)/python -m pytest $(PYTEST_ARGS)

@@ -52,15 +52,16 @@ def serve(root: Path, extra: dict[str, str] | None = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def chromium(offsite: list[str] | None = None) -> Iterator[object]:
+def chromium(offsite: list[str] | None = None, webgpu: bool = True) -> Iterator[object]:
     """A fresh headless Chromium context; requests to anything but 127.0.0.1 are aborted and
-    their URLs appended to `offsite`."""
+    their URLs appended to `offsite`. `webgpu=False` starts it without WebGPU."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} not found (the set-up installs Debian's chromium)")
     with tempfile.TemporaryDirectory(prefix="lutlm-chromium-") as profile, sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
+        flags = FLAGS if webgpu else [f for f in FLAGS if f != "--enable-unsafe-webgpu"]
+        context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=flags)
         try:
             def route(r) -> None:
                 if r.request.url.startswith("http://127.0.0.1:"):

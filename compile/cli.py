@@ -365,7 +365,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import threading
 
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-        _browser_check(url, packages[0].name if packages else None, args.check)
+        _browser_check(url, packages[0].name if packages else None, args.check, args.screenshot)
         if not args.exit_after_check:
             print("(Ctrl-C stops)", flush=True)
             threading.Event().wait()
@@ -374,7 +374,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         srv.server_close()
 
 
-def _browser_check(url: str, model: str | None, prompt: str) -> None:
+def _browser_check(url: str, model: str | None, prompt: str, screenshot: str | None) -> None:
     """One chat turn through headless Chromium against the running server (make demo's proof)."""
     from lutlm_bench.browser import AppPage, chromium
 
@@ -385,6 +385,9 @@ def _browser_check(url: str, model: str | None, prompt: str) -> None:
             load_s = app.load(model)
             print(f"> {prompt}", flush=True)
             text, usage = app.ask(prompt, {"temperature": 0, "max_tokens": 128})
+            if screenshot:
+                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                app.page.screenshot(path=screenshot)
     except RuntimeError as exc:
         raise LutlmError(f"headless browser check failed: {exc}") from None
     print(text)
@@ -471,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/web", help="where the app is assembled (default build/web)")
     p.add_argument("--check", metavar="PROMPT", help="drive one chat turn through headless Chromium once serving")
     p.add_argument("--exit-after-check", action="store_true", help="stop serving after --check (headless machines)")
+    p.add_argument("--screenshot", metavar="PNG", help="with --check: save the page after the answer")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks")

@@ -10,12 +10,18 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import js  # type: ignore[import-not-found]
-from pyodide.ffi import to_js  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
 from .gpu import Call, GPUError, buffer_bytes, check_kernel
 
 LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
           "maxComputeInvocationsPerWorkgroup", "maxStorageBuffersPerShaderStage")
+
+
+def _device_lost(info: Any) -> None:
+    """Tell the page: every buffer is gone with the device, so the model must be loaded again."""
+    js.postMessage(_js({"type": "lost", "message": f"The GPU device was lost ({info.reason}: {info.message}). "
+                        "Load the model again to continue."}))
 
 
 def _js(value: Any) -> Any:
@@ -48,6 +54,7 @@ class JsBackend:
         limits = {name: getattr(adapter.limits, name) for name in LIMITS}
         features = [f for f in ("shader-f16",) if adapter.features.has(f)]
         device = await adapter.requestDevice(_js({"requiredLimits": limits, "requiredFeatures": features}))
+        device.lost.then(create_proxy(_device_lost))
         return cls(adapter, device)
 
     def create_buffer(self, size: int, data: bytes | None = None) -> Any:

@@ -6,6 +6,8 @@ repairs a damaged cached shard, and never sends a request beyond 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -25,7 +27,10 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "screenshots"
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     compile_package(tiny_checkpoint(root / "hf"), root / "tiny-q4")
-    srv = webapp.server(webapp.build(root / "site", [root / "tiny-q4"]))
+    shutil.copytree(root / "tiny-q4", root / "future-format")
+    manifest = json.loads((root / "future-format" / "manifest.json").read_text())
+    (root / "future-format" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    srv = webapp.server(webapp.build(root / "site", [root / "tiny-q4", root / "future-format"]))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/", root / "tiny-q4"
     srv.shutdown()
@@ -114,4 +119,23 @@ def test_output_is_text_stop_and_queue(site):
         assert '<img src=x onerror="window.pwned=1">' in answer.text_content()
         assert answer.locator("img, script").count() == 0
         assert page.evaluate("window.pwned === undefined")
+        # the stored-model list shows the package with its size; Delete empties the cache
+        page.click("#settings summary")
+        page.wait_for_function("document.querySelector('#cached').textContent.includes('MiB stored')")
+        assert "tiny-q4:" in page.text_content("#cached") and "MiB available" in page.text_content("#storage")
+        page.click("#cached button")
+        page.wait_for_function("document.querySelector('#cached').textContent.includes('No model stored')")
     assert offsite == []
+
+
+def test_clear_screens_for_no_webgpu_and_another_format(site):
+    url, _ = site
+    with chromium(webgpu=False) as context:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.state === 'no-webgpu'", timeout=30_000)
+        assert "--enable-unsafe-webgpu" in page.text_content("#status")
+    with chromium() as context:
+        page = context.new_page()
+        with pytest.raises(RuntimeError, match="version 2; this app reads lutlm-package version 1"):
+            AppPage(page, url).load("future-format", timeout_s=120)

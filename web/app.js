@@ -33,6 +33,7 @@ worker.onmessage = (e) => {
       ? `Downloading ${(m.done / 2 ** 20).toFixed(1)} of ${(m.total / 2 ** 20).toFixed(1)} MiB (${m.file})`
       : m.stage === "gpu" ? "Preparing the GPU..." : "Starting Python...";
   } else if (m.type === "ready") {
+    showCached();
     window.loadSeconds = (performance.now() - window.loadStarted) / 1000;
     $("progress").hidden = true;
     $("status").textContent = `Ready: ${m.model} on ${m.adapter.vendor} ${m.adapter.description}, context ${m.ctx}`;
@@ -55,6 +56,14 @@ worker.onmessage = (e) => {
     current = null;
     setBusy(false);
     document.body.dataset.state = "idle";
+  } else if (m.type === "lost") {
+    add("error", m.message);
+    current = null;
+    setBusy(false);
+    $("prompt").disabled = true;
+    $("send").disabled = true;
+    $("load").disabled = false; // loading again re-initialises the device
+    document.body.dataset.state = "lost";
   } else if (m.type === "notice") {
     add("notice", m.message);
   } else if (m.type === "error") {
@@ -75,8 +84,13 @@ $("form").onsubmit = (e) => {
   current = { id: nextId++, node: add("assistant", ""), text: "" };
   setBusy(true);
   document.body.dataset.state = "generating";
-  const params = JSON.parse(document.body.dataset.params || '{"temperature": 0, "max_tokens": 256}');
-  worker.postMessage({ type: "chat", id: current.id, messages, params });
+  const params = document.body.dataset.params ? JSON.parse(document.body.dataset.params) : {
+    temperature: Number($("temperature").value), top_p: Number($("top_p").value),
+    max_tokens: Math.max(1, Math.floor(Number($("max_tokens").value))),
+  };
+  const system = $("system").value.trim();
+  const convo = system ? [{ role: "system", content: system }, ...messages] : messages;
+  worker.postMessage({ type: "chat", id: current.id, messages: convo, params });
 };
 $("stop").onclick = () => worker.postMessage({ type: "stop" });
 $("reset").onclick = () => {
@@ -91,16 +105,55 @@ $("load").onclick = () => {
   worker.postMessage({ type: "load", model: $("model").value });
 };
 
+// Stored models: what the worker keeps in the Cache API, with sizes, a delete button, and the
+// browser's storage estimate.
+async function showCached() {
+  const box = $("cached");
+  box.textContent = "";
+  const cache = await caches.open("lutlm-models-v1");
+  const sizes = new Map();
+  for (const req of await cache.keys()) {
+    const match = new URL(req.url).pathname.match(/models\/([^/]+)\//);
+    if (!match) continue;
+    const resp = await cache.match(req);
+    const bytes = Number(resp.headers.get("content-length")) || (await resp.clone().arrayBuffer()).byteLength;
+    sizes.set(match[1], (sizes.get(match[1]) || 0) + bytes);
+  }
+  if (!sizes.size) box.textContent = "No model stored in this browser yet.";
+  for (const [name, bytes] of sizes) {
+    const row = document.createElement("div");
+    row.className = "cached-model";
+    row.textContent = `${name}: ${(bytes / 2 ** 20).toFixed(1)} MiB stored `;
+    const del = document.createElement("button");
+    del.type = "button";
+    del.textContent = "Delete";
+    del.onclick = async () => {
+      for (const req of await cache.keys()) if (req.url.includes(`/models/${name}/`)) await cache.delete(req);
+      showCached();
+    };
+    row.appendChild(del);
+    box.appendChild(row);
+  }
+  if (navigator.storage && navigator.storage.estimate) {
+    const { usage, quota } = await navigator.storage.estimate();
+    $("storage").textContent = `This site uses ${(usage / 2 ** 20).toFixed(0)} MiB of ${(quota / 2 ** 20).toFixed(0)} MiB available.`;
+  }
+}
+showCached().catch(() => {});
+
 if ("serviceWorker" in navigator) {
   // the app shell, Pyodide and runtime_py come from the service worker's cache when offline
   navigator.serviceWorker.register("sw.js").catch((err) => add("notice", `Offline use unavailable: ${err.message}`));
 }
-if (!navigator.gpu) {
-  $("status").textContent = "This browser exposes no WebGPU. Use a recent Chromium; on Linux start it with " +
-    "--enable-unsafe-webgpu (and, without a GPU, it falls back to SwiftShader).";
-  $("load").disabled = true;
-  document.body.dataset.state = "no-webgpu";
-}
+(async () => {
+  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  if (!adapter) {
+    $("status").textContent = "This browser offers no WebGPU adapter. Use a recent Chromium; on Linux start it " +
+      "with --enable-unsafe-webgpu (without a GPU it then runs on SwiftShader).";
+    $("load").disabled = true;
+    document.body.dataset.state = "no-webgpu";
+  }
+})();
 
 fetch("models.json").then((r) => r.json()).then((list) => {
   for (const m of list) {

@@ -63,9 +63,11 @@ async function packageFile(cache, url, entry, onBytes) {
 
 async function load(model, ctx) {
   post({ type: "progress", stage: "python", done: 0, total: 1 });
-  pyodide = await loadPyodide({ indexURL: new URL("pyodide/", self.location).href });
-  pyodide.unpackArchive(await fetchBytes("runtime_py.zip"), "zip", { extractDir: "/lutlm" });
-  pyodide.runPython("import sys; sys.path.insert(0, '/lutlm')");
+  if (!pyodide) { // a second load (another model, or after a lost device) reuses the interpreter
+    pyodide = await loadPyodide({ indexURL: new URL("pyodide/", self.location).href });
+    pyodide.unpackArchive(await fetchBytes("runtime_py.zip"), "zip", { extractDir: "/lutlm" });
+    pyodide.runPython("import sys; sys.path.insert(0, '/lutlm')");
+  }
   const base = new URL(`models/${model}/`, self.location).href;
   const cache = await caches.open(MODEL_CACHE);
   const manifestBytes = await packageFile(cache, base + "manifest.json", null);
