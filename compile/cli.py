@@ -247,8 +247,12 @@ def _quantized_source(args: argparse.Namespace):
 
     path = resolve_source(args.source)
     if store.is_quantized(path):
+        import json
+
         ckpt, quantized = store.read(path)
-        return ckpt, quantized, {"from": str(path)}
+        manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
+        keys = ("method", "bits", "group", "budget", "embed_bits", "bpw_linear", "bpw_embedding", "mix", "seconds")
+        return ckpt, quantized, {"from": str(path), **{k: manifest[k] for k in keys if k in manifest}}
     return _quantize(args)
 
 
