@@ -141,15 +141,48 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def wllama_rows(package: str, sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
+    """wllama on the GGUF `package` was compiled from, with the same prompt texts."""
+    from runtime_py.chat_template import ChatTemplate
+    from runtime_py.tokenizer import Tokenizer
+
+    from .peers import run_wllama
+
+    manifest = json.loads((Path(package) / "manifest.json").read_text())
+    gguf = Path(manifest.get("source", ""))
+    if gguf.suffix != ".gguf" or not gguf.is_file():
+        print(f"wllama: skipped: {package} was not compiled from a GGUF file", file=sys.stderr)
+        return []
+    tokenizer = Tokenizer(json.loads((Path(package) / "tokenizer.json").read_text()))
+    texts = prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
+    return run_wllama(gguf, [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()],
+                      new_tokens, reps)
+
+
+def ratios(rows: list[dict[str, Any]]) -> str:
+    """lutlm's decode tokens/s over each measured peer's, per prompt size (the claims are ratios)."""
+    lines = []
+    for mine in (r for r in rows if r["system"] == "lutlm"):
+        for peer in (r for r in rows if r["system"] != "lutlm" and r.get("measured")
+                     and r.get("prompt_tokens") == mine["prompt_tokens"]):
+            lines.append(f"- lutlm {mine['variant']} ({mine['where']}) / {peer['system']} {peer['variant']}: "
+                         f"decode x{mine['decode_tps'] / peer['decode_tps']:.2f}")
+    return "\n".join(lines)
+
+
 def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json_path: str | None,
-         where: list[str]) -> None:
+         where: list[str], peers: list[str]) -> None:
     rows = []
     if "native" in where:
         rows += run(packages, sizes, new_tokens, reps)
     if "browser" in where:
         rows += run_browser(packages, sizes, new_tokens, reps)
+    if "wllama" in peers:
+        rows += wllama_rows(packages[0], sizes, new_tokens, reps)
     rows += LLAMA_CPP
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(rows, indent=1) + "\n")
     print(markdown(rows))
+    if any(r["system"] != "lutlm" and r.get("measured") for r in rows):
+        print("\n" + ratios(rows))

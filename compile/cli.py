@@ -414,7 +414,10 @@ def cmd_bench_model(args: argparse.Namespace) -> None:
     where = [w.strip() for w in args.where.split(",") if w.strip()]
     if not where or set(where) - {"native", "browser"}:
         raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
-    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where)
+    peers = [w.strip() for w in args.peers.split(",") if w.strip()]
+    if set(peers) - {"wllama"}:
+        raise LutlmError(f"--peers takes wllama (or nothing), not {args.peers!r}")
+    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, peers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default="40,400", help="prompt sizes in tokens, comma-separated (default 40,400)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--where", default="native", help="native (wgpu-py), browser (the web app in headless Chromium) or both")
+    p.add_argument("--peers", default="", help="also measure peers in the same run: wllama (llama.cpp wasm, 1 and 2 threads)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.set_defaults(func=cmd_bench_model)

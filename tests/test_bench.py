@@ -32,3 +32,12 @@ def test_bench_bad_arguments(capsys):
     assert main(["bench", "kernels", "--where", "gpu"]) == 2
     assert "--where takes native, browser" in capsys.readouterr().err
     assert main(["bench", "kernels", "--rounds", "0"]) == 2
+
+
+def test_bench_model_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "model", str(tmp_path)]) == 2
+    assert "not a model package" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main(["bench", "model", str(tmp_path), "--peers", "webllm"]) == 2
+    assert "--peers takes wllama" in capsys.readouterr().err
+    assert main(["bench", "model", str(tmp_path), "--prompts", "forty"]) == 2
