@@ -57,6 +57,31 @@ async def _one(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, float]
             "decode_tps": (count - 1) / (end - first) if count > 1 else float("nan"), "new_tokens": count}
 
 
+def row(system: str, variant: str, where: str, prompt_tokens: int, new_tokens: int, load_s: float,
+        samples: list[dict[str, float]], **extra: Any) -> dict[str, Any]:
+    """One result row: medians of the samples' ttft_s, prefill_tps and decode_tps (also printed)."""
+    med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
+    print(f"{system} {variant} ({where}): {prompt_tokens}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
+          f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+    return {"system": system, "variant": variant, "where": where, "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "load_s": round(load_s, 3), **{k: round(v, 3) for k, v in med.items()},
+            **extra, "samples": samples, "measured": True}
+
+
+def variant(manifest: dict[str, Any], name: str) -> str:
+    return f"{manifest['quantization'].get('bits', '?')}-bit {manifest.get('decode', 'lut')} ({name})"
+
+
+def package_prompts(package: str, sizes: list[int]) -> tuple[dict[str, Any], dict[int, tuple[str, list[int]]]]:
+    """A package's manifest and the benchmark prompts in its tokenizer and chat template."""
+    from runtime_py.chat_template import ChatTemplate
+    from runtime_py.tokenizer import Tokenizer
+
+    manifest = json.loads((Path(package) / "manifest.json").read_text())
+    tokenizer = Tokenizer(json.loads((Path(package) / "tokenizer.json").read_text()))
+    return manifest, prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
+
+
 def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
     from runtime_py.api import LutLM
     from runtime_py.gpu_wgpu import WgpuBackend
@@ -69,16 +94,10 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> li
         llm = LutLM.from_folder(pkg, backend)
         load_s = time.perf_counter() - t0
         llm.engine.eos = set()
-        m = llm.engine.manifest
-        variant = f"{m['quantization'].get('bits', '?')}-bit {m.data.get('decode', 'lut')} ({Path(pkg).name})"
+        name = variant(llm.engine.manifest.data, Path(pkg).name)
         for size, (_, prompt) in prompts(llm.tokenizer, llm.template, sizes).items():
             samples = [asyncio.run(_one(llm, prompt, new_tokens)) for _ in range(reps)]
-            med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
-            rows.append({"system": "lutlm", "variant": variant, "where": "native", "adapter": adapter,
-                         "prompt_tokens": len(prompt), "new_tokens": new_tokens, "load_s": round(load_s, 3),
-                         **{k: round(v, 3) for k, v in med.items()}, "samples": samples, "measured": True})
-            print(f"{variant}: {len(prompt)}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
-                  f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+            rows.append(row("lutlm", name, "native", len(prompt), new_tokens, load_s, samples, adapter=adapter))
     return rows
 
 
@@ -88,8 +107,6 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
     import threading
 
     from lutlm import webapp
-    from runtime_py.chat_template import ChatTemplate
-    from runtime_py.tokenizer import Tokenizer
 
     from .browser import AppPage, chromium
 
@@ -101,9 +118,7 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
         try:
             for pkg in packages:
                 name = Path(pkg).name
-                manifest = json.loads((Path(pkg) / "manifest.json").read_text())
-                tokenizer = Tokenizer(json.loads((Path(pkg) / "tokenizer.json").read_text()))
-                texts = prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
+                manifest, texts = package_prompts(pkg, sizes)
                 offsite: list[str] = []
                 with chromium(offsite) as context:
                     app = AppPage(context.new_page(), url)
@@ -116,14 +131,8 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
                             _, usage = app.ask(text, {"temperature": 0, "max_tokens": new_tokens, "ignore_eos": True})
                             samples.append({"ttft_s": usage["ttft_s"], "prefill_tps": len(ids) / usage["ttft_s"],
                                             "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
-                        med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
-                        variant = f"{manifest['quantization'].get('bits', '?')}-bit {manifest.get('decode', 'lut')} ({name})"
-                        rows.append({"system": "lutlm", "variant": variant, "where": "browser-webgpu", "adapter": adapter,
-                                     "prompt_tokens": len(ids), "new_tokens": new_tokens, "load_s": round(load_s, 3),
-                                     **{k: round(v, 3) for k, v in med.items()}, "samples": samples,
-                                     "offsite_requests": len(offsite), "measured": True})
-                        print(f"browser {variant}: {len(ids)}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
-                              f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+                        rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens,
+                                        load_s, samples, adapter=adapter, offsite_requests=len(offsite)))
         finally:
             srv.shutdown()
             srv.server_close()
@@ -143,18 +152,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def wllama_rows(package: str, sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
     """wllama on the GGUF `package` was compiled from, with the same prompt texts."""
-    from runtime_py.chat_template import ChatTemplate
-    from runtime_py.tokenizer import Tokenizer
-
     from .peers import run_wllama
 
-    manifest = json.loads((Path(package) / "manifest.json").read_text())
+    manifest, texts = package_prompts(package, sizes)
     gguf = Path(manifest.get("source", ""))
     if gguf.suffix != ".gguf" or not gguf.is_file():
         print(f"wllama: skipped: {package} was not compiled from a GGUF file", file=sys.stderr)
         return []
-    tokenizer = Tokenizer(json.loads((Path(package) / "tokenizer.json").read_text()))
-    texts = prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
     return run_wllama(gguf, [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()],
                       new_tokens, reps)
 

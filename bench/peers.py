@@ -3,7 +3,6 @@ Chromium, on the GGUF the lutlm packages were compiled from, with the same chat 
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import threading
@@ -19,6 +18,7 @@ def run_wllama(gguf: Path, prompts: list[tuple[list[dict[str, str]], int]], new_
     from lutlm import webapp
 
     from .browser import chromium
+    from .model import row
 
     package = ROOT / "node_modules" / "@wllama" / "wllama"
     if not (package / "esm" / "index.js").is_file():
@@ -46,15 +46,11 @@ def run_wllama(gguf: Path, prompts: list[tuple[list[dict[str, str]], int]], new_
                     print(f"wllama {n} thread(s): skipped: {result['error'].splitlines()[0]}", file=sys.stderr)
                     continue
                 for (messages, count), samples in zip(prompts, result["results"]):
-                    med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "decode_tps")}
-                    rows.append({"system": "wllama 3.8.1", "variant": f"{gguf.name}, {n} thread(s)"
-                                 + ("" if result["isolated"] or n == 1 else " (not isolated)"),
-                                 "where": "browser-wasm", "prompt_tokens": count, "new_tokens": new_tokens,
-                                 "load_s": round(result["load_s"], 3), "ttft_s": round(med["ttft_s"], 3),
-                                 "prefill_tps": round(count / med["ttft_s"], 3), "decode_tps": round(med["decode_tps"], 3),
-                                 "samples": samples, "offsite_requests": len(offsite), "measured": True})
-                    print(f"wllama {n} thread(s): {count}-token prompt: decode {med['decode_tps']:.2f} tok/s",
-                          file=sys.stderr)
+                    for s in samples:
+                        s["prefill_tps"] = count / s["ttft_s"]
+                    label = f"{gguf.name}, {n} thread(s)" + ("" if result["isolated"] or n == 1 else " (not isolated)")
+                    rows.append(row("wllama 3.8.1", label, "browser-wasm", count, new_tokens, result["load_s"], samples,
+                                    offsite_requests=len(offsite)))
         finally:
             srv.shutdown()
             srv.server_close()

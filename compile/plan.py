@@ -67,10 +67,10 @@ class Plan:
     def matmul(self, plan: str, weight: str, x: str, y: str, y0: int, ldy: int, table_ready: bool) -> None:
         """y[.., y0 : y0 + n] = x @ weight^T: a LUT GEMV for decode, the GEMM for prefill."""
         spec, (n, k) = self.specs[weight], self.shapes[weight]
-        bind = {"w": weight + ".planes", "sm": weight + ".sm"}
         if plan == "prefill" or plan == "score":
             kid = self.kernel(f"gemm_k{k}_p{spec.bits}_g{spec.group}", matmul.gemm, k, spec.bits, spec.group)
-            self.step(plan, kid, {**bind, "x": x, "y": y}, {"m": "m", "n": n, "ldy": ldy, "y0": y0})
+            self.step(plan, kid, {"w": weight + ".planes", "sm": weight + ".sm", "x": x, "y": y},
+                      {"m": "m", "n": n, "ldy": ldy, "y0": y0})
         else:
             self.gemv(plan, weight, x, y, y0, 0, table_ready)
 
