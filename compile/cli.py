@@ -298,6 +298,19 @@ def cmd_compile(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .onnx_export import DTYPES, export
+
+    if args.dtype not in DTYPES:
+        raise LutlmError(f"--dtype must be one of {', '.join(DTYPES)}, not {args.dtype!r}")
+    ckpt, quantized, _ = _quantized_source(args)
+    with tqdm(desc="export", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
+        out = export(Path(args.output), ckpt, quantized, args.dtype, progress=lambda msg: bar.set_postfix_str(msg))
+    print(out)
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     from .quant import store
     from .quant.pipeline import summary
@@ -454,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", default="lut", choices=["lut", "dequant", "dequant8"],
                    help="decode matmul: LUT (default), or the dequantise baseline with 1 or 8 rows per invocation")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("export", help="write the quantised model in another engine's format")
+    formats = p.add_subparsers(dest="format", required=True)
+    p = formats.add_parser("onnx", help="ONNX decoder folder for transformers.js (MatMulNBits 4-bit, or fp32)")
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    _quant_options(p, required=False)
+    p.add_argument("--dtype", default="q4", help="q4 (MatMulNBits; codes of up to 4 bits, power-of-two groups) or fp32")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("chat", help="interactive chat with a model package on the GPU (wgpu)")
     p.add_argument("package", metavar="PACKAGE")
