@@ -15,7 +15,8 @@ from typing import Iterator
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+         "--enable-blink-features=ForceEagerMeasureMemory"]  # memory measurements without waiting for a GC
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -75,6 +76,14 @@ def chromium(offsite: list[str] | None = None, webgpu: bool = True) -> Iterator[
             yield context
         finally:
             context.close()
+
+
+def memory_bytes(page: object) -> int | None:
+    """Bytes held by the page and its workers (JS heaps and wasm memories, which never shrink)
+    by performance.measureUserAgentSpecificMemory; None where the page is not cross-origin
+    isolated or the browser lacks it."""
+    return page.evaluate("async () => self.crossOriginIsolated && performance.measureUserAgentSpecificMemory"
+                         " ? (await performance.measureUserAgentSpecificMemory()).bytes : null")
 
 
 @contextlib.contextmanager

@@ -20,13 +20,6 @@ SHORT = "What is the capital of France? Answer in one sentence."
 PARAGRAPH = ("The Loire is the longest river in France. It rises in the Massif Central, flows north and then "
              "west through Orleans, Tours and Angers, and reaches the Atlantic Ocean at Saint-Nazaire. Its valley "
              "is known for its castles, its vineyards and its mild climate. ")
-# llama.cpp on this kind of machine, from ../shared/ENVIRONMENT.md (not measured by this command)
-LLAMA_CPP = [{"system": "llama.cpp (ENVIRONMENT.md)", "variant": "Q4_1, 2 threads", "where": "native-cpu",
-              "prefill_tps": 291.0, "decode_tps": 117.0, "measured": False},
-             {"system": "llama.cpp (ENVIRONMENT.md)", "variant": "Q4_1, 1 thread", "where": "native-cpu",
-              "prefill_tps": 170.0, "decode_tps": 80.0, "measured": False}]
-
-
 def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, tuple[str, list[int]]]:
     """A chat prompt of about `size` tokens for each size (the user's text and the whole prompt's
     ids): the short question, or a summary request over enough repetitions of a paragraph."""
@@ -59,12 +52,18 @@ async def _one(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, float]
 
 def row(system: str, variant: str, where: str, prompt_tokens: int, new_tokens: int, load_s: float,
         samples: list[dict[str, float]], **extra: Any) -> dict[str, Any]:
-    """One result row: medians of the samples' ttft_s, prefill_tps and decode_tps (also printed)."""
-    med = {k: statistics.median(s[k] for s in samples) for k in ("ttft_s", "prefill_tps", "decode_tps")}
-    print(f"{system} {variant} ({where}): {prompt_tokens}-token prompt: prefill {med['prefill_tps']:.1f} tok/s, "
-          f"decode {med['decode_tps']:.2f} tok/s", file=sys.stderr)
+    """One result row: median, min and max of the samples' ttft_s, prefill_tps and decode_tps (the
+    medians also printed). A sample without a decode rate (one token) counts for ttft only."""
+    med, spread = {}, {}
+    for key in ("ttft_s", "prefill_tps", "decode_tps"):
+        values = [s[key] for s in samples if s.get(key) is not None]
+        if values:
+            med[key] = round(statistics.median(values), 3)
+            spread[key] = [round(min(values), 3), round(max(values), 3)]
+    print(f"{system} {variant} ({where}): {prompt_tokens}-token prompt: prefill {med.get('prefill_tps', 0):.1f} tok/s, "
+          f"decode {med.get('decode_tps', 0):.2f} tok/s", file=sys.stderr)
     return {"system": system, "variant": variant, "where": where, "prompt_tokens": prompt_tokens,
-            "new_tokens": new_tokens, "load_s": round(load_s, 3), **{k: round(v, 3) for k, v in med.items()},
+            "new_tokens": new_tokens, "load_s": round(load_s, 3), **med, "range": spread,
             **extra, "samples": samples, "measured": True}
 
 
@@ -83,6 +82,8 @@ def package_prompts(package: str, sizes: list[int]) -> tuple[dict[str, Any], dic
 
 
 def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
+    import gc
+
     from runtime_py.api import LutLM
     from runtime_py.gpu_wgpu import WgpuBackend
 
@@ -90,25 +91,33 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> li
     adapter = f"{backend.info['device']}, {backend.info['description']}"
     rows = []
     for pkg in packages:
-        t0 = time.perf_counter()
-        llm = LutLM.from_folder(pkg, backend)
-        load_s = time.perf_counter() - t0
+        loads = []
+        for _ in range(2):  # the first read of the files in this run, then again (page cache warm)
+            llm = None
+            gc.collect()
+            before = backend.allocated["bytes"]
+            t0 = time.perf_counter()
+            llm = LutLM.from_folder(pkg, backend)
+            loads.append(time.perf_counter() - t0)
+        gpu_bytes = backend.allocated["bytes"] - before
         llm.engine.eos = set()
         name = variant(llm.engine.manifest.data, Path(pkg).name)
         for size, (_, prompt) in prompts(llm.tokenizer, llm.template, sizes).items():
             samples = [asyncio.run(_one(llm, prompt, new_tokens)) for _ in range(reps)]
-            rows.append(row("lutlm", name, "native", len(prompt), new_tokens, load_s, samples, adapter=adapter))
+            rows.append(row("lutlm", name, "native", len(prompt), new_tokens, loads[0], samples, adapter=adapter,
+                            warm_load_s=round(loads[1], 3), gpu_bytes=gpu_bytes))
     return rows
 
 
 def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
-    """The same workload through the web app in headless Chromium (SwiftShader WebGPU)."""
+    """The same workload through the web app in headless Chromium (SwiftShader WebGPU): a cold
+    load (download into the Cache API), a warm one (page reloaded, model from the Cache API)."""
     import tempfile
     import threading
 
     from lutlm import webapp
 
-    from .browser import AppPage, chromium
+    from .browser import AppPage, chromium, memory_bytes
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lutlm-bench-web-") as tmp:
@@ -123,7 +132,10 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
                 with chromium(offsite) as context:
                     app = AppPage(context.new_page(), url)
                     load_s = app.load(name)
-                    adapter = app.page.text_content("#status").split(" on ", 1)[-1].split(",")[0]
+                    warm_s = app.load(name)
+                    info = app.page.evaluate("window.loadInfo")
+                    adapter = f"{info['adapter']['vendor']} {info['adapter']['description']}".strip()
+                    measured = []
                     for size, (text, ids) in texts.items():
                         samples = []
                         for _ in range(reps):
@@ -131,62 +143,25 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
                             _, usage = app.ask(text, {"temperature": 0, "max_tokens": new_tokens, "ignore_eos": True})
                             samples.append({"ttft_s": usage["ttft_s"], "prefill_tps": len(ids) / usage["ttft_s"],
                                             "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
-                        rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens,
-                                        load_s, samples, adapter=adapter, offsite_requests=len(offsite)))
+                        measured.append((ids, samples))
+                    memory = memory_bytes(app.page)
+                for ids, samples in measured:
+                    rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s,
+                                    samples, adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
+                                    memory_bytes=memory, offsite_requests=len(offsite)))
         finally:
             srv.shutdown()
             srv.server_close()
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| system | variant | where | prompt tokens | load s | ttft s | prefill tok/s | decode tok/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        def f(key: str, fmt: str) -> str:
-            return format(r[key], fmt) if key in r else "-"
-        lines.append(f"| {r['system']} | {r['variant']} | {r['where']} | {r.get('prompt_tokens', '~40')} | "
-                     f"{f('load_s', '.2f')} | {f('ttft_s', '.2f')} | {f('prefill_tps', '.1f')} | {f('decode_tps', '.2f')} |")
-    return "\n".join(lines)
-
-
-def wllama_rows(package: str, sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
-    """wllama on the GGUF `package` was compiled from, with the same prompt texts."""
-    from .peers import run_wllama
-
-    manifest, texts = package_prompts(package, sizes)
-    gguf = Path(manifest.get("source", ""))
-    if gguf.suffix != ".gguf" or not gguf.is_file():
-        print(f"wllama: skipped: {package} was not compiled from a GGUF file", file=sys.stderr)
-        return []
-    return run_wllama(gguf, [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()],
-                      new_tokens, reps)
-
-
-def ratios(rows: list[dict[str, Any]]) -> str:
-    """lutlm's decode tokens/s over each measured peer's, per prompt size (the claims are ratios)."""
-    lines = []
-    for mine in (r for r in rows if r["system"] == "lutlm"):
-        for peer in (r for r in rows if r["system"] != "lutlm" and r.get("measured")
-                     and r.get("prompt_tokens") == mine["prompt_tokens"]):
-            lines.append(f"- lutlm {mine['variant']} ({mine['where']}) / {peer['system']} {peer['variant']}: "
-                         f"decode x{mine['decode_tps'] / peer['decode_tps']:.2f}")
-    return "\n".join(lines)
-
-
 def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json_path: str | None,
-         where: list[str], peers: list[str]) -> None:
+         where: list[str], command: list[str]) -> None:
+    from . import report
+
     rows = []
     if "native" in where:
         rows += run(packages, sizes, new_tokens, reps)
     if "browser" in where:
         rows += run_browser(packages, sizes, new_tokens, reps)
-    if "wllama" in peers:
-        rows += wllama_rows(packages[0], sizes, new_tokens, reps)
-    rows += LLAMA_CPP
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(rows, indent=1) + "\n")
-    print(markdown(rows))
-    if any(r["system"] != "lutlm" and r.get("measured") for r in rows):
-        print("\n" + ratios(rows))
+    report.write(rows, Path(json_path) if json_path else None, None, command)

@@ -349,6 +349,13 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
 
 
+def _workload_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default="40,400", help="chat prompt sizes in tokens, comma-separated (default 40,400)")
+    p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per answer, end-of-sequence ignored (default 64)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions; rows give median, min and max (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as JSON")
+
+
 def _sampling_options(p: argparse.ArgumentParser, temperature: float | None) -> None:
     p.add_argument("--temperature", type=float, default=temperature,
                    help="0 or unset: greedy" if temperature is None else f"default {temperature}; 0: greedy")
@@ -412,25 +419,40 @@ def _browser_check(url: str, model: str | None, prompt: str, screenshot: str | N
           f"{usage['decode_tokens_per_s'] or 0:.2f} tok/s; requests beyond 127.0.0.1: {len(offsite)}]", flush=True)
 
 
-def cmd_bench_model(args: argparse.Namespace) -> None:
-    from lutlm_bench import model
-
-    for pkg in args.packages:
-        if not _package(pkg):
-            raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
+def _bench_workload(args: argparse.Namespace) -> list[int]:
     try:
         sizes = [int(v) for v in args.prompts.split(",")]
     except ValueError:
         raise LutlmError(f"--prompts takes comma-separated token counts, not {args.prompts!r}") from None
     if not sizes or min(sizes) < 1 or args.new_tokens < 2 or args.reps < 1:
         raise LutlmError("--prompts sizes, --new-tokens (>= 2) and --reps (>= 1) must be positive")
+    return sizes
+
+
+def cmd_bench_model(args: argparse.Namespace) -> None:
+    from lutlm_bench import model
+
+    for pkg in args.packages:
+        if not _package(pkg):
+            raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
+    sizes = _bench_workload(args)
     where = [w.strip() for w in args.where.split(",") if w.strip()]
     if not where or set(where) - {"native", "browser"}:
         raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
-    peers = [w.strip() for w in args.peers.split(",") if w.strip()]
-    if set(peers) - {"wllama"}:
-        raise LutlmError(f"--peers takes wllama (or nothing), not {args.peers!r}")
-    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, peers)
+    model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, sys.argv)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from lutlm_bench import suite
+
+    sizes = _bench_workload(args)
+    variants = suite.parse_list(args.variants, suite.VARIANTS, "--variants")
+    systems = suite.parse_list(args.systems, suite.SYSTEMS, "--systems")
+    if args.peer_budget <= 0:
+        raise LutlmError("--peer-budget must be positive (seconds)")
+    resolve_source(args.source)  # a clear error before minutes of work
+    suite.main(args.source, variants, systems, sizes, args.new_tokens, args.reps, args.peer_budget, Path(args.build),
+               Path(args.json) if args.json else None, Path(args.out) if args.out else None, sys.argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,8 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PNG", help="with --check: save the page after the answer")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    benches = p.add_subparsers(dest="bench", required=True)
+    from lutlm_bench.suite import SYSTEMS, VARIANTS
+
+    p = sub.add_parser("bench", help="lutlm against its peers on one model, one machine, one run (or: kernels, model)",
+                       description="Without a subcommand: compile the variants, export ONNX, and measure lutlm "
+                                   "(native and browser), wllama, transformers.js and llama.cpp on the same prompts.")
+    p.add_argument("--source", default="smollm2-135m-instruct", help=SOURCE_HELP + " (default smollm2-135m-instruct)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"lutlm variants (default {','.join(VARIANTS)})")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"systems to measure (default {','.join(SYSTEMS)})")
+    _workload_options(p)
+    p.add_argument("--peer-budget", type=float, default=60.0,
+                   help="seconds of decoding after which a transformers.js generation is cut (default 60)")
+    p.add_argument("--build", default="build/bench", help="where variants and exports are cached (default build/bench)")
+    p.add_argument("--out", default="results/bench", help="bench.json, bench.md and bench.png go here (default results/bench)")
+    p.set_defaults(func=cmd_bench)
+    benches = p.add_subparsers(dest="bench")
     p = benches.add_parser("kernels", help="LUT vs dequantise GEMV on SmolLM2 shapes, natively and in Chromium")
     p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per case; rows give the median (default 7)")
@@ -515,12 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_kernels)
     p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
-    p.add_argument("--prompts", default="40,400", help="prompt sizes in tokens, comma-separated (default 40,400)")
-    p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--where", default="native", help="native (wgpu-py), browser (the web app in headless Chromium) or both")
-    p.add_argument("--peers", default="", help="also measure peers in the same run: wllama (llama.cpp wasm, 1 and 2 threads)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
+    _workload_options(p)
     p.set_defaults(func=cmd_bench_model)
     return parser
 

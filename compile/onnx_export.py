@@ -27,7 +27,11 @@ from .errors import LutlmError
 from .quant.format import QTensor
 
 DTYPES = {"q4": "model_q4.onnx", "fp32": "model.onnx"}
+# what runtime_py's chat template does for a model without one
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 OPSET = 17
+IR_VERSION = 8  # opset 17's; onnxruntime-web reads up to the IR version of its release
 
 
 class _Graph:
@@ -185,7 +189,7 @@ def build_model(ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: str) -> 
 
     graph = helper.make_graph(g.nodes, "lutlm-decoder", inputs, outputs, g.inits)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets, producer_name="lutlm")
+    return helper.make_model(graph, opset_imports=opsets, producer_name="lutlm", ir_version=IR_VERSION)
 
 
 def hf_config(ckpt: Checkpoint, dtype: str) -> dict[str, Any]:
@@ -219,7 +223,7 @@ def export(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: st
         (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False))
         tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": ckpt.config.add_bos,
                    "bos_token": token.get(ckpt.config.bos_id), "eos_token": token.get(ckpt.config.eos_id),
-                   "chat_template": ckpt.chat_template, "model_max_length": ckpt.config.n_ctx}
+                   "chat_template": ckpt.chat_template or CHATML, "model_max_length": ckpt.config.n_ctx}
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False, indent=1))
         (tmp / "lutlm-export.json").write_text(json.dumps({"source": ckpt.source, "dtype": dtype}))
     return out

@@ -132,7 +132,7 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(path: Path, weights: dict[str, np.ndarray], cfg: dict, tokenizer_json: dict, arch: str = "llama",
-               qtype=None) -> None:
+               qtype=None, chat_template: str | None = None) -> None:
     """The same model as llama.cpp's converter would write it (Q/K permuted), optionally quantised."""
     import gguf
 
@@ -157,6 +157,8 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], cfg: dict, tokenizer_
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
     writer.add_bos_token_id(cfg["bos_token_id"])
     writer.add_eos_token_id(cfg["eos_token_id"])
+    if chat_template:
+        writer.add_chat_template(chat_template)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",

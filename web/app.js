@@ -35,6 +35,7 @@ worker.onmessage = (e) => {
   } else if (m.type === "ready") {
     showCached();
     window.loadSeconds = (performance.now() - window.loadStarted) / 1000;
+    window.loadInfo = m; // model, ctx, adapter, gpu_bytes: for tests and benchmarks
     $("progress").hidden = true;
     $("status").textContent = `Ready: ${m.model} on ${m.adapter.vendor} ${m.adapter.description}, context ${m.ctx}`;
     $("prompt").disabled = false;

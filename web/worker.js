@@ -109,7 +109,7 @@ backend = await JsBackend.create()
 engine = Engine.from_files(_read, backend, ${Number(ctx) || 0} or None)
 llm = LutLM(engine, Tokenizer(json.loads(_read("tokenizer.json"))),
             ChatTemplate.from_template(engine.manifest["chat_template"]), engine.manifest["name"])
-json.dumps({"model": llm.model, "ctx": engine.ctx, "adapter": backend.info})
+json.dumps({"model": llm.model, "ctx": engine.ctx, "adapter": backend.info, "gpu_bytes": backend.allocated["bytes"]})
 `);
   files.clear(); // the GPU has the weights now
   post({ type: "ready", ...JSON.parse(info) });

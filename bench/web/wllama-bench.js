@@ -1,17 +1,28 @@
 // Runs the benchmark workload on wllama: load the GGUF served at ./model.gguf with n_threads
-// threads on the CPU (n_gpu_layers 0: its WebGPU path does not engage on SwiftShader), then
-// greedy chat completions, streamed, timing the first piece and the rest.
+// threads on the CPU (n_gpu_layers 0: its WebGPU path does not engage on SwiftShader), twice
+// (cold, then from wllama's own cache), then greedy chat completions, streamed, timing the first
+// piece and the rest.
 import { Wllama } from "./wllama/esm/index.js";
+
+// bytes held by the page and its workers (JS heaps, wasm memories): needs cross-origin isolation
+const memory = async () => (self.crossOriginIsolated && performance.measureUserAgentSpecificMemory
+  ? (await performance.measureUserAgentSpecificMemory()).bytes : null);
 
 const quiet = { debug() {}, log() {}, warn() {}, error: console.error };
 
 window.runWllama = async (threads, prompts, maxTokens, reps) => {
   try {
-    const wllama = new Wllama({ default: "./wllama/esm/wasm/wllama.wasm" }, { logger: quiet });
-    const t0 = performance.now();
-    await wllama.loadModelFromUrl(new URL("model.gguf", location.href).href,
-      { n_threads: threads, n_ctx: 2048, n_gpu_layers: 0, useCache: false });
-    const load_s = (performance.now() - t0) / 1000;
+    // cold: downloaded into wllama's cache; warm: a second instance loads it from that cache
+    const loads = [];
+    let wllama = null;
+    for (let pass = 0; pass < 2; pass++) {
+      if (wllama) await wllama.exit();
+      wllama = new Wllama({ default: "./wllama/esm/wasm/wllama.wasm" }, { logger: quiet });
+      const t0 = performance.now();
+      await wllama.loadModelFromUrl(new URL("model.gguf", location.href).href,
+        { n_threads: threads, n_ctx: 2048, n_gpu_layers: 0, useCache: true });
+      loads.push((performance.now() - t0) / 1000);
+    }
     const results = [];
     for (const messages of prompts) {
       const samples = [];
@@ -30,8 +41,9 @@ window.runWllama = async (threads, prompts, maxTokens, reps) => {
       }
       results.push(samples);
     }
+    const memory_bytes = await memory(); // before the engine lets go of its memory
     await wllama.exit();
-    return { load_s, threads, isolated: self.crossOriginIsolated, results };
+    return { memory_bytes, load_s: loads[0], warm_load_s: loads[1], threads, isolated: self.crossOriginIsolated, results };
   } catch (e) {
     return { error: String((e && e.stack) || e) };
   }

@@ -1,0 +1,91 @@
+"""`lutlm bench`: the whole comparison in one command, on one model and one machine.
+
+It compiles the lutlm variants it needs (cached under build/bench/), exports the same weights to
+ONNX for transformers.js, then measures every system on the same chat prompts: lutlm natively
+(wgpu-py) and in headless Chromium (SwiftShader WebGPU), wllama (llama.cpp wasm) and
+transformers.js (WebGPU, wasm) in Chromium, and llama.cpp natively when llama-cpp-python is
+installed. A system that cannot run is skipped with a message.
+
+Variants are compiled with round-to-nearest: speed depends on the layout (bits, group, decode
+kernel), not on how the codes were chosen, and RTN 4-bit reproduces the shipped Q4_1 exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from lutlm.errors import LutlmError
+
+VARIANTS = {
+    "q4-lut": ["--bits", "4"],
+    "q3-lut": ["--bits", "3"],
+    "q2-lut": ["--bits", "2"],
+    "mixed-lut": ["--bits", "mixed", "--budget", "3.0"],
+    "q4-dequant": ["--bits", "4", "--decode", "dequant"],
+    "q4-dequant8": ["--bits", "4", "--decode", "dequant8"],
+}
+SYSTEMS = ("lutlm-native", "lutlm-browser", "wllama", "transformers.js", "llama.cpp")
+EXPORTS = ("q4", "fp32")
+
+
+def _made(out: Path, argv: list[str], marker: str) -> Path:
+    """`out`, made by `lutlm argv -o out` unless it already holds `marker`."""
+    from lutlm.cli import main
+
+    if not (out / marker).is_file():
+        print(f"bench: lutlm {' '.join(argv)} -o {out}", file=sys.stderr)
+        if main([*argv, "-o", str(out)]) != 0:
+            raise LutlmError(f"could not make {out} (see the error above)")
+    return out
+
+
+def _stem(source: str) -> str:
+    """A folder-name stem for SOURCE: the asset name, or the file / folder name of a path."""
+    return Path(source).stem.lower() if "/" in source or source.endswith(".gguf") else source
+
+
+def packages(source: str, variants: list[str], build: Path) -> list[Path]:
+    stem = _stem(source)
+    return [_made(build / f"{stem}-{v}", ["compile", source, "--method", "rtn", *VARIANTS[v]], "manifest.json")
+            for v in variants]
+
+
+def exports(source: str, build: Path) -> dict[str, Path]:
+    stem = _stem(source)
+    return {d: _made(build / f"{stem}-onnx-{d}", ["export", "onnx", source, "--bits", "4", "--method", "rtn",
+                                                  "--dtype", d], "lutlm-export.json") for d in EXPORTS}
+
+
+def parse_list(value: str, allowed: tuple[str, ...] | dict[str, Any], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in allowed]
+    if not items or unknown:
+        raise LutlmError(f"{what} takes a comma-separated list of {', '.join(allowed)}, not {value!r}")
+    return items
+
+
+def main(source: str, variants: list[str], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
+         budget_s: float, build: Path, json_path: Path | None, out_dir: Path | None, command: list[str]) -> None:
+    from . import model, peers, report
+
+    pkgs = packages(source, variants, build)
+    rows: list[dict[str, Any]] = []
+    if "lutlm-native" in systems:
+        rows += model.run([str(p) for p in pkgs], sizes, new_tokens, reps)
+    if "lutlm-browser" in systems:
+        rows += model.run_browser([str(p) for p in pkgs], sizes, new_tokens, reps)
+    manifest, texts = model.package_prompts(str(pkgs[0]), sizes)
+    chats = [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()]
+    gguf = Path(manifest.get("source", ""))
+    if {"wllama", "llama.cpp"} & set(systems) and gguf.suffix != ".gguf":
+        print(f"wllama, llama.cpp: skipped: {source} is not a GGUF file", file=sys.stderr)
+    elif gguf.suffix == ".gguf":
+        if "wllama" in systems:
+            rows += peers.run_wllama(gguf, chats, new_tokens, reps)
+        if "llama.cpp" in systems:
+            rows += peers.run_llama_cpp(gguf, chats, new_tokens, reps, manifest["eos_ids"])
+    if "transformers.js" in systems:
+        rows += peers.run_transformers(exports(source, build), chats, new_tokens, reps, budget_s)
+    report.write(rows, json_path, out_dir, command)
