@@ -54,8 +54,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['system']} | {r['variant']} | {r['where']} | {r['prompt_tokens']} | {r['load_s']:.2f}{warm} | "
                      f"{_cell(r, 'ttft_s', '.2f')} | {_cell(r, 'prefill_tps', '.1f')} | {_cell(r, 'decode_tps', '.2f')} | "
                      f"{_mib(r.get('memory_bytes'))} | {_mib(r.get('gpu_bytes'))} |")
-    return "\n".join(lines) + "\n\nMedians, with (min-max) over the repetitions; memory: the page and its workers " \
-        "after the run (performance.measureUserAgentSpecificMemory), GPU: buffers the runtime allocated."
+    return "\n".join(lines) + "\n\nMedians, with (min-max) over the repetitions. Memory: what Chromium's " \
+        "performance.measureUserAgentSpecificMemory attributes to the page after the run (JS heaps; it does not " \
+        "appear to count workers' wasm memories); GPU: buffers the lutlm runtime allocated."
 
 
 def claims(rows: list[dict[str, Any]]) -> list[str]:
