@@ -84,9 +84,9 @@ def chromium(offsite: list[str] | None = None, webgpu: bool = True, profile: Pat
 
 
 def memory_bytes(page: object) -> int | None:
-    """Bytes held by the page and its workers (JS heaps and wasm memories, which never shrink)
-    by performance.measureUserAgentSpecificMemory; None where the page is not cross-origin
-    isolated or the browser lacks it."""
+    """Bytes Chromium's performance.measureUserAgentSpecificMemory attributes to the page (its JS
+    heaps; workers' wasm memories do not appear in it here); None where the page is not
+    cross-origin isolated or the browser lacks it."""
     return page.evaluate("async () => self.crossOriginIsolated && performance.measureUserAgentSpecificMemory"
                          " ? (await performance.measureUserAgentSpecificMemory()).bytes : null")
 

@@ -5,7 +5,7 @@
 // tokens it timed.
 import { env, AutoModelForCausalLM, AutoTokenizer, InterruptableStoppingCriteria } from "./transformers/transformers.js";
 
-// bytes held by the page and its workers (JS heaps, wasm memories): needs cross-origin isolation
+// bytes Chromium attributes to the page (JS heaps); needs cross-origin isolation
 const memory = async () => (self.crossOriginIsolated && performance.measureUserAgentSpecificMemory
   ? (await performance.measureUserAgentSpecificMemory()).bytes : null);
 

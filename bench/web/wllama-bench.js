@@ -1,10 +1,10 @@
 // Runs the benchmark workload on wllama: load the GGUF served at ./model.gguf with n_threads
 // threads on the CPU (n_gpu_layers 0: its WebGPU path does not engage on SwiftShader), twice
-// (cold, then from wllama's own cache), then greedy chat completions, streamed, timing the first
-// piece and the rest.
+// (cold, then from wllama's own cache), then greedy chat completions with cache_prompt off (each
+// repetition prefills the whole prompt), streamed, timing the first piece and the rest.
 import { Wllama } from "./wllama/esm/index.js";
 
-// bytes held by the page and its workers (JS heaps, wasm memories): needs cross-origin isolation
+// bytes Chromium attributes to the page (JS heaps); needs cross-origin isolation
 const memory = async () => (self.crossOriginIsolated && performance.measureUserAgentSpecificMemory
   ? (await performance.measureUserAgentSpecificMemory()).bytes : null);
 
@@ -31,7 +31,7 @@ window.runWllama = async (threads, prompts, maxTokens, reps) => {
         let first = null;
         let pieces = 0;
         const stream = await wllama.createChatCompletion({ messages, max_tokens: maxTokens, temperature: 0,
-                                                           stream: true, ignore_eos: true });
+                                                           stream: true, ignore_eos: true, cache_prompt: false });
         for await (const chunk of stream) {
           const text = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
           if (text) { if (first === null) first = performance.now(); pieces++; }
