@@ -114,7 +114,6 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
     load (download into the Cache API) and the chats, then a warm load in the browser started again
     on the same profile."""
     import tempfile
-    import threading
 
     from lutlm import webapp
 
@@ -122,42 +121,36 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lutlm-bench-web-") as tmp, \
-            tempfile.TemporaryDirectory(prefix="lutlm-bench-profiles-") as profiles:
-        srv = webapp.server(webapp.build(Path(tmp), [Path(p) for p in packages]))
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{srv.server_address[1]}/"
-        try:
-            for pkg in packages:
-                name = Path(pkg).name
-                manifest, texts = package_prompts(pkg, sizes)
-                offsite: list[str] = []
-                profile = Path(profiles) / name
-                with chromium(offsite, profile=profile) as context:
-                    app = AppPage(context.new_page(), url)
-                    load_s = app.load(name)
-                    info = app.page.evaluate("window.loadInfo")
-                    adapter = f"{info['adapter']['vendor']} {info['adapter']['description']}".strip()
-                    measured = []
-                    for size, (text, ids) in texts.items():
-                        samples = []
-                        for _ in range(reps):
-                            app.new_chat()
-                            _, usage = app.ask(text, {"temperature": 0, "max_tokens": new_tokens, "ignore_eos": True})
-                            samples.append({"ttft_s": usage["ttft_s"], "prefill_tps": len(ids) / usage["ttft_s"],
-                                            "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
-                        measured.append((ids, samples))
-                    memory = memory_bytes(app.page)
-                # warm: the browser started again on the same profile, the model read from its Cache API
-                # (only the load: after it, SwiftShader's compositor stalls in a relaunched profile here)
-                with chromium(offsite, profile=profile) as context:
-                    warm_s = AppPage(context.new_page(), url).load(name)
-                for ids, samples in measured:
-                    rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s,
-                                    samples, adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
-                                    memory_bytes=memory, offsite_requests=len(offsite)))
-        finally:
-            srv.shutdown()
-            srv.server_close()
+            tempfile.TemporaryDirectory(prefix="lutlm-bench-profiles-") as profiles, \
+            webapp.serving(webapp.build(Path(tmp), [Path(p) for p in packages])) as url:
+        for pkg in packages:
+            name = Path(pkg).name
+            manifest, texts = package_prompts(pkg, sizes)
+            offsite: list[str] = []
+            profile = Path(profiles) / name
+            with chromium(offsite, profile=profile) as context:
+                app = AppPage(context.new_page(), url)
+                load_s = app.load(name)
+                info = app.page.evaluate("window.loadInfo")
+                adapter = f"{info['adapter']['vendor']} {info['adapter']['description']}".strip()
+                measured = []
+                for size, (text, ids) in texts.items():
+                    samples = []
+                    for _ in range(reps):
+                        app.new_chat()
+                        _, usage = app.ask(text, {"temperature": 0, "max_tokens": new_tokens, "ignore_eos": True})
+                        samples.append({"ttft_s": usage["ttft_s"], "prefill_tps": len(ids) / usage["ttft_s"],
+                                        "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
+                    measured.append((ids, samples))
+                memory = memory_bytes(app.page)
+            # warm: the browser started again on the same profile, the model read from its Cache API
+            # (only the load: after it, SwiftShader's compositor stalls in a relaunched profile here)
+            with chromium(offsite, profile=profile) as context:
+                warm_s = AppPage(context.new_page(), url).load(name)
+            for ids, samples in measured:
+                rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s,
+                                samples, adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
+                                memory_bytes=memory, offsite_requests=len(offsite)))
     return rows
 
 

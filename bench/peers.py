@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,13 +41,8 @@ def _site(pages: tuple[str, ...], links: dict[str, Path]) -> Iterator[str]:
             (site / name).write_bytes((Path(__file__).parent / "web" / name).read_bytes())
         for name, target in links.items():
             (site / name).symlink_to(target.resolve(), target_is_directory=target.is_dir())
-        srv = webapp.server(site)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{srv.server_address[1]}/"
-        finally:
-            srv.shutdown()
-            srv.server_close()
+        with webapp.serving(site) as base:
+            yield base
 
 
 def _run_page(url: str, ready: str, call: str, args: list[Any], webgpu: bool = False) -> tuple[dict[str, Any], list[str]]:

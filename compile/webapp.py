@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -16,7 +17,9 @@ import io
 import json
 import shutil
 import zipfile
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from .errors import LutlmError
 
@@ -87,3 +90,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 def server(root: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
     return http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=str(root)))
+
+
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[str]:
+    """`root` served in a background thread on a free 127.0.0.1 port; yields the base URL."""
+    srv = server(root)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
