@@ -22,6 +22,12 @@ _FIELD = re.compile(r"(\w+)\s*:\s*(\w+)")
 _WORKGROUP = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
 _ENTRY = re.compile(r"@compute @workgroup_size\([^)]*\)\s*fn (\w+)\(")
 _TARGET = {"kind": "webgpu", "host": {"kind": "llvm"}}
+# WGSL builtins TVM has no intrinsic for: kernels call these names (T.call_pure_extern), and
+# the emitted shader gets the definitions of the ones it uses
+_HELPERS = {
+    "lutlm_f16_lo": "fn lutlm_f16_lo(h : u32) -> f32 { return unpack2x16float(h).x; }",
+    "lutlm_f16_hi": "fn lutlm_f16_hi(h : u32) -> f32 { return unpack2x16float(h).y; }",
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ def emit(func: Any, name: str) -> Kernel:
     # TVM's webgpu codegen has only workgroupBarrier, which orders workgroup memory; kernels that
     # pass values through storage buffers between barriers also need storageBarrier.
     wgsl = rt.imports[0].inspect_source().replace("workgroupBarrier();", "storageBarrier(); workgroupBarrier();")
+    wgsl += "".join("\n" + d for n, d in _HELPERS.items() if n + "(" in wgsl)  # after any `enable`
     entries = _ENTRY.findall(wgsl)
     if len(entries) != 1:
         raise LutlmError(f"kernel {name}: expected one entry point in TVM's WGSL, found {entries}")

@@ -36,7 +36,7 @@ def embed(k: int, planes: int, group: int) -> Any:
                     for j in T.unroll(planes):
                         q[0] = q[0] | (((w[e % k // 32, j, row[0]] >> T.Cast("uint32", e % 32)) & T.uint32(1)) << T.uint32(j))
                     x[e // k, e % k] = T.Cast("float32", q[0]) * _f16(sm[e % k // group, row[0]]) \
-                        + _f16(sm[e % k // group, row[0]] >> T.uint32(16))
+                        + _f16(sm[e % k // group, row[0]], high=True)
     return f
 
 

@@ -22,14 +22,11 @@ TOKENS = 8  # tokens per invocation in the prefill GEMM (weights decoded once, u
 ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
 
 
-def _f16(h: Any) -> Any:
-    """The f16 in the low 16 bits of u32 `h` as f32, by bit manipulation: no shader-f16 needed."""
-    h = h & T.uint32(0xFFFF)
-    return T.Select((h & T.uint32(0x7C00)) == T.uint32(0),
-             T.Cast("float32", h & T.uint32(0x3FF)) * T.float32(5.9604644775390625e-08)
-             * T.Select((h & T.uint32(0x8000)) != T.uint32(0), T.float32(-1), T.float32(1)),
-             T.reinterpret("float32", ((h & T.uint32(0x8000)) << T.uint32(16))
-                           | (((h & T.uint32(0x7FFF)) << T.uint32(13)) + T.uint32(0x38000000))))
+def _f16(h: Any, high: bool = False) -> Any:
+    """The f16 in the low (or high) 16 bits of u32 `h` as f32: WGSL's core unpack2x16float (no
+    shader-f16 needed), one conversion instruction where bit manipulation took about fifteen.
+    TVM has no such intrinsic, so the call names a helper that `emit` defines."""
+    return T.call_pure_extern("float32", "lutlm_f16_hi" if high else "lutlm_f16_lo", h)
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,7 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                                     part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries,
                                                                w[g * gw + v, j, r], s, j)
                         acc[0] = acc[0] + _f16(sm[g, r]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
-                            + _f16(sm[g, r] >> T.uint32(16)) * xsum[0]
+                            + _f16(sm[g, r], high=True) * xsum[0]
                     y[y0 + r] = acc[0]
     return f
 
@@ -186,7 +183,7 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
                                 part[i] = part[i] + T.Cast("float32", (words[i] >> T.uint32(bits * s)) & T.uint32(mask)) * xv[0]
                     for i in T.unroll(tile):
                         acc[i] = acc[i] + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)]) * part[i] \
-                            + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)] >> T.uint32(16)) * xv[1]
+                            + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)], high=True) * xv[1]
                 for i in T.unroll(tile):
                     if bx * span + i * ROWS + tx < n:
                         y[y0 + bx * span + i * ROWS + tx] = acc[i]
@@ -222,7 +219,7 @@ def gemm(k: int, planes: int, group: int) -> Any:
                     for g in range(k // group):
                         for r in T.unroll(ROW_TILE):
                             scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)])
-                            scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)] >> T.uint32(16))
+                            scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)], high=True)
                         for v in range(gw):
                             for r in T.unroll(ROW_TILE):
                                 for j in T.unroll(planes):
