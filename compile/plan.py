@@ -133,40 +133,35 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     emb = "token_embd.weight"
     embed = p.kernel(f"embed_k{e}_p{specs[emb].bits}_g{specs[emb].group}", layers.embed, e, specs[emb].bits, specs[emb].group)
     norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
-    rope_q = p.kernel(f"rope_q{c.n_head}", layers.rope, c.n_head, hd, c.n_rot, qkv_w, 0)
-    rope_k = p.kernel(f"rope_k{c.n_head_kv}", layers.rope, c.n_head_kv, hd, c.n_rot, qkv_w, qd)
-    append = p.kernel("kv_append", layers.kv_append, c.n_head_kv, hd, qkv_w, qd, qd + kvd)
+    rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
     attend = p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)
     glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
-    add = p.kernel("add", layers.add)
+    add_norm = p.kernel(f"add_rms_norm_d{e}", layers.add_rms_norm, e)
     eps = float(c.rms_eps)
     run = {"m": "m", "pos": "pos", "ctx": "ctx"}
     for plan in ("prefill", "decode"):
         m = "m" if plan == "prefill" else 1
         p.step(plan, embed, {"ids": "ids", "w": emb + ".planes", "sm": emb + ".sm", "x": "x"}, {"m": m, "n": c.n_vocab})
+        p.step(plan, norm, {"x": "x", "weight": "blk.0.attn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
         for layer in range(c.n_layer):
             b = f"blk.{layer}."
-            p.step(plan, norm, {"x": "x", "weight": b + "attn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True
             for name in _present(specs, b + "qkv", [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]):
                 p.matmul(plan, name, "h", "qkv", offset, qkv_w, table_ready=not first)
                 offset, first = offset + shapes[name][0], False
             sizes = {**run, "m": m}
-            p.step(plan, rope_q, {"x": "qkv", "cs": "rope"}, sizes)
-            p.step(plan, rope_k, {"x": "qkv", "cs": "rope"}, sizes)
-            p.step(plan, append, {"qkv": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
+            p.step(plan, rope, {"qkv": "qkv", "cs": "rope", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
             p.step(plan, attend, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores", "out": "attn"}, sizes)
             p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
-            p.step(plan, add, {"x": "x", "y": "o"}, {"n": f"{m} * {e}"})
-            p.step(plan, norm, {"x": "x", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+            p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True
             for name in _present(specs, b + "gate_up", [b + "ffn_gate.weight", b + "ffn_up.weight"]):
                 p.matmul(plan, name, "h", "gu", offset, 2 * ff, table_ready=not first)
                 offset, first = offset + shapes[name][0], False
             p.step(plan, glu, {"gu": "gu", "act": "act"}, {"m": m})
             p.matmul(plan, b + "ffn_down.weight", "act", "o", 0, e, table_ready=False)
-            p.step(plan, add, {"x": "x", "y": "o"}, {"n": f"{m} * {e}"})
-        p.step(plan, norm, {"x": "x", "weight": "output_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+            after = f"blk.{layer + 1}.attn_norm.weight" if layer + 1 < c.n_layer else "output_norm.weight"
+            p.step(plan, add_norm, {"x": "x", "y": "o", "weight": after, "out": "h"}, {"m": m, "eps": eps})
 
     # the last token's logits (x0 picks its row of h), then the next id into ids[0]
     p.gemv("head", head, "h", "logits", 0, f"(m - 1) * {e}", table_ready=False)

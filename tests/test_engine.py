@@ -180,7 +180,7 @@ def test_damaged_packages(tiny):
         (lambda m: m["shards"][0].update(file="../../etc/passwd"), "shard 0 has no valid file name"),
         (lambda m: m["tensors"]["output_norm.weight"].update(offset=10**9), "past the end of its shard"),
         (lambda m: m["plans"]["decode"][0].update(kernel="nope"), "names no known kernel"),
-        (lambda m: m["kernels"]["add"].update(grid=["__import__('os')", "1", "1"]), "unexpected"),
+        (lambda m: m["kernels"]["attention"].update(grid=["__import__('os')", "1", "1"]), "unexpected"),
     ]
     for i, (change, message) in enumerate(cases):
         with pytest.raises(PackageError, match=message):

@@ -121,37 +121,46 @@ def test_rms_norm(m):
     np.testing.assert_allclose(got.reshape(m, 576), rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("m,pos,ctx", [(3, 5, 16), (1, 8191, 8192), (1, 0, 1)])
-def test_rope_inside_a_fused_row(m, pos, ctx):
-    """q (9 heads) at offset 0 and k (3 heads) at offset 576 of a 960-wide qkv row; v untouched."""
-    config = SimpleNamespace(rope_theta=100000.0, n_rot=64)
+def rope_append(heads, kvh, d, n_rot, qkv, table, kc, vc, m, pos, ctx):
+    res = run(kernel(layers.rope_append, heads, kvh, d, n_rot, qkv.shape[1]),
+              {"qkv": qkv, "cs": table, "kc": kc, "vc": vc}, {"m": m, "pos": pos, "ctx": ctx})
+    return res["qkv"].reshape(qkv.shape), res["kc"].reshape(kc.shape), res["vc"].reshape(vc.shape)
+
+
+@pytest.mark.parametrize("m,pos,ctx,n_rot", [(3, 5, 16, 64), (1, 8191, 8192, 64), (1, 0, 1, 64), (2, 3, 8, 32)])
+def test_rope_and_cache_append(m, pos, ctx, n_rot):
+    """SmolLM2's qkv row: q (9 heads), k and v (3 each) of 64 dims. q turns in place, k turns on
+    its way into the transposed key cache, v is stored as it is; older cache entries and v's
+    slot in the row are untouched. n_rot 32: only each head's leading 32 dimensions turn."""
+    heads, kvh, d = 9, 3, 64
+    config = SimpleNamespace(rope_theta=100000.0, n_rot=n_rot)
     cos, sin = rope_tables(config, np.arange(ctx))
-    table = np.stack([cos, sin], axis=-1)
     qkv = rng.standard_normal((m, 960)).astype(np.float32)
-    got = run(kernel(layers.rope, 9, 64, 64, 960, 0), {"x": qkv, "cs": table}, {"m": m, "pos": pos, "ctx": ctx})["x"]
-    got = run(kernel(layers.rope, 3, 64, 64, 960, 576), {"x": got, "cs": table}, {"m": m, "pos": pos, "ctx": ctx})["x"]
+    kc, vc = rng.standard_normal((2, kvh, d, ctx)).astype(np.float32)
+    vc = vc.reshape(kvh, ctx, d)
+    got_qkv, got_kc, got_vc = rope_append(heads, kvh, d, n_rot, qkv, np.stack([cos, sin], -1), kc, vc, m, pos, ctx)
     c, s_ = cos[pos:pos + m], sin[pos:pos + m]
-    want = np.concatenate([apply_rope(qkv[:, :576].reshape(m, 9, 64), c, s_, 64).reshape(m, 576),
-                           apply_rope(qkv[:, 576:768].reshape(m, 3, 64), c, s_, 64).reshape(m, 192), qkv[:, 768:]], axis=1)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    q = apply_rope(qkv[:, :576].reshape(m, 9, 64), c, s_, n_rot).reshape(m, 576)
+    k = apply_rope(qkv[:, 576:768].reshape(m, 3, 64), c, s_, n_rot)
+    np.testing.assert_allclose(got_qkv[:, :576], q, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got_qkv[:, 768:], qkv[:, 768:])
+    want_kc, want_vc = kc.copy(), vc.copy()
+    want_kc[:, :, pos:pos + m] = k.transpose(1, 2, 0)
+    want_vc[:, pos:pos + m] = qkv[:, 768:].reshape(m, 3, 64).transpose(1, 0, 2)
+    np.testing.assert_allclose(got_kc, want_kc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got_vc, want_vc)
 
 
-def test_partial_rope():
-    """n_rot < head_dim: only the leading n_rot dimensions of each head turn."""
-    config = SimpleNamespace(rope_theta=10000.0, n_rot=32)
-    cos, sin = rope_tables(config, np.arange(8))
-    x = rng.standard_normal((2, 4 * 64)).astype(np.float32)
-    got = run(kernel(layers.rope, 4, 64, 32, 256, 0), {"x": x, "cs": np.stack([cos, sin], -1)}, {"m": 2, "pos": 3, "ctx": 8})["x"]
-    want = apply_rope(x.reshape(2, 4, 64), cos[3:5], sin[3:5], 32).reshape(2, 256)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_swiglu_and_add():
+@pytest.mark.parametrize("m", [1, 3])
+def test_swiglu_and_residual_add_with_norm(m):
     gu = rng.standard_normal((3, 2 * 1536)).astype(np.float32) * 4
     got = run(kernel(layers.swiglu, 1536), {"gu": gu, "act": 3 * 1536}, {"m": 3})["act"]
     np.testing.assert_allclose(got.reshape(3, 1536), silu(gu[:, :1536]) * gu[:, 1536:], rtol=1e-5, atol=1e-6)
-    x, y = rng.standard_normal((2, 577)).astype(np.float32)
-    np.testing.assert_array_equal(run(kernel(layers.add), {"x": x, "y": y}, {"n": 577})["x"], x + y)
+    x, y = rng.standard_normal((2, m, 576)).astype(np.float32) * 3
+    w = rng.standard_normal(576).astype(np.float32)
+    res = run(kernel(layers.add_rms_norm, 576), {"x": x, "y": y, "weight": w, "out": m * 576}, {"m": m, "eps": 1e-5})
+    np.testing.assert_array_equal(res["x"].reshape(m, 576), x + y)
+    np.testing.assert_allclose(res["out"].reshape(m, 576), rms_norm(x + y, w, 1e-5), rtol=1e-5, atol=1e-5)
 
 
 def attention_reference(q, kcache, vcache, pos):
@@ -168,7 +177,7 @@ def attention_reference(q, kcache, vcache, pos):
 
 
 @pytest.mark.parametrize("m,pos,ctx", [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300)])
-def test_kv_append_and_attention(m, pos, ctx):
+def test_cache_append_and_attention(m, pos, ctx):
     heads, kvh, d = 9, 3, 64
     stride = (heads + 2 * kvh) * d
     old_k, old_v = rng.standard_normal((2, pos, kvh, d)).astype(np.float32)
@@ -178,10 +187,10 @@ def test_kv_append_and_attention(m, pos, ctx):
     vc[:, :pos] = old_v.transpose(1, 0, 2)
     qkv = rng.standard_normal((m, stride)).astype(np.float32)
     qkv[:, :heads * d] *= 2
-    res = run(kernel(layers.kv_append, kvh, d, stride, heads * d, (heads + kvh) * d),
-              {"qkv": qkv, "kc": kc, "vc": vc}, {"m": m, "pos": pos, "ctx": ctx})
+    identity = np.stack([np.ones((ctx, d // 2)), np.zeros((ctx, d // 2))], -1).astype(np.float32)  # no rotation
+    _, kc, vc = rope_append(heads, kvh, d, d, qkv, identity, kc, vc, m, pos, ctx)
     got = run(kernel(attention.attention, heads, kvh, d, stride),
-              {"q": qkv, "kc": res["kc"], "vc": res["vc"], "scores": m * heads * ctx, "out": m * heads * d},
+              {"q": qkv, "kc": kc, "vc": vc, "scores": m * heads * ctx, "out": m * heads * d},
               {"m": m, "pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
     k = qkv[:, heads * d:(heads + kvh) * d].reshape(m, kvh, d)
     v = qkv[:, (heads + kvh) * d:].reshape(m, kvh, d)

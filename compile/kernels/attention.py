@@ -5,7 +5,7 @@ its own).
 One workgroup per (query head, token). Its invocations first split the positions between them
 (scores into a scratch row, the maximum by a tree reduction in workgroup memory), then the
 exponentials and their sum the same way, then split the head dimensions for the weighted sum of
-values. The cache layouts are those `layers.kv_append` writes.
+values. The cache layouts are those `layers.rope_append` writes.
 """
 
 from __future__ import annotations

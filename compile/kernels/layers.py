@@ -63,28 +63,69 @@ def rms_norm(d: int) -> Any:
     return f
 
 
-def rope(heads: int, head_dim: int, n_rot: int, stride: int, offset: int) -> Any:
-    """Rotate adjacent pairs (2i, 2i+1), i < n_rot/2, of `heads` heads in place; token t's heads
-    start at x[t*stride + offset] (so q and k can live inside one fused qkv row). The angle of
-    position pos + t comes from a (ctx, n_rot/2, 2) cos/sin table the runtime fills once."""
-    pairs = n_rot // 2
+def add_rms_norm(d: int) -> Any:
+    """x[t] += y[t] (the residual connection), then out[t] = rms_norm(x[t]) * weight: each residual
+    add is followed by a norm, so one dispatch does both (software WebGPU pays ~0.3 ms per dispatch)."""
 
     @T.prim_func
-    def f(x_h: T.handle, cs_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
+    def f(x_h: T.handle, y_h: T.handle, w_h: T.handle, out_h: T.handle, m: T.int32, eps: T.float32):
         T.func_attr({"tirx.noalias": True})
-        x = T.match_buffer(x_h, (m * stride,), "float32")
+        x = T.match_buffer(x_h, (m, d), "float32")
+        y = T.match_buffer(y_h, (m, d), "float32")
+        weight = T.match_buffer(w_h, (d,), "float32")
+        out = T.match_buffer(out_h, (m, d), "float32")
+        for bx in T.thread_binding((m + ROWS - 1) // ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                ss = T.alloc_buffer((1,), "float32", scope="local")
+                t = bx * ROWS + tx
+                if t < m:
+                    ss[0] = T.float32(0)
+                    for i in range(d):
+                        x[t, i] = x[t, i] + y[t, i]
+                        ss[0] = ss[0] + x[t, i] * x[t, i]
+                    ss[0] = T.rsqrt(ss[0] / T.float32(d) + eps)
+                    for i in range(d):
+                        out[t, i] = x[t, i] * ss[0] * weight[i]
+    return f
+
+
+def rope_append(heads: int, kv_heads: int, head_dim: int, n_rot: int, stride: int) -> Any:
+    """Rotary embedding of m tokens' queries and keys, and the keys and values stored in a
+    layer's cache, in one dispatch. Token t's row qkv[t*stride:] holds q (heads), k and v
+    (kv_heads each) in that order. Adjacent pairs (2i, 2i+1), i < n_rot/2, turn by the angle of
+    position pos + t from a (ctx, n_rot/2, 2) cos/sin table the runtime fills once; q turns in
+    place. The cache holds keys transposed as (kv_heads, head_dim, ctx), so attention's score
+    loop reads consecutive positions, and values as (kv_heads, ctx, head_dim), so its output loop
+    reads consecutive dimensions. One invocation per pair of dimensions of a q or k head."""
+    half, pairs, both = head_dim // 2, n_rot // 2, heads + kv_heads
+    v_offset = (heads + kv_heads) * head_dim
+
+    @T.prim_func
+    def f(qkv_h: T.handle, cs_h: T.handle, kc_h: T.handle, vc_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        qkv = T.match_buffer(qkv_h, (m * stride,), "float32")
         cs = T.match_buffer(cs_h, (ctx, pairs, 2), "float32")
-        for bx in T.thread_binding((m * heads * pairs + ROWS - 1) // ROWS, thread="blockIdx.x"):
+        kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
+        vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
+        for bx in T.thread_binding((m * both * half + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 a = T.alloc_buffer((2,), "float32", scope="local")
                 e = bx * ROWS + tx
-                t = e // (heads * pairs)
-                at = t * stride + offset + e // pairs % heads * head_dim + e % pairs * 2
-                if e < m * heads * pairs and pos + t < ctx:
-                    a[0] = x[at]
-                    a[1] = x[at + 1]
-                    x[at] = a[0] * cs[pos + t, e % pairs, 0] - a[1] * cs[pos + t, e % pairs, 1]
-                    x[at + 1] = a[0] * cs[pos + t, e % pairs, 1] + a[1] * cs[pos + t, e % pairs, 0]
+                t = e // (both * half)
+                hh = e // half % both  # q heads first, then k heads
+                i = e % half
+                at = t * stride + hh * head_dim + 2 * i
+                if e < m * both * half and pos + t < ctx:
+                    a[0] = qkv[at]
+                    a[1] = qkv[at + 1]
+                    if i < pairs:
+                        qkv[at] = a[0] * cs[pos + t, i, 0] - a[1] * cs[pos + t, i, 1]
+                        qkv[at + 1] = a[0] * cs[pos + t, i, 1] + a[1] * cs[pos + t, i, 0]
+                    if hh >= heads:
+                        kc[hh - heads, 2 * i, pos + t] = qkv[at]
+                        kc[hh - heads, 2 * i + 1, pos + t] = qkv[at + 1]
+                        vc[hh - heads, pos + t, 2 * i] = qkv[t * stride + v_offset + (hh - heads) * head_dim + 2 * i]
+                        vc[hh - heads, pos + t, 2 * i + 1] = qkv[t * stride + v_offset + (hh - heads) * head_dim + 2 * i + 1]
     return f
 
 
@@ -102,42 +143,4 @@ def swiglu(ff: int) -> Any:
                 g = e // ff * 2 * ff + e % ff
                 if e < m * ff:
                     act[e] = gu[g] / (T.float32(1) + T.exp(-gu[g])) * gu[g + ff]
-    return f
-
-
-def add() -> Any:
-    """x += y over n values (the residual connection), in place."""
-
-    @T.prim_func
-    def f(x_h: T.handle, y_h: T.handle, n: T.int32):
-        T.func_attr({"tirx.noalias": True})
-        x = T.match_buffer(x_h, (n,), "float32")
-        y = T.match_buffer(y_h, (n,), "float32")
-        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
-            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                if bx * ROWS + tx < n:
-                    x[bx * ROWS + tx] = x[bx * ROWS + tx] + y[bx * ROWS + tx]
-    return f
-
-
-def kv_append(kv_heads: int, head_dim: int, stride: int, k_offset: int, v_offset: int) -> Any:
-    """Store m new keys and values (token t's at qkv[t*stride + k_offset / v_offset]) at positions
-    pos.. of a layer's cache: keys transposed as (kv_heads, head_dim, ctx) so attention's score
-    loop reads consecutive positions, values as (kv_heads, ctx, head_dim) so its output loop reads
-    consecutive dimensions."""
-    width = kv_heads * head_dim
-
-    @T.prim_func
-    def f(qkv_h: T.handle, kc_h: T.handle, vc_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
-        T.func_attr({"tirx.noalias": True})
-        qkv = T.match_buffer(qkv_h, (m * stride,), "float32")
-        kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
-        vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
-        for bx in T.thread_binding((m * width + ROWS - 1) // ROWS, thread="blockIdx.x"):
-            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                e = bx * ROWS + tx
-                t = e // width
-                if e < m * width and pos + t < ctx:
-                    kc[e % width // head_dim, e % head_dim, pos + t] = qkv[t * stride + k_offset + e % width]
-                    vc[e % width // head_dim, pos + t, e % head_dim] = qkv[t * stride + v_offset + e % width]
     return f
