@@ -12,6 +12,7 @@ kernel), not on how the codes were chosen, and RTN 4-bit reproduces the shipped 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,16 @@ EXPORTS = ("q4", "fp32")
 
 
 def _made(out: Path, argv: list[str], marker: str) -> Path:
-    """`out`, made by `lutlm argv -o out` unless it already holds `marker`."""
+    """`out`, made by `lutlm argv -o out` unless it already holds `marker` written by the same
+    compiler sources (a package from older kernel code would be measured as if it were current)."""
     from lutlm.cli import main
+    from lutlm.package import compiler_digest
 
-    if not (out / marker).is_file():
+    try:
+        current = json.loads((out / marker).read_text(encoding="utf-8")).get("compiler") == compiler_digest()
+    except (OSError, ValueError):
+        current = False
+    if not current:
         print(f"bench: lutlm {' '.join(argv)} -o {out}", file=sys.stderr)
         if main([*argv, "-o", str(out)]) != 0:
             raise LutlmError(f"could not make {out} (see the error above)")

@@ -24,6 +24,7 @@ import numpy as np
 from .atomic import replacing
 from .checkpoint import Checkpoint
 from .errors import LutlmError
+from .package import compiler_digest
 from .quant.format import QTensor
 
 DTYPES = {"q4": "model_q4.onnx", "fp32": "model.onnx"}
@@ -225,5 +226,5 @@ def export(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: st
                    "bos_token": token.get(ckpt.config.bos_id), "eos_token": token.get(ckpt.config.eos_id),
                    "chat_template": ckpt.chat_template or CHATML, "model_max_length": ckpt.config.n_ctx}
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False, indent=1))
-        (tmp / "lutlm-export.json").write_text(json.dumps({"source": ckpt.source, "dtype": dtype}))
+        (tmp / "lutlm-export.json").write_text(json.dumps({"source": ckpt.source, "dtype": dtype, "compiler": compiler_digest()}))
     return out

@@ -67,6 +67,16 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
     return arrays, {n: q.spec for n, q in weights.items()}, {n: q.codes.shape for n, q in weights.items()}, head
 
 
+def compiler_digest() -> str:
+    """sha256 of this compiler's Python sources. Packages and exports record it, so that a cache
+    of them (`lutlm bench`) can tell one written by older kernel, plan or quantiser code."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def check_output(out: Path) -> None:
     if out.exists() and not (out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))):
         raise LutlmError(f"{out} exists and is not a model package; refusing to overwrite it")
@@ -93,7 +103,7 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
         (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
         c = ckpt.config
         manifest = {
-            "format": FORMAT, "version": VERSION, "name": out.name, "source": ckpt.source,
+            "format": FORMAT, "version": VERSION, "name": out.name, "source": ckpt.source, "compiler": compiler_digest(),
             "config": asdict(c), "chat_template": ckpt.chat_template,
             "eos_ids": sorted({i for i in (c.eos_id, _token_id(ckpt.tokenizer, "<|im_end|>"),
                                           _token_id(ckpt.tokenizer, "<|endoftext|>")) if i is not None}),

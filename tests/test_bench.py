@@ -94,3 +94,9 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv[:-2] + ["--systems", "lutlm-native", "--json", str(tmp_path / "again.json")]) == 0
     assert "bench: lutlm compile" not in capsys.readouterr().err
+    # ... unless a package was written by other compiler sources: that one alone is compiled again
+    manifest = next((tmp_path / "build").glob("*-q2-lut")) / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"compiler": "', '"compiler": "0'))
+    assert main(argv[:-2] + ["--systems", "lutlm-native", "--json", str(tmp_path / "again.json")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bench: lutlm compile") == 1 and "q2-lut" in err
