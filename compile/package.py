@@ -26,7 +26,7 @@ from .atomic import replacing
 from .checkpoint import Checkpoint
 from .errors import LutlmError
 from .kernels import layout
-from .plan import CHUNK, DECODE, build, dense_bits, fused_groups
+from .plan import CHUNK, DECODE, build, dense_bits, dense_only, fused_groups
 from .quant.format import QTensor
 
 FORMAT = "lutlm-package"
@@ -41,7 +41,8 @@ def _fuse(parts: list[QTensor]) -> QTensor:
 
 def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "lut") -> tuple[dict[str, np.ndarray], dict, dict, str]:
     """The arrays to upload (NAME.planes / NAME.sm per weight, f32 norms; NAME.dense too when
-    decode dequantises), with the specs and shapes of the GPU weights and the output head's name."""
+    decode dequantises, NAME.dense instead of planes for 8-bit codes), with the specs and shapes
+    of the GPU weights and the output head's name."""
     c = ckpt.config
     missing = [n for n in ["token_embd.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer)
                for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
@@ -57,9 +58,10 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
             weights[name] = _fuse([quantized[p] for p in parts]) if len(parts) > 1 else quantized[parts[0]]
     arrays: dict[str, np.ndarray] = {}
     for name, q in weights.items():
-        arrays[name + ".planes"] = layout.planes(q)
+        if not dense_only(q.spec):
+            arrays[name + ".planes"] = layout.planes(q)
         arrays[name + ".sm"] = layout.scale_min(q)
-        if decode != "lut":
+        if decode != "lut" or dense_only(q.spec):
             arrays[name + ".dense"] = layout.dense(q, dense_bits(q.spec))
     norms = ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer) for p in ("attn_norm", "ffn_norm")]
     for name in norms:

@@ -76,15 +76,15 @@ def test_lut_gemv_awkward_shapes(k, n, group):
     assert rel_err(lut_gemv(q, x, matmul.Table()), q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
-@pytest.mark.parametrize("bits", ["s8", 4])
-def test_lut_output_head(bits):
-    """The tied embedding as output head: 49152 x 576 through the same LUT path."""
-    q = quantized(49152, 576, bits)
+def test_lut_output_head():
+    """A 4-bit tied embedding as output head (`--embed-bits 4`): 49152 x 576 through the LUT
+    GEMV. (8-bit heads are stored dense and take the dequantise GEMV: test_dequant_gemv.)"""
+    q = quantized(49152, 576, 4)
     x = rng.standard_normal(576).astype(np.float32)
     assert rel_err(lut_gemv(q, x, matmul.Table()), q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
-@pytest.mark.parametrize("tile", [1, 4])
+@pytest.mark.parametrize("tile", [1, 4, 8])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("k,n", [(576, 1536), (96, 100)])
 def test_dequant_gemv(bits, k, n, tile):
@@ -95,20 +95,25 @@ def test_dequant_gemv(bits, k, n, tile):
     assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
-@pytest.mark.parametrize("m,k,n,bits", [(1, 576, 192, 4), (5, 96, 100, 2), (17, 576, 1536, 4), (8, 1536, 576, "t")])
-def test_prefill_gemm(m, k, n, bits):
+@pytest.mark.parametrize("m,k,n,bits,dense", [(1, 576, 192, 4, False), (5, 96, 100, 2, False), (17, 576, 1536, 4, False),
+                                              (8, 1536, 576, "t", False), (9, 576, 700, "s8", True), (3, 96, 100, 4, True)])
+def test_prefill_gemm(m, k, n, bits, dense):
+    """Bit-planes, or dense codes (8-bit tensors: the tied output head in the `score` plan)."""
     q = quantized(n, k, bits)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    meta = kernel(matmul.gemm, k, q.spec.bits, 32)
-    got = run(meta, {"x": x, "w": layout.planes(q), "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n, "ldy": n, "y0": 0})["y"]
+    meta = kernel(matmul.gemm, k, q.spec.bits, 32, dense)
+    w = layout.dense(q, q.spec.bits) if dense else layout.planes(q)
+    got = run(meta, {"x": x, "w": w, "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n, "ldy": n, "y0": 0})["y"]
     assert rel_err(got.reshape(m, n), x.astype(np.float64) @ q.dequantize().T.astype(np.float64)) < 1e-5
 
 
-def test_embedding_gather():
-    q = quantized(1000, 576, "s8")
+@pytest.mark.parametrize("bits,dense", [("s8", True), ("s8", False), (4, False)])
+def test_embedding_gather(bits, dense):
+    q = quantized(1000, 576, bits)
     ids = np.array([0, 999, 17, 5000, -3], np.int32)  # the last two are out of range: row 0
-    got = run(kernel(layers.embed, 576, 8, 32), {"ids": ids, "w": layout.planes(q), "sm": layout.scale_min(q),
-                                                 "x": 5 * 576}, {"m": 5, "n": 1000})["x"].reshape(5, 576)
+    w = layout.dense(q, 8) if dense else layout.planes(q)
+    got = run(kernel(layers.embed, 576, q.spec.bits, 32, dense), {"ids": ids, "w": w, "sm": layout.scale_min(q),
+                                                                  "x": 5 * 576}, {"m": 5, "n": 1000})["x"].reshape(5, 576)
     want = q.dequantize()[np.where((ids >= 0) & (ids < 1000), ids, 0)]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 

@@ -14,15 +14,18 @@ from tvm.script import tirx as T
 from .matmul import ROWS, _f16
 
 
-def embed(k: int, planes: int, group: int) -> Any:
-    """x[t, :] = dequantised row ids[t] of the quantised embedding (same layout as a weight, so
-    the tied output head shares it). An id outside the vocabulary reads row 0, never past the end."""
+def embed(k: int, bits: int, group: int, dense: bool = False) -> Any:
+    """x[t, :] = dequantised row ids[t] of the quantised embedding, in the layout the tied output
+    head reads too: bit-planes, or `dense` codes (`bits` wide, 32/bits per u32). An id outside
+    the vocabulary reads row 0, never past the end."""
+    per = 32 // bits
+    w_dims = (k // per,) if dense else (k // 32, bits)  # then the row index
 
     @T.prim_func
     def f(ids_h: T.handle, w_h: T.handle, sm_h: T.handle, x_h: T.handle, m: T.int32, n: T.int32):
         T.func_attr({"tirx.noalias": True})
         ids = T.match_buffer(ids_h, (m,), "int32")
-        w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
+        w = T.match_buffer(w_h, w_dims + (n,), "uint32")
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
         x = T.match_buffer(x_h, (m, k), "float32")
         for bx in T.thread_binding((m * k + ROWS - 1) // ROWS, thread="blockIdx.x"):
@@ -32,9 +35,12 @@ def embed(k: int, planes: int, group: int) -> Any:
                 e = bx * ROWS + tx
                 if e < m * k:
                     row[0] = T.Select(ids[e // k] >= 0 and ids[e // k] < n, ids[e // k], 0)
-                    q[0] = T.uint32(0)
-                    for j in T.unroll(planes):
-                        q[0] = q[0] | (((w[e % k // 32, j, row[0]] >> T.Cast("uint32", e % 32)) & T.uint32(1)) << T.uint32(j))
+                    if dense:
+                        q[0] = (w[e % k // per, row[0]] >> T.Cast("uint32", e % per * bits)) & T.uint32((1 << bits) - 1)
+                    else:
+                        q[0] = T.uint32(0)
+                        for j in T.unroll(bits):
+                            q[0] = q[0] | (((w[e % k // 32, j, row[0]] >> T.Cast("uint32", e % 32)) & T.uint32(1)) << T.uint32(j))
                     x[e // k, e % k] = T.Cast("float32", q[0]) * _f16(sm[e % k // group, row[0]]) \
                         + _f16(sm[e % k // group, row[0]], high=True)
     return f

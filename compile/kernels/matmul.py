@@ -190,12 +190,15 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     return f
 
 
-def gemm(k: int, planes: int, group: int) -> Any:
+def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
     """Prefill: y[m, n] = x[m, :] . W[n, :] for m tokens. Each invocation owns a register tile of
     ROW_TILE rows x TOKENS tokens: per input column it loads TOKENS activations and decodes
     ROW_TILE weights for ROW_TILE * TOKENS multiply-adds. (Software WebGPU pays per load per
-    invocation, so loads per multiply-add is the figure that matters.)"""
+    invocation, so loads per multiply-add is the figure that matters.) Weights are `planes`
+    bit-planes, or with `dense` codes `planes` bits wide, 32/planes per u32: either way each 32
+    inputs of a row take `planes` words."""
     gw = group // 32
+    per = 32 // planes
     rows_per_group = ROWS * ROW_TILE
 
     @T.prim_func
@@ -203,7 +206,7 @@ def gemm(k: int, planes: int, group: int) -> Any:
           ldy: T.int32, y0: T.int32):
         T.func_attr({"tirx.noalias": True})
         x = T.match_buffer(x_h, (m, k), "float32")
-        w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
+        w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")  # dense: the same words, (k // per, n)
         sm = T.match_buffer(sm_h, (k // group, n), "uint32")
         y = T.match_buffer(y_h, (m * ldy,), "float32")  # token t's rows land at y[t*ldy + y0 : ... + n]
         for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
@@ -229,9 +232,13 @@ def gemm(k: int, planes: int, group: int) -> Any:
                                     xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
                                 for r in T.unroll(ROW_TILE):
                                     wv[r] = T.float32(0)
-                                    for j in T.unroll(planes):
-                                        wv[r] = wv[r] + T.Cast("float32", (words[r * planes + j] >> T.Cast("uint32", i))
-                                                               & T.uint32(1)) * T.float32(1 << j)
+                                    if dense:
+                                        wv[r] = T.Cast("float32", (words[r * planes + i // per] >> T.Cast("uint32", i % per * planes))
+                                                       & T.uint32((1 << planes) - 1))
+                                    else:
+                                        for j in T.unroll(planes):
+                                            wv[r] = wv[r] + T.Cast("float32", (words[r * planes + j] >> T.Cast("uint32", i))
+                                                                   & T.uint32(1)) * T.float32(1 << j)
                                     wv[r] = wv[r] * scale[2 * r] + scale[2 * r + 1]
                                     for t in T.unroll(TOKENS):
                                         acc[r * TOKENS + t] = acc[r * TOKENS + t] + wv[r] * xv[t]
