@@ -143,6 +143,7 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
                                         "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
                     measured.append((ids, samples))
                 memory = memory_bytes(app.page)
+                wasm = app.page.evaluate("window.wasmBytes")
             # warm: the browser started again on the same profile, the model read from its Cache API
             # (only the load: after it, SwiftShader's compositor stalls in a relaunched profile here)
             with chromium(offsite, profile=profile) as context:
@@ -150,7 +151,7 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
             for ids, samples in measured:
                 rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s,
                                 samples, adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
-                                memory_bytes=memory, offsite_requests=len(offsite)))
+                                memory_bytes=memory, wasm_bytes=wasm, offsite_requests=len(offsite)))
     return rows
 
 

@@ -87,6 +87,9 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
     assert all(s["new_tokens"] == 4 for r in lutlm for s in r["samples"])
     assert all(r["gpu_bytes"] > 0 for r in lutlm)
     assert all(r["memory_bytes"] > 0 for r in rows if r["where"].startswith("browser"))
+    # Pyodide's heap holds the Python runtime: tens of MiB at least, and a whole number of 64 KiB wasm pages
+    assert all(r["wasm_bytes"] >= 16 * 2**20 and r["wasm_bytes"] % 65536 == 0
+               for r in lutlm if r["where"] == "browser-webgpu")
     table = (out / "bench.md").read_text()
     assert table.count("\n| ") == len(rows) + 1 and "2-bit LUT / 4-bit LUT" in table
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

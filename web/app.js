@@ -49,6 +49,7 @@ worker.onmessage = (e) => {
     messages.push({ role: "assistant", content: current.text });
     const u = JSON.parse(m.usage || "null");
     window.lastUsage = u; // for tests and benchmarks
+    window.wasmBytes = m.wasm_bytes; // Pyodide's heap: the worker's memory, which no JS heap figure counts
     if (u) {
       const stats = add("stats", `${u.completion_tokens} tokens, first after ${u.ttft_s.toFixed(2)} s` +
         (u.decode_tokens_per_s ? `, ${u.decode_tokens_per_s.toFixed(2)} tok/s` : "") + ` (${m.finish})`);

@@ -131,8 +131,10 @@ async for _chunk in await llm.chat.completions.create(messages=json.loads(_req.m
     if _text:
         js.postMessage(to_js({"type": "chunk", "id": _id, "text": _text}, dict_converter=js.Object.fromEntries))
     if _choice["finish_reason"]:
+        import pyodide_js  # the wasm heap (Python's memory: tokens, cache bookkeeping) is in no JS heap figure
         js.postMessage(to_js({"type": "done", "id": _id, "finish": _choice["finish_reason"],
-                              "usage": json.dumps(_chunk.get("usage"))}, dict_converter=js.Object.fromEntries))
+                              "usage": json.dumps(_chunk.get("usage")), "wasm_bytes": pyodide_js._module.HEAP8.length},
+                             dict_converter=js.Object.fromEntries))
 `);
 }
 
