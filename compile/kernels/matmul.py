@@ -18,7 +18,7 @@ from typing import Any
 from tvm.script import tirx as T
 
 ROWS = 64  # invocations per workgroup, one output row each
-TOKENS = 8  # tokens per invocation in the prefill GEMM (weights decoded once, used 8 times)
+TOKENS = 16  # tokens per invocation in the prefill GEMM (weights decoded once, used 16 times)
 ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
 
 
@@ -195,10 +195,28 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
     ROW_TILE rows x TOKENS tokens: per input column it loads TOKENS activations and decodes
     ROW_TILE weights for ROW_TILE * TOKENS multiply-adds. (Software WebGPU pays per load per
     invocation, so loads per multiply-add is the figure that matters.) Weights are `planes`
-    bit-planes, or with `dense` codes `planes` bits wide, 32/planes per u32: either way each 32
-    inputs of a row take `planes` words."""
+    bit-planes (at most 4), or with `dense` codes `planes` bits wide, 32/planes per u32: either
+    way each 32 inputs of a row take `planes` words. Bit-planes are turned into 4-bit fields eight
+    weights at a time (one bit-spread per plane), so each weight costs a shift and a mask instead
+    of one per plane."""
+    if planes > 4 and not dense:
+        raise ValueError(f"the prefill GEMM reads at most 4 bit-planes, not {planes}: wider codes are stored dense")
     gw = group // 32
     per = 32 // planes
+
+    def spread(byte: Any) -> Any:
+        """Bit i of the low byte of `byte` moved to bit 4i."""
+        v = byte & T.uint32(0xFF)
+        v = (v | (v << T.uint32(12))) & T.uint32(0x000F000F)
+        v = (v | (v << T.uint32(6))) & T.uint32(0x03030303)
+        return (v | (v << T.uint32(3))) & T.uint32(0x11111111)
+
+    def code(words: Any, nib: Any, r: int, q: Any, s: Any) -> Any:
+        """The code of input 8q + s of the current 32, row r of the tile."""
+        if dense:
+            i = q * 8 + s
+            return (words[r * planes + i // per] >> T.Cast("uint32", i % per * planes)) & T.uint32((1 << planes) - 1)
+        return (nib[r] >> T.Cast("uint32", s * 4)) & T.uint32(15)
     rows_per_group = ROWS * ROW_TILE
 
     @T.prim_func
@@ -216,6 +234,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
                     words = T.alloc_buffer((ROW_TILE * planes,), "uint32", scope="local")
                     scale = T.alloc_buffer((ROW_TILE * 2,), "float32", scope="local")
                     wv = T.alloc_buffer((ROW_TILE,), "float32", scope="local")
+                    nib = T.alloc_buffer((ROW_TILE,), "uint32", scope="local")  # 8 codes in 4-bit fields
                     xv = T.alloc_buffer((TOKENS,), "float32", scope="local")
                     for a in T.unroll(ROW_TILE * TOKENS):
                         acc[a] = T.float32(0)
@@ -227,21 +246,19 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
                             for r in T.unroll(ROW_TILE):
                                 for j in T.unroll(planes):
                                     words[r * planes + j] = w[g * gw + v, j, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
-                            for i in range(32):
-                                for t in T.unroll(TOKENS):
-                                    xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + i]
-                                for r in T.unroll(ROW_TILE):
-                                    wv[r] = T.float32(0)
-                                    if dense:
-                                        wv[r] = T.Cast("float32", (words[r * planes + i // per] >> T.Cast("uint32", i % per * planes))
-                                                       & T.uint32((1 << planes) - 1))
-                                    else:
+                            for q in range(4):  # eight inputs at a time
+                                if not dense:
+                                    for r in T.unroll(ROW_TILE):
+                                        nib[r] = T.uint32(0)
                                         for j in T.unroll(planes):
-                                            wv[r] = wv[r] + T.Cast("float32", (words[r * planes + j] >> T.Cast("uint32", i))
-                                                                   & T.uint32(1)) * T.float32(1 << j)
-                                    wv[r] = wv[r] * scale[2 * r] + scale[2 * r + 1]
+                                            nib[r] = nib[r] | (spread(words[r * planes + j] >> T.Cast("uint32", q * 8)) << T.uint32(j))
+                                for s in range(8):
                                     for t in T.unroll(TOKENS):
-                                        acc[r * TOKENS + t] = acc[r * TOKENS + t] + wv[r] * xv[t]
+                                        xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + q * 8 + s]
+                                    for r in T.unroll(ROW_TILE):
+                                        wv[r] = T.Cast("float32", code(words, nib, r, q, s)) * scale[2 * r] + scale[2 * r + 1]
+                                        for t in T.unroll(TOKENS):
+                                            acc[r * TOKENS + t] = acc[r * TOKENS + t] + wv[r] * xv[t]
                     for r in T.unroll(ROW_TILE):
                         for t in T.unroll(TOKENS):
                             if by * TOKENS + t < m and bx * rows_per_group + r * ROWS + tx < n:
