@@ -134,7 +134,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         "ids": "4 * chunk", "targets": "4 * chunk", "nll": "4 * chunk",
         "x": f"4 * chunk * {e}", "h": f"4 * chunk * {e}", "o": f"4 * chunk * {e}",
         "attn": f"4 * chunk * {qd}", "qkv": f"4 * chunk * {qkv_w}", "gu": f"4 * chunk * {2 * ff}",
-        "act": f"4 * chunk * {ff}", "scores": f"4 * chunk * {c.n_head} * ctx",
+        "act": f"4 * chunk * {ff}",
         "logits": f"4 * chunk * {c.n_vocab}", "probs": f"4 * {c.n_vocab}",
         "rope": f"4 * ctx * {c.n_rot // 2} * 2", "seen": "4 * ctx",
     }
@@ -167,7 +167,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                 offset, first = offset + shapes[name][0], False
             sizes = {**run, "m": m}
             p.step(plan, rope, {"qkv": "qkv", "cs": "rope", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
-            p.step(plan, attend, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores", "out": "attn"}, sizes)
+            p.step(plan, attend, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "out": "attn"}, sizes)
             p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
             p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True

@@ -176,7 +176,7 @@ def test_damaged_packages(tiny):
     cases = [
         (lambda m: m.update(version=2), "version 2; this runtime reads"),
         (lambda m: m["config"].update(n_layer=10**9), "n_layer must be an integer"),
-        (lambda m: m["buffers"].update(scores="4 * ctx * ctx * ctx * 1000"), "buffer scores needs"),
+        (lambda m: m["buffers"].update(logits="4 * ctx * ctx * ctx * 1000"), "buffer logits needs"),
         (lambda m: m["shards"][0].update(file="../../etc/passwd"), "shard 0 has no valid file name"),
         (lambda m: m["tensors"]["output_norm.weight"].update(offset=10**9), "past the end of its shard"),
         (lambda m: m["plans"]["decode"][0].update(kernel="nope"), "names no known kernel"),

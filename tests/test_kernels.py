@@ -195,7 +195,7 @@ def test_cache_append_and_attention(m, pos, ctx):
     identity = np.stack([np.ones((ctx, d // 2)), np.zeros((ctx, d // 2))], -1).astype(np.float32)  # no rotation
     _, kc, vc = rope_append(heads, kvh, d, d, qkv, identity, kc, vc, m, pos, ctx)
     got = run(kernel(attention.attention, heads, kvh, d, stride),
-              {"q": qkv, "kc": kc, "vc": vc, "scores": m * heads * ctx, "out": m * heads * d},
+              {"q": qkv, "kc": kc, "vc": vc, "out": m * heads * d},
               {"m": m, "pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
     k = qkv[:, heads * d:(heads + kvh) * d].reshape(m, kvh, d)
     v = qkv[:, (heads + kvh) * d:].reshape(m, kvh, d)
@@ -284,8 +284,8 @@ def test_emitted_metadata_describes_the_wgsl():
 
     assert [evaluate(e, {"n": 1537}) for e in meta["grid"]] == [-(-1537 // matmul.ROWS), 1, 1]
     attn = kernel(attention.attention, 9, 3, 64, 960)
-    assert [evaluate(e, {"m": 5}) for e in attn["grid"]] == [9, 5, 1]
-    assert "storageBarrier(); workgroupBarrier();" in attn["wgsl"]
+    assert [evaluate(e, {"m": m}) for m in (5, 130) for e in attn["grid"]] == [1, 9, 1, 3, 9, 1]
+    assert "storageBarrier(); workgroupBarrier();" in kernel(sampling.argmax)["wgsl"]
 
 
 def test_repetition_penalty():
