@@ -151,7 +151,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
     attend = p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)
     glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
-    add_norm = p.kernel(f"add_rms_norm_d{e}", layers.add_rms_norm, e)
+    add_norm = p.kernel(f"add_rms_norm_d{e}", layers.rms_norm, e, True)
     eps = float(c.rms_eps)
     run = {"m": "m", "pos": "pos", "ctx": "ctx"}
     for plan in ("prefill", "decode"):

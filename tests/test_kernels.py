@@ -163,7 +163,7 @@ def test_swiglu_and_residual_add_with_norm(m):
     np.testing.assert_allclose(got.reshape(3, 1536), silu(gu[:, :1536]) * gu[:, 1536:], rtol=1e-5, atol=1e-6)
     x, y = rng.standard_normal((2, m, 576)).astype(np.float32) * 3
     w = rng.standard_normal(576).astype(np.float32)
-    res = run(kernel(layers.add_rms_norm, 576), {"x": x, "y": y, "weight": w, "out": m * 576}, {"m": m, "eps": 1e-5})
+    res = run(kernel(layers.rms_norm, 576, True), {"x": x, "y": y, "weight": w, "out": m * 576}, {"m": m, "eps": 1e-5})
     np.testing.assert_array_equal(res["x"].reshape(m, 576), x + y)
     np.testing.assert_allclose(res["out"].reshape(m, 576), rms_norm(x + y, w, 1e-5), rtol=1e-5, atol=1e-5)
 

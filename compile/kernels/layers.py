@@ -46,32 +46,11 @@ def embed(k: int, bits: int, group: int, dense: bool = False) -> Any:
     return f
 
 
-def rms_norm(d: int) -> Any:
-    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight; one invocation per token."""
-
-    @T.prim_func
-    def f(x_h: T.handle, w_h: T.handle, out_h: T.handle, m: T.int32, eps: T.float32):
-        T.func_attr({"tirx.noalias": True})
-        x = T.match_buffer(x_h, (m, d), "float32")
-        weight = T.match_buffer(w_h, (d,), "float32")
-        out = T.match_buffer(out_h, (m, d), "float32")
-        for bx in T.thread_binding((m + ROWS - 1) // ROWS, thread="blockIdx.x"):
-            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                ss = T.alloc_buffer((1,), "float32", scope="local")
-                t = bx * ROWS + tx
-                if t < m:
-                    ss[0] = T.float32(0)
-                    for i in range(d):
-                        ss[0] = ss[0] + x[t, i] * x[t, i]
-                    ss[0] = T.rsqrt(ss[0] / T.float32(d) + eps)
-                    for i in range(d):
-                        out[t, i] = x[t, i] * ss[0] * weight[i]
-    return f
-
-
-def add_rms_norm(d: int) -> Any:
-    """x[t] += y[t] (the residual connection), then out[t] = rms_norm(x[t]) * weight: each residual
-    add is followed by a norm, so one dispatch does both (software WebGPU pays ~0.3 ms per dispatch)."""
+def rms_norm(d: int, residual: bool = False) -> Any:
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight; one invocation per token. With
+    `residual`, x[t] += y[t] first: every residual add is followed by a norm, so one dispatch does
+    both (software WebGPU pays ~0.3 ms per dispatch). Without it, y is unused and TVM leaves it
+    out of the bindings."""
 
     @T.prim_func
     def f(x_h: T.handle, y_h: T.handle, w_h: T.handle, out_h: T.handle, m: T.int32, eps: T.float32):
@@ -87,7 +66,8 @@ def add_rms_norm(d: int) -> Any:
                 if t < m:
                     ss[0] = T.float32(0)
                     for i in range(d):
-                        x[t, i] = x[t, i] + y[t, i]
+                        if residual:
+                            x[t, i] = x[t, i] + y[t, i]
                         ss[0] = ss[0] + x[t, i] * x[t, i]
                     ss[0] = T.rsqrt(ss[0] / T.float32(d) + eps)
                     for i in range(d):
