@@ -135,7 +135,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         "x": f"4 * chunk * {e}", "h": f"4 * chunk * {e}", "o": f"4 * chunk * {e}",
         "attn": f"4 * chunk * {qd}", "qkv": f"4 * chunk * {qkv_w}", "gu": f"4 * chunk * {2 * ff}",
         "act": f"4 * chunk * {ff}",
-        "logits": f"4 * chunk * {c.n_vocab}", "probs": f"4 * {c.n_vocab}",
+        "logits": f"4 * chunk * {c.n_vocab}", "scores": f"4 * {c.n_head} * ctx", "probs": f"4 * {c.n_vocab}",
         "rope": f"4 * ctx * {c.n_rot // 2} * 2", "seen": "4 * ctx",
     }
     for k in sorted({shape[1] for shape in shapes.values()}):
@@ -149,7 +149,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                      specs[emb].bits, specs[emb].group, dense)
     norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
     rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
-    attend = p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)
+    attends = {"prefill": p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w),
+               "decode": p.kernel("attention_split", attention.split, c.n_head, c.n_head_kv, hd, qkv_w)}
     glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
     add_norm = p.kernel(f"add_rms_norm_d{e}", layers.rms_norm, e, True)
     eps = float(c.rms_eps)
@@ -167,7 +168,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                 offset, first = offset + shapes[name][0], False
             sizes = {**run, "m": m}
             p.step(plan, rope, {"qkv": "qkv", "cs": "rope", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
-            p.step(plan, attend, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "out": "attn"}, sizes)
+            p.step(plan, attends[plan], {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores",
+                                         "out": "attn"}, sizes)
             p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
             p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True

@@ -8,6 +8,10 @@ holding its query and its output row in registers. Invocations of a workgroup ar
 tokens of one head, so they read the same key and value at each step (one load for all SIMD
 lanes on a software GPU, since the head comes from the workgroup id). The workgroup-per-head design with tree reductions it replaces spent
 6.8 s per 64-token prefill chunk at position 384 on lavapipe, more than the chunk's GEMMs.
+
+A decode step has one token, so that design would keep 9 invocations busy (one per head) over
+the whole context; `split` keeps the workgroup per (head, token) whose invocations share the
+positions (scores in a scratch row, tree reductions for the maximum and the sum) for it.
 The cache layouts are those `layers.rope_append` writes.
 """
 
@@ -18,7 +22,10 @@ from typing import Any
 
 from tvm.script import tirx as T
 
+from .reduce import add, tree
+
 WG = 64
+tree_max, tree_sum = tree(WG, T.max), tree(WG, add)
 
 
 def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
@@ -59,4 +66,59 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
                                 acc[d] = acc[d] * st[3] + st[0] * vc[h // group, i, d]
                         for d in T.unroll(head_dim):
                             out[(t * heads + h) * head_dim + d] = acc[d] / st[2]
+    return f
+
+
+def split(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
+    """The same attention for few tokens: one workgroup per (head, token) whose invocations split
+    the positions (scores into `scores`, (m, heads, ctx)), then the head dimensions."""
+    group = heads // kv_heads
+    scale = 1.0 / math.sqrt(head_dim)
+
+    @T.prim_func
+    def f(q_h: T.handle, kc_h: T.handle, vc_h: T.handle, s_h: T.handle, o_h: T.handle,
+          m: T.int32, pos: T.int32, ctx: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        q = T.match_buffer(q_h, (m * q_stride,), "float32")
+        kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
+        vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
+        scores = T.match_buffer(s_h, (m, heads, ctx), "float32")
+        out = T.match_buffer(o_h, (m * heads * head_dim,), "float32")
+        for t in T.thread_binding(m, thread="blockIdx.y"):
+            for h in T.thread_binding(heads, thread="blockIdx.x"):
+                for tid in T.thread_binding(WG, thread="threadIdx.x"):
+                    red = T.alloc_buffer((WG,), "float32", scope="shared")
+                    qv = T.alloc_buffer((head_dim,), "float32", scope="local")
+                    acc = T.alloc_buffer((2,), "float32", scope="local")
+                    n = T.min(pos + t + 1, ctx)  # positions this token sees
+                    for d in T.unroll(head_dim):
+                        qv[d] = q[t * q_stride + h * head_dim + d] * T.float32(scale)
+                    # 1. scores and their maximum
+                    acc[1] = T.float32(-3.0e38)
+                    for i in range((n + WG - 1) // WG):
+                        if i * WG + tid < n:
+                            acc[0] = T.float32(0)
+                            for d in T.unroll(head_dim):
+                                acc[0] = acc[0] + qv[d] * kc[h // group, d, i * WG + tid]
+                            scores[t, h, i * WG + tid] = acc[0]
+                            acc[1] = T.max(acc[1], acc[0])
+                    red[tid] = acc[1]
+                    tree_max(red, tid)
+                    acc[1] = red[0]
+                    T.tvm_storage_sync("shared")
+                    # 2. exponentials and their sum
+                    acc[0] = T.float32(0)
+                    for i in range((n + WG - 1) // WG):
+                        if i * WG + tid < n:
+                            scores[t, h, i * WG + tid] = T.exp(scores[t, h, i * WG + tid] - acc[1])
+                            acc[0] = acc[0] + scores[t, h, i * WG + tid]
+                    red[tid] = acc[0]
+                    tree_sum(red, tid)
+                    # 3. the weighted sum of values, one invocation per head dimension
+                    for c in range((head_dim + WG - 1) // WG):
+                        if c * WG + tid < head_dim:
+                            acc[0] = T.float32(0)
+                            for i in range(n):
+                                acc[0] = acc[0] + scores[t, h, i] * vc[h // group, i, c * WG + tid]
+                            out[(t * heads + h) * head_dim + c * WG + tid] = acc[0] / red[0]
     return f
