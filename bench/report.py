@@ -108,7 +108,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].invert_yaxis()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long labels widen the image instead of being cut
     plt.close(fig)
 
 
