@@ -14,6 +14,7 @@ place when complete, so an interrupted compile leaves no package behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict
@@ -69,9 +70,11 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
     return arrays, {n: q.spec for n, q in weights.items()}, {n: q.codes.shape for n, q in weights.items()}, head
 
 
+@functools.cache
 def compiler_digest() -> str:
     """sha256 of this compiler's Python sources. Packages and exports record it, so that a cache
-    of them (`lutlm bench`) can tell one written by older kernel, plan or quantiser code."""
+    of them (`lutlm bench`) can tell one written by older kernel, plan or quantiser code. Read
+    once per process: it describes the code this process runs."""
     root = Path(__file__).parent
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):

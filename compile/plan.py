@@ -44,6 +44,11 @@ def dense_only(spec: QuantSpec) -> bool:
     return spec.bits >= 8
 
 
+def stored(spec: QuantSpec) -> str:
+    """The code layout a tensor's GPU buffer NAME.<layout> holds for its GEMM and gather."""
+    return "dense" if dense_only(spec) else "planes"
+
+
 @dataclass
 class Plan:
     config: ModelConfig
@@ -79,10 +84,10 @@ class Plan:
         """y[.., y0 : y0 + n] = x @ weight^T: a LUT GEMV for decode, the GEMM for prefill."""
         spec, (n, k) = self.specs[weight], self.shapes[weight]
         if plan == "prefill" or plan == "score":
-            dense = dense_only(spec)
-            kid = self.kernel(f"gemm_k{k}_{'d' if dense else 'p'}{spec.bits}_g{spec.group}", matmul.gemm, k, spec.bits,
-                              spec.group, dense)
-            self.step(plan, kid, {"w": weight + (".dense" if dense else ".planes"), "sm": weight + ".sm", "x": x, "y": y},
+            codes = stored(spec)
+            kid = self.kernel(f"gemm_k{k}_{codes[0]}{spec.bits}_g{spec.group}", matmul.gemm, k, spec.bits, spec.group,
+                              codes == "dense")
+            self.step(plan, kid, {"w": f"{weight}.{codes}", "sm": weight + ".sm", "x": x, "y": y},
                       {"m": "m", "n": n, "ldy": ldy, "y0": y0})
         else:
             self.gemv(plan, weight, x, y, y0, 0, table_ready)
@@ -90,7 +95,7 @@ class Plan:
     def gemv(self, plan: str, weight: str, x: str, y: str, y0: int, x0: Any, table_ready: bool) -> None:
         spec, (n, k) = self.specs[weight], self.shapes[weight]
         if self.decode != "lut" or dense_only(spec):
-            bits, tile = dense_bits(spec), DECODE[self.decode] if self.decode != "lut" else DENSE_TILE
+            bits, tile = dense_bits(spec), DENSE_TILE if self.decode == "lut" else DECODE[self.decode]
             kid = self.kernel(f"dequant_gemv_k{k}_b{bits}_g{spec.group}_r{tile}", matmul.dequant_gemv, k, bits,
                               spec.group, tile)
             self.step(plan, kid, {"x": x, "w": weight + ".dense", "sm": weight + ".sm", "y": y},
@@ -144,9 +149,9 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         p.buffers[f"kc.{layer}"] = p.buffers[f"vc.{layer}"] = f"4 * {kvd} * ctx"
 
     emb = "token_embd.weight"
-    dense = dense_only(specs[emb])
-    embed = p.kernel(f"embed_k{e}_{'d' if dense else 'p'}{specs[emb].bits}_g{specs[emb].group}", layers.embed, e,
-                     specs[emb].bits, specs[emb].group, dense)
+    codes = stored(specs[emb])
+    embed = p.kernel(f"embed_k{e}_{codes[0]}{specs[emb].bits}_g{specs[emb].group}", layers.embed, e,
+                     specs[emb].bits, specs[emb].group, codes == "dense")
     norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
     rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
     attends = {"prefill": p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w),
@@ -157,7 +162,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     run = {"m": "m", "pos": "pos", "ctx": "ctx"}
     for plan in ("prefill", "decode"):
         m = "m" if plan == "prefill" else 1
-        p.step(plan, embed, {"ids": "ids", "w": emb + (".dense" if dense else ".planes"), "sm": emb + ".sm", "x": "x"},
+        p.step(plan, embed, {"ids": "ids", "w": f"{emb}.{codes}", "sm": emb + ".sm", "x": "x"},
                {"m": m, "n": c.n_vocab})
         p.step(plan, norm, {"x": "x", "weight": "blk.0.attn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
         for layer in range(c.n_layer):
