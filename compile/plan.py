@@ -154,8 +154,12 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                      specs[emb].bits, specs[emb].group, codes == "dense")
     norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
     rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
-    attends = {"prefill": p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w),
-               "decode": p.kernel("attention_split", attention.split, c.n_head, c.n_head_kv, hd, qkv_w)}
+    # prefill: one invocation per (head, token); decode: scores, then softmax and values (four
+    # dimensions per load, so head_dim % 4 == 0; otherwise the prefill kernel serves decode too)
+    attends = {"prefill": [p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)]}
+    attends["decode"] = attends["prefill"] if hd % 4 else [
+        p.kernel(f"attention_scores_q{c.n_head}_k{c.n_head_kv}", attention.scores, c.n_head, c.n_head_kv, hd, qkv_w),
+        p.kernel(f"attention_values_q{c.n_head}_k{c.n_head_kv}", attention.attend, c.n_head, c.n_head_kv, hd)]
     glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
     add_norm = p.kernel(f"add_rms_norm_d{e}", layers.rms_norm, e, True)
     eps = float(c.rms_eps)
@@ -173,8 +177,9 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                 offset, first = offset + shapes[name][0], False
             sizes = {**run, "m": m}
             p.step(plan, rope, {"qkv": "qkv", "cs": "rope", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
-            p.step(plan, attends[plan], {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores",
-                                         "out": "attn"}, sizes)
+            for kid in attends[plan]:
+                p.step(plan, kid, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores",
+                                   "sc": "scores", "out": "attn"}, sizes)
             p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
             p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True

@@ -22,6 +22,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _PATH = re.compile(r"(?:kernels|shards)/[A-Za-z0-9_.\-]{1,128}")
 _TYPES = {"i32", "u32", "f32"}
 _DTYPES = {"u32", "f32", "i32", "f16"}
+_BINDING_DTYPES = _DTYPES | {"vec4<f32>"}
 MAX_BYTES = 1 << 32
 CONFIG_BOUNDS = {"n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024, "n_head_kv": 1024, "head_dim": 1024,
                  "n_ff": 1 << 18, "n_vocab": 1 << 21, "n_ctx": 1 << 21, "n_rot": 1024}
@@ -98,7 +99,7 @@ def parse_manifest(text: bytes | str) -> Manifest:
         _check(isinstance(k.get("entry"), str) and bool(_NAME.fullmatch(k["entry"])), f"manifest: kernel {kid} entry")
         b = k.get("bindings")
         _check(isinstance(b, list) and 0 < len(b) <= 16 and all(
-            isinstance(x, dict) and x.get("access") in ("read", "read_write") and x.get("dtype") in _DTYPES
+            isinstance(x, dict) and x.get("access") in ("read", "read_write") and x.get("dtype") in _BINDING_DTYPES
             for x in b), f"manifest: kernel {kid} bindings")
         u = k.get("uniforms")
         _check(isinstance(u, list) and len(u) <= 32 and all(

@@ -10,7 +10,8 @@ import numpy as np
 from lutlm.kernels.emit import emit
 from runtime_py.gpu_wgpu import WgpuBackend
 
-_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
+_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16,
+           "vec4<f32>": np.float32}  # vec4 bindings: arrays and sizes count f32 elements
 
 
 @lru_cache(maxsize=None)

@@ -181,11 +181,14 @@ def attention_reference(q, kcache, vcache, pos):
     return out
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["per-token", "split"])
-@pytest.mark.parametrize("m,pos,ctx", [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300)])
-def test_cache_append_and_attention(m, pos, ctx, split):
-    """Both attention kernels: one invocation per (head, token) for prefill, a workgroup
-    splitting the positions for decode."""
+ATTENTION_CASES = [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300), (1, 130, 131)]
+
+
+@pytest.mark.parametrize("decode,m,pos,ctx", [(False, *c) for c in ATTENTION_CASES]
+                         + [(True, *c) for c in ATTENTION_CASES if c[0] == 1])
+def test_cache_append_and_attention(m, pos, ctx, decode):
+    """Both attention paths: one invocation per (head, token) for prefill; for decode (one
+    token), scores then softmax and values."""
     heads, kvh, d = 9, 3, 64
     stride = (heads + 2 * kvh) * d
     old_k, old_v = rng.standard_normal((2, pos, kvh, d)).astype(np.float32)
@@ -197,9 +200,14 @@ def test_cache_append_and_attention(m, pos, ctx, split):
     qkv[:, :heads * d] *= 2
     identity = np.stack([np.ones((ctx, d // 2)), np.zeros((ctx, d // 2))], -1).astype(np.float32)  # no rotation
     _, kc, vc = rope_append(heads, kvh, d, d, qkv, identity, kc, vc, m, pos, ctx)
-    buffers = {"q": qkv, "kc": kc, "vc": vc, "out": m * heads * d} | ({"scores": m * heads * ctx} if split else {})
-    got = run(kernel(attention.split if split else attention.attention, heads, kvh, d, stride), buffers,
-              {"m": m, "pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
+    if decode:
+        sc = run(kernel(attention.scores, heads, kvh, d, stride), {"q": qkv, "kc": kc, "sc": heads * ctx},
+                 {"pos": pos, "ctx": ctx})["sc"]
+        got = run(kernel(attention.attend, heads, kvh, d), {"sc": sc, "vc": vc, "out": heads * d},
+                  {"pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
+    else:
+        got = run(kernel(attention.attention, heads, kvh, d, stride), {"q": qkv, "kc": kc, "vc": vc, "out": m * heads * d},
+                  {"m": m, "pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
     k = qkv[:, heads * d:(heads + kvh) * d].reshape(m, kvh, d)
     v = qkv[:, (heads + kvh) * d:].reshape(m, kvh, d)
     want = attention_reference(qkv[:, :heads * d].reshape(m, heads, d), np.concatenate([old_k, k]),

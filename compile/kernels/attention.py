@@ -1,17 +1,19 @@
-"""Causal attention over the KV cache with grouped-query heads, as TIR: one kernel for decode
-(m = 1) and for prefill chunks (m tokens at positions pos..pos+m-1, each seeing positions up to
-its own).
+"""Causal attention over the KV cache with grouped-query heads, as TIR.
 
-One invocation per (query head, token), with no workgroup memory and no barriers: it walks the
+Prefill (`attention`, m tokens at positions pos..pos+m-1, each seeing positions up to its own):
+one invocation per (query head, token), with no workgroup memory and no barriers. It walks the
 positions once with an online softmax (running maximum and sum, FlashAttention's rescaling),
 holding its query and its output row in registers. Invocations of a workgroup are consecutive
-tokens of one head, so they read the same key and value at each step (one load for all SIMD
-lanes on a software GPU, since the head comes from the workgroup id). The workgroup-per-head design with tree reductions it replaces spent
-6.8 s per 64-token prefill chunk at position 384 on lavapipe, more than the chunk's GEMMs.
+tokens of one head, so they read the same key and value at each step. The workgroup-per-head
+design with tree reductions it replaced spent 6.8 s per 64-token prefill chunk at position 384
+on lavapipe, more than the chunk's GEMMs.
 
-A decode step has one token, so that design would keep 9 invocations busy (one per head) over
-the whole context; `split` keeps the workgroup per (head, token) whose invocations share the
-positions (scores in a scratch row, tree reductions for the maximum and the sum) for it.
+Decode (one token) would keep only one invocation per head busy with that kernel, walking the
+whole cache alone: on software WebGPU a load costs about the same for one SIMD lane as for four,
+so decode runs two barrier-free kernels whose lanes all load: `scores` (an invocation per kv head
+and position) and `attend` (an invocation per four head dimensions of a query head). They need
+head_dim % 4 == 0 (values, queries and the output are read four floats per load).
+
 The cache layouts are those `layers.rope_append` writes.
 """
 
@@ -22,10 +24,7 @@ from typing import Any
 
 from tvm.script import tirx as T
 
-from .reduce import add, tree
-
 WG = 64
-tree_max, tree_sum = tree(WG, T.max), tree(WG, add)
 
 
 def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
@@ -69,56 +68,68 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
     return f
 
 
-def split(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
-    """The same attention for few tokens: one workgroup per (head, token) whose invocations split
-    the positions (scores into `scores`, (m, heads, ctx)), then the head dimensions."""
+def scores(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
+    """Decode (one token at position pos), part 1: scores[h, i] = q_h . k_i / sqrt(head_dim) for
+    every position i <= pos. One invocation per (kv head, position) computes the scores of all
+    query heads sharing that kv head, so each key is loaded once; neighbouring invocations read
+    neighbouring positions of the transposed key cache (one vector load for the SIMD lanes of a
+    software GPU), and the query is read four dimensions per load."""
     group = heads // kv_heads
     scale = 1.0 / math.sqrt(head_dim)
 
     @T.prim_func
-    def f(q_h: T.handle, kc_h: T.handle, vc_h: T.handle, s_h: T.handle, o_h: T.handle,
-          m: T.int32, pos: T.int32, ctx: T.int32):
+    def f(q_h: T.handle, kc_h: T.handle, s_h: T.handle, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
-        q = T.match_buffer(q_h, (m * q_stride,), "float32")
+        q = T.match_buffer(q_h, (q_stride // 4,), "float32x4")
         kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
-        vc = T.match_buffer(vc_h, (kv_heads, ctx, head_dim), "float32")
-        scores = T.match_buffer(s_h, (m, heads, ctx), "float32")
-        out = T.match_buffer(o_h, (m * heads * head_dim,), "float32")
-        for t in T.thread_binding(m, thread="blockIdx.y"):
-            for h in T.thread_binding(heads, thread="blockIdx.x"):
-                for tid in T.thread_binding(WG, thread="threadIdx.x"):
-                    red = T.alloc_buffer((WG,), "float32", scope="shared")
-                    qv = T.alloc_buffer((head_dim,), "float32", scope="local")
-                    acc = T.alloc_buffer((2,), "float32", scope="local")
-                    n = T.min(pos + t + 1, ctx)  # positions this token sees
-                    for d in T.unroll(head_dim):
-                        qv[d] = q[t * q_stride + h * head_dim + d] * T.float32(scale)
-                    # 1. scores and their maximum
-                    acc[1] = T.float32(-3.0e38)
-                    for i in range((n + WG - 1) // WG):
-                        if i * WG + tid < n:
-                            acc[0] = T.float32(0)
-                            for d in T.unroll(head_dim):
-                                acc[0] = acc[0] + qv[d] * kc[h // group, d, i * WG + tid]
-                            scores[t, h, i * WG + tid] = acc[0]
-                            acc[1] = T.max(acc[1], acc[0])
-                    red[tid] = acc[1]
-                    tree_max(red, tid)
-                    acc[1] = red[0]
-                    T.tvm_storage_sync("shared")
-                    # 2. exponentials and their sum
-                    acc[0] = T.float32(0)
-                    for i in range((n + WG - 1) // WG):
-                        if i * WG + tid < n:
-                            scores[t, h, i * WG + tid] = T.exp(scores[t, h, i * WG + tid] - acc[1])
-                            acc[0] = acc[0] + scores[t, h, i * WG + tid]
-                    red[tid] = acc[0]
-                    tree_sum(red, tid)
-                    # 3. the weighted sum of values, one invocation per head dimension
-                    for c in range((head_dim + WG - 1) // WG):
-                        if c * WG + tid < head_dim:
-                            acc[0] = T.float32(0)
-                            for i in range(n):
-                                acc[0] = acc[0] + scores[t, h, i] * vc[h // group, i, c * WG + tid]
-                            out[(t * heads + h) * head_dim + c * WG + tid] = acc[0] / red[0]
+        sc = T.match_buffer(s_h, (heads, ctx), "float32")
+        for kvh in T.thread_binding(kv_heads, thread="blockIdx.y"):
+            for bx in T.thread_binding((T.min(pos + 1, ctx) + WG - 1) // WG, thread="blockIdx.x"):
+                for tx in T.thread_binding(WG, thread="threadIdx.x"):
+                    acc = T.alloc_buffer((group,), "float32", scope="local")
+                    qv = T.alloc_buffer((group,), "float32x4", scope="local")
+                    kv = T.alloc_buffer((1,), "float32", scope="local")
+                    i = bx * WG + tx
+                    if i < T.min(pos + 1, ctx):
+                        for g in T.unroll(group):
+                            acc[g] = T.float32(0)
+                        for d4 in T.unroll(head_dim // 4):
+                            for g in T.unroll(group):
+                                qv[g] = q[(kvh * group + g) * (head_dim // 4) + d4]
+                            for j in T.unroll(4):
+                                kv[0] = kc[kvh, d4 * 4 + j, i]
+                                for g in T.unroll(group):
+                                    acc[g] = acc[g] + T.Shuffle([qv[g]], [j]) * kv[0]
+                        for g in T.unroll(group):
+                            sc[kvh * group + g, i] = acc[g] * T.float32(scale)
+    return f
+
+
+def attend(heads: int, kv_heads: int, head_dim: int) -> Any:
+    """Decode, part 2: out_h = softmax(scores[h, :pos+1]) . V. A workgroup per query head, an
+    invocation per four head dimensions: each walks the scores twice (maximum, then weights;
+    every lane reads the same score) and accumulates four value dimensions per load."""
+    group = heads // kv_heads
+    lanes = head_dim // 4
+
+    @T.prim_func
+    def f(s_h: T.handle, vc_h: T.handle, o_h: T.handle, pos: T.int32, ctx: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        sc = T.match_buffer(s_h, (heads, ctx), "float32")
+        vc = T.match_buffer(vc_h, (kv_heads, ctx, lanes), "float32x4")
+        out = T.match_buffer(o_h, (heads * lanes,), "float32x4")
+        for h in T.thread_binding(heads, thread="blockIdx.x"):
+            for tx in T.thread_binding(lanes, thread="threadIdx.x"):
+                acc = T.alloc_buffer((1,), "float32x4", scope="local")
+                st = T.alloc_buffer((3,), "float32", scope="local")  # maximum, sum, weight
+                st[0] = T.float32(-3.0e38)
+                for i in range(T.min(pos + 1, ctx)):
+                    st[0] = T.max(st[0], sc[h, i])
+                st[1] = T.float32(0)
+                acc[0] = T.Broadcast(T.float32(0), 4)
+                for i in range(T.min(pos + 1, ctx)):
+                    st[2] = T.exp(sc[h, i] - st[0])
+                    st[1] = st[1] + st[2]
+                    acc[0] = acc[0] + T.Broadcast(st[2], 4) * vc[h // group, i, tx]
+                out[h * lanes + tx] = acc[0] / T.Broadcast(st[1], 4)
     return f

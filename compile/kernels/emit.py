@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import LutlmError
 
-_BINDING = re.compile(r"@group\(0\) @binding\((\d+)\) var<storage, (read|read_write)> (\w+?)_ptr : array<(\w+)>;")
+_BINDING = re.compile(r"@group\(0\) @binding\((\d+)\) var<storage, (read|read_write)> (\w+?)_ptr : array<(\w+|vec4<\w+>)>;")
 _UNIFORM = re.compile(r"struct PODArgs \{(.*?)\}", re.S)
 _FIELD = re.compile(r"(\w+)\s*:\s*(\w+)")
 _WORKGROUP = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
@@ -34,7 +34,7 @@ _HELPERS = {
 class Binding:
     name: str
     access: str  # "read" or "read_write"
-    dtype: str  # WGSL element type: f32, u32, i32, f16
+    dtype: str  # WGSL element type: f32, u32, i32, f16, or vec4<f32> (four per load)
 
 
 @dataclass
