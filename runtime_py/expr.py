@@ -7,7 +7,9 @@ Division and modulo floor like Python's (TIR's floordiv/floormod); division by z
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Callable
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(//|[-+*%(),]))")
 MAX_LENGTH = 1000
@@ -18,7 +20,16 @@ class ExprError(ValueError):
 
 
 def evaluate(text: str, names: dict[str, int]) -> int:
-    if not isinstance(text, str) or len(text) > MAX_LENGTH:
+    if not isinstance(text, str):
+        raise ExprError(f"expression must be a string, not {type(text).__name__}")
+    return compile_expr(text)(names)
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_expr(text: str) -> Callable[[dict[str, int]], int]:
+    """The expression parsed once into a function of the names (a decode step evaluates the same
+    few dozen expressions for hundreds of dispatches, in Pyodide's slower interpreter)."""
+    if len(text) > MAX_LENGTH:
         raise ExprError(f"expression must be a string of at most {MAX_LENGTH} characters")
     tokens: list[str] = []
     pos = 0
@@ -29,16 +40,19 @@ def evaluate(text: str, names: dict[str, int]) -> int:
             raise ExprError(f"unexpected character in expression {text!r} at {pos}")
         tokens.append(m.group(m.lastindex))
         pos = m.end()
-    parser = _Parser(tokens, names, text)
-    value = parser.sum()
+    parser = _Parser(tokens, text)
+    fn = parser.sum()
     if parser.i != len(tokens):
         raise ExprError(f"unexpected {tokens[parser.i]!r} in expression {text!r}")
-    return value
+    return fn
+
+
+Fn = Callable[[dict[str, int]], int]
 
 
 class _Parser:
-    def __init__(self, tokens: list[str], names: dict[str, int], text: str) -> None:
-        self.tokens, self.names, self.text, self.i = tokens, names, text, 0
+    def __init__(self, tokens: list[str], text: str) -> None:
+        self.tokens, self.text, self.i = tokens, text, 0
 
     def _peek(self) -> str | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -50,50 +64,67 @@ class _Parser:
         self.i += 1
         return tok
 
-    def sum(self) -> int:
-        value = self.product()
+    def sum(self) -> Fn:
+        fn = self.product()
         while self._peek() in ("+", "-"):
             op = self._take()
-            rhs = self.product()
-            value = value + rhs if op == "+" else value - rhs
-        return value
+            fn = _binary(op, fn, self.product(), self.text)
+        return fn
 
-    def product(self) -> int:
-        value = self.unary()
+    def product(self) -> Fn:
+        fn = self.unary()
         while self._peek() in ("*", "//", "%"):
             op = self._take()
-            rhs = self.unary()
-            if op == "*":
-                value *= rhs
-            elif rhs == 0:
-                raise ExprError(f"division by zero in expression {self.text!r}")
-            else:
-                value = value // rhs if op == "//" else value % rhs
-        return value
+            fn = _binary(op, fn, self.unary(), self.text)
+        return fn
 
-    def unary(self) -> int:
+    def unary(self) -> Fn:
         if self._peek() == "-":
             self._take()
-            return -self.unary()
+            inner = self.unary()
+            return lambda names: -inner(names)
         return self.atom()
 
-    def atom(self) -> int:
+    def atom(self) -> Fn:
         tok = self._take()
         if tok == "(":
-            value = self.sum()
+            fn = self.sum()
             self._take(")")
-            return value
+            return fn
         if tok.isdigit():
-            return int(tok)
+            value = int(tok)
+            return lambda names: value
         if tok in ("min", "max"):
             self._take("(")
             a = self.sum()
             self._take(",")
             b = self.sum()
             self._take(")")
-            return min(a, b) if tok == "min" else max(a, b)
+            pick = min if tok == "min" else max
+            return lambda names: pick(a(names), b(names))
         if tok[0].isalpha() or tok[0] == "_":
-            if tok not in self.names:
-                raise ExprError(f"unknown name {tok!r} in expression {self.text!r}")
-            return int(self.names[tok])
+            text = self.text
+
+            def name(names: dict[str, int]) -> int:
+                if tok not in names:
+                    raise ExprError(f"unknown name {tok!r} in expression {text!r}")
+                return int(names[tok])
+            return name
         raise ExprError(f"unexpected {tok!r} in expression {self.text!r}")
+
+
+def _binary(op: str, a: Fn, b: Fn, text: str) -> Fn:
+    if op == "+":
+        return lambda names: a(names) + b(names)
+    if op == "-":
+        return lambda names: a(names) - b(names)
+    if op == "*":
+        return lambda names: a(names) * b(names)
+
+    def divide(names: dict[str, int]) -> int:
+        rhs = b(names)
+        if rhs == 0:
+            raise ExprError(f"division by zero in expression {text!r}")
+        lhs = a(names)
+        return lhs // rhs if op == "//" else lhs % rhs
+    return divide

@@ -64,6 +64,12 @@ def test_grid_expressions_evaluate_without_eval():
     assert evaluate("((n + 63) // 64)", {"n": 1536}) == 24
     assert evaluate("max(1, min(m, 8)) * 3 - -2 % 5", {"m": 20}) == 8 * 3 - (-2 % 5)
     assert evaluate("(0 - 7) // 2", {}) == -4  # floor division, as TIR's floordiv
+    # parsed once, evaluated for each set of names
+    assert [evaluate("min(pos + 1, ctx)", {"pos": p, "ctx": 8}) for p in (0, 3, 20)] == [1, 4, 8]
+    with pytest.raises(ExprError, match="unknown name"):
+        evaluate("min(pos + 1, ctx)", {"pos": 1})
+    with pytest.raises(ExprError, match="string"):
+        evaluate(["n"], {"n": 1})
     for bad, why in [("n +", "expected"), ("__import__('os')", "unexpected"), ("x * 2", "unknown name"),
                      ("n // 0", "division by zero"), ("1" * 1001, "at most"), ("2 ** 3", "unexpected"),
                      ("min(1)", "expected ,"), ("(1", r"expected \)")]:
