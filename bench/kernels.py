@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lutlm.kernels import matmul
 from lutlm.kernels.emit import emit
@@ -236,10 +236,11 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(where: list[str], rounds: int, json_path: str | None, quick: bool) -> None:
-    t0 = time.time()
-    wl = build(quick)
-    print(f"emitted {len(wl.kernels)} kernels for {len(wl.cases)} cases in {time.time() - t0:.1f} s", file=sys.stderr)
+def measure(wl: Workload, where: list[str], rounds: int,
+            to_rows: Callable[[dict[str, Any], list[list[float]]], list[dict[str, Any]]],
+            json_path: str | None) -> list[dict[str, Any]]:
+    """Run `wl` on each executor in `where` (one that cannot run is reported and skipped), turn
+    each one's samples into rows, and write them all to `json_path` if given."""
     all_rows = []
     for w in where:
         t0 = time.time()
@@ -249,8 +250,15 @@ def main(where: list[str], rounds: int, json_path: str | None, quick: bool) -> N
             print(f"{w}: skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
             continue
         print(f"{w}: {info['adapter']}, {rounds} rounds in {time.time() - t0:.1f} s", file=sys.stderr)
-        all_rows += rows(wl, info, samples)
+        all_rows += to_rows(info, samples)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(all_rows, indent=1) + "\n")
-    print(markdown(all_rows))
+    return all_rows
+
+
+def main(where: list[str], rounds: int, json_path: str | None, quick: bool) -> None:
+    t0 = time.time()
+    wl = build(quick)
+    print(f"emitted {len(wl.kernels)} kernels for {len(wl.cases)} cases in {time.time() - t0:.1f} s", file=sys.stderr)
+    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(wl, info, samples), json_path)))

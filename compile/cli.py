@@ -323,15 +323,32 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(out)
 
 
-def cmd_bench_kernels(args: argparse.Namespace) -> None:
-    from lutlm_bench import kernels
-
+def _where(args: argparse.Namespace) -> list[str]:
     where = [w.strip() for w in args.where.split(",") if w.strip()]
     if not where or set(where) - {"native", "browser"}:
         raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
+    return where
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> None:
+    from lutlm_bench import kernels
+
+    where = _where(args)
     if args.rounds < 1:
         raise LutlmError("--rounds must be at least 1")
     kernels.main(where, args.rounds, args.json, args.quick)
+
+
+def cmd_bench_step(args: argparse.Namespace) -> None:
+    from lutlm_bench import step
+
+    pkg = _package(args.package)
+    if not pkg:
+        raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
+    where = _where(args)
+    if args.rounds < 1 or args.pos < 0:
+        raise LutlmError("--rounds must be at least 1 and --pos at least 0")
+    step.main(pkg, where, args.pos, args.rounds, args.json)
 
 
 def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -436,9 +453,7 @@ def cmd_bench_model(args: argparse.Namespace) -> None:
         if not _package(pkg):
             raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
     sizes = _bench_workload(args)
-    where = [w.strip() for w in args.where.split(",") if w.strip()]
-    if not where or set(where) - {"native", "browser"}:
-        raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
+    where = _where(args)
     model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, sys.argv)
 
 
@@ -529,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lutlm_bench.suite import SYSTEMS, VARIANTS
 
-    p = sub.add_parser("bench", help="lutlm against its peers on one model, one machine, one run (or: kernels, model)",
+    p = sub.add_parser("bench", help="lutlm against its peers on one model, one machine, one run (or: kernels, model, step)",
                        description="Without a subcommand: compile the variants, export ONNX, and measure lutlm "
                                    "(native and browser), wllama, transformers.js and llama.cpp on the same prompts.")
     p.add_argument("--source", default="smollm2-135m-instruct", help=SOURCE_HELP + " (default smollm2-135m-instruct)")
@@ -548,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--quick", action="store_true", help="layer shape only, fewer cases (for tests)")
     p.set_defaults(func=cmd_bench_kernels)
+    p = benches.add_parser("step", help="a package's decode step per kernel, natively and in Chromium")
+    p.add_argument("package", metavar="PACKAGE")
+    p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
+    p.add_argument("--pos", type=int, default=48, help="position of the decoded token (default 48)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per case; rows give the median (default 5)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
+    p.set_defaults(func=cmd_bench_step)
     p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
     p.add_argument("--where", default="native", help="native (wgpu-py), browser (the web app in headless Chromium) or both")

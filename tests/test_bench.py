@@ -103,3 +103,34 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
     assert main(argv[:-2] + ["--systems", "lutlm-native", "--json", str(tmp_path / "again.json")]) == 0
     err = capsys.readouterr().err
     assert err.count("bench: lutlm compile") == 1 and "q2-lut" in err
+
+
+def test_bench_step_on_a_tiny_package(tmp_path, capsys):
+    """`lutlm bench step`: the package's decode step as one command buffer, then each kernel's
+    dispatches of that step on their own, natively and in Chromium."""
+    from engine_fixtures import compile_package, tiny_checkpoint
+
+    pkg = tmp_path / "pkg"
+    compile_package(tiny_checkpoint(tmp_path / "hf"), pkg, "2")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    plan = [s["kernel"] for p in ("decode", "head", "greedy") for s in manifest["plans"][p]]
+    out = tmp_path / "step.json"
+    assert main(["bench", "step", str(pkg), "--pos", "40", "--rounds", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    for where in ("native", "browser"):
+        mine = [r for r in rows if r["where"] == where]
+        assert mine[0]["kernel"] == "step" and mine[0]["dispatches"] == len(plan) and mine[0]["share"] == 1
+        assert {r["kernel"]: r["dispatches"] for r in mine[1:]} == {k: plan.count(k) for k in plan}
+        assert all(r["ms"] > 0 and r["pos"] == 40 and len(r["samples"]) == 1 for r in mine)
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == len(rows) and "whole step, one command buffer" in table
+
+
+def test_bench_step_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "step", str(tmp_path)]) == 2
+    assert "not a model package" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main(["bench", "step", str(tmp_path), "--where", "gpu"]) == 2
+    assert "--where takes native, browser" in capsys.readouterr().err
+    assert main(["bench", "step", str(tmp_path), "--pos", "-1"]) == 2
+    assert "--pos" in capsys.readouterr().err

@@ -1,0 +1,92 @@
+"""`lutlm bench step PACKAGE`: where a decode step's time goes, per kernel, natively and in Chromium.
+
+The package's own decode, head and greedy plans (its WGSL, buffers and dispatch grids at position
+`pos`) become a `kernels` workload: weights and activations are filled with random values (timing
+does not depend on them), and each kernel's dispatches of one step run as a case of their own,
+next to the whole step as one command buffer. What the step leaves out is the host's share of a
+real decode: building the calls, the uniform writes and the 4-byte readback (a decode row of
+`lutlm bench model` minus this step's time).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime_py.expr import evaluate
+from runtime_py.package import parse_manifest
+
+from .kernels import Workload, measure
+
+PLANS = ("decode", "head", "greedy")
+
+
+def workload(package: Path, pos: int) -> tuple[Workload, list[str]]:
+    """The step at position `pos` (the cache sized for it) as case 0, then one case per kernel."""
+    manifest = parse_manifest((package / "manifest.json").read_bytes()).data  # PackageError if invalid
+    ctx = max(64, pos + 1)
+    wl = Workload()
+    for name, expr in manifest["buffers"].items():  # activations and caches; x and h hold values
+        wl.buffer(name, evaluate(str(expr), {"chunk": manifest["chunk"], "ctx": ctx}),
+                  "f32" if name in ("x", "h") else "zero")
+    for name, t in manifest["tensors"].items():
+        wl.buffer(name, t["bytes"], "f16pair" if name.endswith(".sm") else "f32" if t["dtype"] == "f32" else "u32")
+    ids = {}
+    for name, k in manifest["kernels"].items():
+        ids[name] = len(wl.kernels)
+        wl.kernels.append({**k, "name": name, "wgsl": (package / k["file"]).read_text()})
+    variables = {"m": 1, "pos": pos, "ctx": ctx}
+    calls, kinds = [], []
+    for plan in PLANS:
+        for step in manifest["plans"][plan]:
+            sizes = {f: v if isinstance(v, (int, float)) else evaluate(v, variables) for f, v in step["sizes"].items()}
+            call = wl.call(ids[step["kernel"]], dict(zip((b["name"] for b in wl.kernels[ids[step["kernel"]]]["bindings"]),
+                                                         step["bind"])), sizes)
+            calls.append(call)
+            kinds.append(step["kernel"])
+
+    def case(name: str, group: list[dict[str, Any]]) -> None:
+        wl.cases.append({"kernel": name, "variant": "", "bits": 0, "shape": "step", "weight_bytes": 0,
+                         "features": sorted({f for c in group for f in wl.kernels[c["kernel"]]["features"]}),
+                         "calls": group})
+
+    case("step", calls)
+    names = ["step"] + list(dict.fromkeys(kinds))
+    for name in names[1:]:
+        case(name, [c for c, k in zip(calls, kinds) if k == name])
+    return wl, names
+
+
+def rows(info: dict[str, Any], names: list[str], wl: Workload, samples: list[list[float]], pos: int) -> list[dict[str, Any]]:
+    out = []
+    step_ms = statistics.median(samples[0])
+    for name, case, s in zip(names, wl.cases, samples):
+        ms = statistics.median(s)
+        n = len(case["calls"])
+        out.append({**info, "pos": pos, "kernel": name, "dispatches": n, "ms": round(ms, 3),
+                    "ms_per_dispatch": round(ms / n, 4), "share": round(ms / step_ms, 4),
+                    "samples": [round(v, 3) for v in s]})
+    return out
+
+
+def markdown(all_rows: list[dict[str, Any]]) -> str:
+    lines = ["| where | kernel | dispatches | ms (median) | ms per dispatch | share of the step |", "|---|---|---|---|---|---|"]
+    for r in all_rows:
+        name = "whole step, one command buffer" if r["kernel"] == "step" else r["kernel"]
+        lines.append(f"| {r['where']} | {name} | {r['dispatches']} | {r['ms']:.2f} | {r['ms_per_dispatch']:.3f} | "
+                     f"{100 * r['share']:.0f}% |")
+    for where in dict.fromkeys(r["where"] for r in all_rows):
+        mine = [r for r in all_rows if r["where"] == where]
+        parts = sum(r["ms"] for r in mine if r["kernel"] != "step")
+        lines.append(f"\n{where}: the kernels timed apart add up to {parts:.1f} ms against {mine[0]['ms']:.1f} ms "
+                     "for the whole step")
+    return "\n".join(lines)
+
+
+def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None) -> None:
+    wl, names = workload(package, pos)
+    print(f"{package.name}: decode step at position {pos}, {len(wl.cases[0]['calls'])} dispatches of "
+          f"{len(names) - 1} kernels", file=sys.stderr)
+    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos), json_path)))
