@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lutlm.cli import main
 
 KEYS = {"adapter", "where", "kernel", "bits", "ms", "weight_gbps", "ratio_to_copy", "samples"}
@@ -34,13 +36,18 @@ def test_bench_bad_arguments(capsys):
     assert main(["bench", "kernels", "--rounds", "0"]) == 2
 
 
-def test_bench_model_bad_arguments(tmp_path, capsys):
-    assert main(["bench", "model", str(tmp_path)]) == 2
+@pytest.mark.parametrize("sub,bad", [("model", ["--prompts", "forty"]), ("step", ["--pos", "-1"])])
+def test_bench_package_bad_arguments(tmp_path, capsys, sub, bad):
+    assert main(["bench", sub, str(tmp_path)]) == 2
     assert "not a model package" in capsys.readouterr().err
     (tmp_path / "manifest.json").write_text("{}")
-    assert main(["bench", "model", str(tmp_path), "--where", "gpu"]) == 2
+    assert main(["bench", sub, str(tmp_path), "--where", "gpu"]) == 2
     assert "--where takes native, browser" in capsys.readouterr().err
-    assert main(["bench", "model", str(tmp_path), "--prompts", "forty"]) == 2
+    assert main(["bench", sub, str(tmp_path), *bad]) == 2
+    assert bad[0] in capsys.readouterr().err
+    if sub == "step":  # a manifest that is not a valid package is an error, not a traceback
+        assert main(["bench", sub, str(tmp_path), "--where", "native"]) == 2
+        assert "package format" in capsys.readouterr().err
 
 
 def test_bench_suite_bad_arguments(capsys):
@@ -124,13 +131,3 @@ def test_bench_step_on_a_tiny_package(tmp_path, capsys):
         assert all(r["ms"] > 0 and r["pos"] == 40 and len(r["samples"]) == 1 for r in mine)
     table = capsys.readouterr().out
     assert table.count("\n| ") == len(rows) and "whole step, one command buffer" in table
-
-
-def test_bench_step_bad_arguments(tmp_path, capsys):
-    assert main(["bench", "step", str(tmp_path)]) == 2
-    assert "not a model package" in capsys.readouterr().err
-    (tmp_path / "manifest.json").write_text("{}")
-    assert main(["bench", "step", str(tmp_path), "--where", "gpu"]) == 2
-    assert "--where takes native, browser" in capsys.readouterr().err
-    assert main(["bench", "step", str(tmp_path), "--pos", "-1"]) == 2
-    assert "--pos" in capsys.readouterr().err
