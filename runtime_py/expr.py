@@ -13,6 +13,7 @@ from typing import Callable
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(//|[-+*%(),]))")
 MAX_LENGTH = 1000
+MAX_DEPTH = 50  # parentheses, min/max and unary minus inside each other (the parser recurses)
 
 
 class ExprError(ValueError):
@@ -25,8 +26,11 @@ def evaluate(text: str, names: dict[str, int]) -> int:
     return compile_expr(text)(names)
 
 
+Fn = Callable[[dict[str, int]], int]
+
+
 @functools.lru_cache(maxsize=4096)
-def compile_expr(text: str) -> Callable[[dict[str, int]], int]:
+def compile_expr(text: str) -> Fn:
     """The expression parsed once into a function of the names (a decode step evaluates the same
     few dozen expressions for hundreds of dispatches, in Pyodide's slower interpreter)."""
     if len(text) > MAX_LENGTH:
@@ -47,12 +51,14 @@ def compile_expr(text: str) -> Callable[[dict[str, int]], int]:
     return fn
 
 
-Fn = Callable[[dict[str, int]], int]
-
-
 class _Parser:
     def __init__(self, tokens: list[str], text: str) -> None:
-        self.tokens, self.text, self.i = tokens, text, 0
+        self.tokens, self.text, self.i, self.depth = tokens, text, 0, 0
+
+    def _nest(self, step: int) -> None:
+        self.depth += step
+        if self.depth > MAX_DEPTH:
+            raise ExprError(f"expression nested more than {MAX_DEPTH} deep: {self.text[:60]!r}...")
 
     def _peek(self) -> str | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -81,25 +87,31 @@ class _Parser:
     def unary(self) -> Fn:
         if self._peek() == "-":
             self._take()
+            self._nest(1)
             inner = self.unary()
+            self._nest(-1)
             return lambda names: -inner(names)
         return self.atom()
 
     def atom(self) -> Fn:
         tok = self._take()
         if tok == "(":
+            self._nest(1)
             fn = self.sum()
             self._take(")")
+            self._nest(-1)
             return fn
         if tok.isdigit():
             value = int(tok)
             return lambda names: value
         if tok in ("min", "max"):
             self._take("(")
+            self._nest(1)
             a = self.sum()
             self._take(",")
             b = self.sum()
             self._take(")")
+            self._nest(-1)
             pick = min if tok == "min" else max
             return lambda names: pick(a(names), b(names))
         if tok[0].isalpha() or tok[0] == "_":

@@ -72,6 +72,7 @@ def test_grid_expressions_evaluate_without_eval():
         evaluate(["n"], {"n": 1})
     for bad, why in [("n +", "expected"), ("__import__('os')", "unexpected"), ("x * 2", "unknown name"),
                      ("n // 0", "division by zero"), ("1" * 1001, "at most"), ("2 ** 3", "unexpected"),
-                     ("min(1)", "expected ,"), ("(1", r"expected \)")]:
+                     ("min(1)", "expected ,"), ("(1", r"expected \)"), ("(" * 400 + "1" + ")" * 400, "nested"),
+                     ("-" * 999 + "1", "nested"), ("min(" * 100 + "1" + ", 1)" * 100, "nested")]:
         with pytest.raises(ExprError, match=why):
             evaluate(bad, {"n": 1})
