@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime_py.expr import evaluate
-from runtime_py.package import parse_manifest
+from runtime_py.package import MAX_BYTES, buffer_sizes, parse_manifest
 
 from .kernels import Workload, measure
 
@@ -25,12 +25,11 @@ PLANS = ("decode", "head", "greedy")
 
 def workload(package: Path, pos: int) -> tuple[Workload, list[str]]:
     """The step at position `pos` (the cache sized for it) as case 0, then one case per kernel."""
-    manifest = parse_manifest((package / "manifest.json").read_bytes()).data  # PackageError if invalid
+    manifest = parse_manifest((package / "manifest.json").read_bytes())  # PackageError if invalid
     ctx = max(64, pos + 1)
     wl = Workload()
-    for name, expr in manifest["buffers"].items():  # activations and caches; x and h hold values
-        wl.buffer(name, evaluate(str(expr), {"chunk": manifest["chunk"], "ctx": ctx}),
-                  "f32" if name in ("x", "h") else "zero")
+    for name, size in buffer_sizes(manifest, ctx, MAX_BYTES).items():  # activations and caches; x and h hold values
+        wl.buffer(name, size, "f32" if name in ("x", "h") else "zero")
     for name, t in manifest["tensors"].items():
         wl.buffer(name, t["bytes"], "f16pair" if name.endswith(".sm") else "f32" if t["dtype"] == "f32" else "u32")
     ids = {}

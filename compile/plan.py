@@ -178,8 +178,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
             sizes = {**run, "m": m}
             p.step(plan, rope, {"qkv": "qkv", "cs": "rope", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
             for kid in attends[plan]:
-                p.step(plan, kid, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "scores": "scores",
-                                   "sc": "scores", "out": "attn"}, sizes)
+                p.step(plan, kid, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "sc": "scores", "out": "attn"},
+                       sizes)
             p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
             p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True
