@@ -118,12 +118,13 @@ def test_embedding_gather(bits, dense):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("m", [1, 3])
-def test_rms_norm(m):
-    x = rng.standard_normal((m, 576)).astype(np.float32) * 3
-    w = rng.standard_normal(576).astype(np.float32)
-    got = run(kernel(layers.rms_norm, 576), {"x": x, "weight": w, "out": m * 576}, {"m": m, "eps": 1e-5})["out"]
-    np.testing.assert_allclose(got.reshape(m, 576), rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("m,d", [(1, 576), (3, 576), (2, 30), (1, 3)])
+def test_rms_norm(m, d):
+    """d = 30 and 3 leave 2 and 3 elements to the tail after the unrolled walk (4 per iteration)."""
+    x = rng.standard_normal((m, d)).astype(np.float32) * 3
+    w = rng.standard_normal(d).astype(np.float32)
+    got = run(kernel(layers.rms_norm, d), {"x": x, "weight": w, "out": m * d}, {"m": m, "eps": 1e-5})["out"]
+    np.testing.assert_allclose(got.reshape(m, d), rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-5)
 
 
 def rope_append(heads, kvh, d, n_rot, qkv, table, kc, vc, m, pos, ctx):
@@ -156,16 +157,16 @@ def test_rope_and_cache_append(m, pos, ctx, n_rot):
     np.testing.assert_array_equal(got_vc, want_vc)
 
 
-@pytest.mark.parametrize("m", [1, 3])
-def test_swiglu_and_residual_add_with_norm(m):
+@pytest.mark.parametrize("m,d", [(1, 576), (3, 576), (2, 30)])
+def test_swiglu_and_residual_add_with_norm(m, d):
     gu = rng.standard_normal((3, 2 * 1536)).astype(np.float32) * 4
     got = run(kernel(layers.swiglu, 1536), {"gu": gu, "act": 3 * 1536}, {"m": 3})["act"]
     np.testing.assert_allclose(got.reshape(3, 1536), silu(gu[:, :1536]) * gu[:, 1536:], rtol=1e-5, atol=1e-6)
-    x, y = rng.standard_normal((2, m, 576)).astype(np.float32) * 3
-    w = rng.standard_normal(576).astype(np.float32)
-    res = run(kernel(layers.rms_norm, 576, True), {"x": x, "y": y, "weight": w, "out": m * 576}, {"m": m, "eps": 1e-5})
-    np.testing.assert_array_equal(res["x"].reshape(m, 576), x + y)
-    np.testing.assert_allclose(res["out"].reshape(m, 576), rms_norm(x + y, w, 1e-5), rtol=1e-5, atol=1e-5)
+    x, y = rng.standard_normal((2, m, d)).astype(np.float32) * 3
+    w = rng.standard_normal(d).astype(np.float32)
+    res = run(kernel(layers.rms_norm, d, True), {"x": x, "y": y, "weight": w, "out": m * d}, {"m": m, "eps": 1e-5})
+    np.testing.assert_array_equal(res["x"].reshape(m, d), x + y)
+    np.testing.assert_allclose(res["out"].reshape(m, d), rms_norm(x + y, w, 1e-5), rtol=1e-5, atol=1e-5)
 
 
 def attention_reference(q, kcache, vcache, pos):

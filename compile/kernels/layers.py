@@ -46,11 +46,19 @@ def embed(k: int, bits: int, group: int, dense: bool = False) -> Any:
     return f
 
 
-def rms_norm(d: int, residual: bool = False) -> Any:
+def rms_norm(d: int, residual: bool = False, unroll: int = 4) -> Any:
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight; one invocation per token. With
     `residual`, x[t] += y[t] first: every residual add is followed by a norm, so one dispatch does
     both (software WebGPU pays ~0.3 ms per dispatch). Without it, y is unused and TVM leaves it
-    out of the bindings."""
+    out of the bindings. Both walks over d take `unroll` elements per iteration (SwiftShader
+    pays per loop iteration); d % unroll elements are left to a short tail loop."""
+    full = d // unroll * unroll
+
+    @T.macro
+    def add_square(x, y, ss, t, i):
+        if residual:
+            x[t, i] = x[t, i] + y[t, i]
+        ss[0] = ss[0] + x[t, i] * x[t, i]
 
     @T.prim_func
     def f(x_h: T.handle, y_h: T.handle, w_h: T.handle, out_h: T.handle, m: T.int32, eps: T.float32):
@@ -65,13 +73,17 @@ def rms_norm(d: int, residual: bool = False) -> Any:
                 t = bx * ROWS + tx
                 if t < m:
                     ss[0] = T.float32(0)
-                    for i in range(d):
-                        if residual:
-                            x[t, i] = x[t, i] + y[t, i]
-                        ss[0] = ss[0] + x[t, i] * x[t, i]
+                    for i in range(d // unroll):
+                        for j in T.unroll(unroll):
+                            add_square(x, y, ss, t, i * unroll + j)
+                    for i in range(d - full):
+                        add_square(x, y, ss, t, full + i)
                     ss[0] = T.rsqrt(ss[0] / T.float32(d) + eps)
-                    for i in range(d):
-                        out[t, i] = x[t, i] * ss[0] * weight[i]
+                    for i in range(d // unroll):
+                        for j in T.unroll(unroll):
+                            out[t, i * unroll + j] = x[t, i * unroll + j] * ss[0] * weight[i * unroll + j]
+                    for i in range(d - full):
+                        out[t, full + i] = x[t, full + i] * ss[0] * weight[full + i]
     return f
 
 
