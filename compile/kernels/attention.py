@@ -105,54 +105,31 @@ def scores(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
     return f
 
 
-def attend(heads: int, kv_heads: int, head_dim: int, unroll: int = 4) -> Any:
+def attend(heads: int, kv_heads: int, head_dim: int) -> Any:
     """Decode, part 2: out_h = softmax(scores[h, :pos+1]) . V. A workgroup per query head, an
     invocation per four head dimensions: each walks the scores twice (maximum, then weights;
-    every lane reads the same score) and accumulates four value dimensions per load.
-
-    The walks take `unroll` positions per iteration, and the position count and row offsets are
-    computed once before them: SwiftShader's shader compiler neither hoists loop-invariant index
-    arithmetic (here a division by the group size) nor amortises a loop's per-iteration cost,
-    and the plain loop took 2.2x as long at position 444."""
+    every lane reads the same score) and accumulates four value dimensions per load."""
     group = heads // kv_heads
     lanes = head_dim // 4
-
-    @T.macro
-    def top(sc, st, s):
-        st[0] = T.max(st[0], sc[s])
-
-    @T.macro
-    def weigh(sc, vc, st, acc, s, v):
-        st[2] = T.exp(sc[s] - st[0])
-        st[1] = st[1] + st[2]
-        acc[0] = acc[0] + T.Broadcast(st[2], 4) * vc[v]
 
     @T.prim_func
     def f(s_h: T.handle, vc_h: T.handle, o_h: T.handle, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
-        sc = T.match_buffer(s_h, (heads * ctx,), "float32")
-        vc = T.match_buffer(vc_h, (kv_heads * ctx * lanes,), "float32x4")
+        sc = T.match_buffer(s_h, (heads, ctx), "float32")
+        vc = T.match_buffer(vc_h, (kv_heads, ctx, lanes), "float32x4")
         out = T.match_buffer(o_h, (heads * lanes,), "float32x4")
         for h in T.thread_binding(heads, thread="blockIdx.x"):
             for tx in T.thread_binding(lanes, thread="threadIdx.x"):
                 acc = T.alloc_buffer((1,), "float32x4", scope="local")
                 st = T.alloc_buffer((3,), "float32", scope="local")  # maximum, sum, weight
-                n: T.int32 = T.min(pos + 1, ctx)  # positions seen
-                full: T.int32 = n // unroll * unroll
-                s0: T.int32 = h * ctx  # this head's scores
-                v0: T.int32 = h // group * ctx * lanes + tx  # its kv head's values, this lane's dimensions
                 st[0] = T.float32(-3.0e38)
-                for i in range(n // unroll):
-                    for j in T.unroll(unroll):
-                        top(sc, st, s0 + i * unroll + j)
-                for i in range(n - full):
-                    top(sc, st, s0 + full + i)
+                for i in range(T.min(pos + 1, ctx)):
+                    st[0] = T.max(st[0], sc[h, i])
                 st[1] = T.float32(0)
                 acc[0] = T.Broadcast(T.float32(0), 4)
-                for i in range(n // unroll):
-                    for j in T.unroll(unroll):
-                        weigh(sc, vc, st, acc, s0 + i * unroll + j, v0 + (i * unroll + j) * lanes)
-                for i in range(n - full):
-                    weigh(sc, vc, st, acc, s0 + full + i, v0 + (full + i) * lanes)
+                for i in range(T.min(pos + 1, ctx)):
+                    st[2] = T.exp(sc[h, i] - st[0])
+                    st[1] = st[1] + st[2]
+                    acc[0] = acc[0] + T.Broadcast(st[2], 4) * vc[h // group, i, tx]
                 out[h * lanes + tx] = acc[0] / T.Broadcast(st[1], 4)
     return f
