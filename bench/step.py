@@ -1,7 +1,8 @@
 """`lutlm bench step PACKAGE`: where a decode step's time goes, per kernel, natively and in Chromium.
 
 The package's own decode, head and greedy plans (its WGSL, buffers and dispatch grids at position
-`pos`) become a `kernels` workload: weights and activations are filled with random values (timing
+`pos`, with the cache sized for `ctx` tokens: by default the context the app and the terminal chat
+give a session, since a kernel's speed can depend on it) become a `kernels` workload: weights and activations are filled with random values (timing
 does not depend on them), and each kernel's dispatches of one step run as a case of their own,
 next to the whole step as one command buffer. What the step leaves out is the host's share of a
 real decode: building the calls, the uniform writes and the 4-byte readback (a decode row of
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lutlm.errors import LutlmError
+from runtime_py.engine import default_ctx
 from runtime_py.expr import evaluate
 from runtime_py.package import MAX_BYTES, buffer_sizes, parse_manifest
 
@@ -23,10 +26,13 @@ from .kernels import Workload, measure
 PLANS = ("decode", "head", "greedy")
 
 
-def workload(package: Path, pos: int) -> tuple[Workload, list[str]]:
-    """The step at position `pos` (the cache sized for it) as case 0, then one case per kernel."""
+def workload(package: Path, pos: int, ctx: int | None = None) -> tuple[Workload, list[str], int]:
+    """The step at position `pos` with a cache of `ctx` tokens (default: a session's) as case 0,
+    then one case per kernel; also returns the context used."""
     manifest = parse_manifest((package / "manifest.json").read_bytes())  # PackageError if invalid
-    ctx = max(64, pos + 1)
+    ctx = ctx or default_ctx(manifest)
+    if not pos < ctx <= manifest["max_ctx"]:
+        raise LutlmError(f"--ctx {ctx} must be above --pos {pos} and at most the model's {manifest['max_ctx']}")
     wl = Workload()
     for name, size in buffer_sizes(manifest, ctx, MAX_BYTES).items():  # activations and caches; x and h hold values
         wl.buffer(name, size, "f32" if name in ("x", "h") else "zero")
@@ -55,16 +61,17 @@ def workload(package: Path, pos: int) -> tuple[Workload, list[str]]:
     names = ["step"] + list(dict.fromkeys(kinds))
     for name in names[1:]:
         case(name, [c for c, k in zip(calls, kinds) if k == name])
-    return wl, names
+    return wl, names, ctx
 
 
-def rows(info: dict[str, Any], names: list[str], wl: Workload, samples: list[list[float]], pos: int) -> list[dict[str, Any]]:
+def rows(info: dict[str, Any], names: list[str], wl: Workload, samples: list[list[float]], pos: int,
+         ctx: int) -> list[dict[str, Any]]:
     out = []
     step_ms = statistics.median(samples[0])
     for name, case, s in zip(names, wl.cases, samples):
         ms = statistics.median(s)
         n = len(case["calls"])
-        out.append({**info, "pos": pos, "kernel": name, "dispatches": n, "ms": round(ms, 3),
+        out.append({**info, "pos": pos, "ctx": ctx, "kernel": name, "dispatches": n, "ms": round(ms, 3),
                     "ms_per_dispatch": round(ms / n, 4), "share": round(ms / step_ms, 4),
                     "samples": [round(v, 3) for v in s]})
     return out
@@ -84,8 +91,9 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None) -> None:
-    wl, names = workload(package, pos)
-    print(f"{package.name}: decode step at position {pos}, {len(wl.cases[0]['calls'])} dispatches of "
-          f"{len(names) - 1} kernels", file=sys.stderr)
-    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos), json_path)))
+def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None, ctx: int | None = None) -> None:
+    wl, names, ctx = workload(package, pos, ctx)
+    print(f"{package.name}: decode step at position {pos} of a {ctx}-token context, {len(wl.cases[0]['calls'])} "
+          f"dispatches of {len(names) - 1} kernels", file=sys.stderr)
+    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos, ctx),
+                           json_path)))

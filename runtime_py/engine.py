@@ -48,12 +48,21 @@ class Sampling:
             raise GenerationError(f"repetition_penalty must be in (0, 10], not {self.repetition_penalty!r}")
 
 
+DEFAULT_CTX = 2048
+
+
+def default_ctx(manifest: Manifest) -> int:
+    """The context a session gets unless it asks for one: the model's, at most DEFAULT_CTX tokens
+    (the KV cache and the score buffer grow with it)."""
+    return min(manifest["max_ctx"], DEFAULT_CTX)
+
+
 class Engine:
     def __init__(self, manifest: Manifest, tensors: dict[str, Any], wgsl: dict[str, str], backend: Backend,
                  ctx: int | None = None) -> None:
         self.manifest, self.backend = manifest, backend
         cfg = manifest.config
-        self.ctx = int(ctx or min(manifest["max_ctx"], 2048))
+        self.ctx = int(ctx or default_ctx(manifest))
         if not 1 <= self.ctx <= manifest["max_ctx"]:
             raise GenerationError(f"context {self.ctx} outside 1..{manifest['max_ctx']} for this model")
         self.chunk, self.vocab = manifest["chunk"], cfg["n_vocab"]

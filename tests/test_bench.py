@@ -36,7 +36,8 @@ def test_bench_bad_arguments(capsys):
     assert main(["bench", "kernels", "--rounds", "0"]) == 2
 
 
-@pytest.mark.parametrize("sub,bad", [("model", ["--prompts", "forty"]), ("step", ["--pos", "-1"])])
+@pytest.mark.parametrize("sub,bad", [("model", ["--prompts", "forty"]), ("step", ["--pos", "-1"]),
+                                     ("step", ["--ctx", "0"])])
 def test_bench_package_bad_arguments(tmp_path, capsys, sub, bad):
     assert main(["bench", sub, str(tmp_path)]) == 2
     assert "not a model package" in capsys.readouterr().err
@@ -114,7 +115,9 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
 
 def test_bench_step_on_a_tiny_package(tmp_path, capsys):
     """`lutlm bench step`: the package's decode step as one command buffer, then each kernel's
-    dispatches of that step on their own, natively and in Chromium."""
+    dispatches of that step on their own, natively and in Chromium, with the cache sized as a chat
+    session's (a context that cannot hold the position, or exceeds the model's, is an error)."""
+    from runtime_py.engine import default_ctx
     from engine_fixtures import compile_package, tiny_checkpoint
 
     pkg = tmp_path / "pkg"
@@ -122,6 +125,9 @@ def test_bench_step_on_a_tiny_package(tmp_path, capsys):
     manifest = json.loads((pkg / "manifest.json").read_text())
     plan = [s["kernel"] for p in ("decode", "head", "greedy") for s in manifest["plans"][p]]
     out = tmp_path / "step.json"
+    for ctx in (40, manifest["max_ctx"] + 1):
+        assert main(["bench", "step", str(pkg), "--pos", "40", "--ctx", str(ctx)]) == 2
+        assert f"--ctx {ctx} must be above --pos 40" in capsys.readouterr().err
     assert main(["bench", "step", str(pkg), "--pos", "40", "--rounds", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     for where in ("native", "browser"):
@@ -129,5 +135,6 @@ def test_bench_step_on_a_tiny_package(tmp_path, capsys):
         assert mine[0]["kernel"] == "step" and mine[0]["dispatches"] == len(plan) and mine[0]["share"] == 1
         assert {r["kernel"]: r["dispatches"] for r in mine[1:]} == {k: plan.count(k) for k in plan}
         assert all(r["ms"] > 0 and r["pos"] == 40 and len(r["samples"]) == 1 for r in mine)
+        assert {r["ctx"] for r in mine} == {default_ctx(manifest)}
     table = capsys.readouterr().out
     assert table.count("\n| ") == len(rows) and "whole step, one command buffer" in table
