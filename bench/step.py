@@ -1,10 +1,10 @@
 """`lutlm bench step PACKAGE`: where a decode step's time goes, per kernel, natively and in Chromium.
 
 The package's own decode, head and greedy plans (its WGSL, buffers and dispatch grids at position
-`pos`, with the cache sized for `ctx` tokens: by default the context the app and the terminal chat
-give a session, since a kernel's speed can depend on it) become a `kernels` workload: weights and activations are filled with random values (timing
-does not depend on them), and each kernel's dispatches of one step run as a case of their own,
-next to the whole step as one command buffer. What the step leaves out is the host's share of a
+`pos`, the cache sized for `ctx` tokens: by default what the app and the terminal chat give a
+session, since a kernel's speed can depend on it) become a `kernels` workload: weights and the
+residual stream hold random values, caches and other activations zeros. Each kernel's dispatches
+of one step run as a case of their own, next to the whole step as one command buffer. What the step leaves out is the host's share of a
 real decode: building the calls, the uniform writes and the 4-byte readback (a decode row of
 `lutlm bench model` minus this step's time).
 """

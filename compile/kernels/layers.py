@@ -60,6 +60,10 @@ def rms_norm(d: int, residual: bool = False, unroll: int = 4) -> Any:
             x[t, i] = x[t, i] + y[t, i]
         ss[0] = ss[0] + x[t, i] * x[t, i]
 
+    @T.macro
+    def normalise(x, weight, out, ss, t, i):
+        out[t, i] = x[t, i] * ss[0] * weight[i]
+
     @T.prim_func
     def f(x_h: T.handle, y_h: T.handle, w_h: T.handle, out_h: T.handle, m: T.int32, eps: T.float32):
         T.func_attr({"tirx.noalias": True})
@@ -81,9 +85,9 @@ def rms_norm(d: int, residual: bool = False, unroll: int = 4) -> Any:
                     ss[0] = T.rsqrt(ss[0] / T.float32(d) + eps)
                     for i in range(d // unroll):
                         for j in T.unroll(unroll):
-                            out[t, i * unroll + j] = x[t, i * unroll + j] * ss[0] * weight[i * unroll + j]
+                            normalise(x, weight, out, ss, t, i * unroll + j)
                     for i in range(d - full):
-                        out[t, full + i] = x[t, full + i] * ss[0] * weight[full + i]
+                        normalise(x, weight, out, ss, t, full + i)
     return f
 
 
