@@ -251,7 +251,8 @@ def _quantized_source(args: argparse.Namespace):
 
         ckpt, quantized = store.read(path)
         manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
-        keys = ("method", "bits", "group", "budget", "embed_bits", "bpw_linear", "bpw_embedding", "mix", "seconds")
+        keys = ("method", "bits", "group", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
+                "seconds")
         return ckpt, quantized, {"from": str(path), **{k: manifest[k] for k in keys if k in manifest}}
     return _quantize(args)
 
@@ -260,14 +261,16 @@ def _quantize(args: argparse.Namespace):
     from .perplexity import load_text
     from .quant.gptq import GPTQOptions
     from .quant.pipeline import Request, calibration_windows, quantize
+    from .quant.tune import TuneOptions
 
     req = Request(bits=args.bits, group=args.group, method=args.method, budget=args.budget,
                   embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
-                  window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order))
+                  window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order),
+                  tune=TuneOptions(args.tune, args.tune_lr) if args.tune else None)
     req.validate()
     ckpt = _load(args.source)
     calib = None
-    if req.method == "gptq" or req.bits == "mixed":
+    if req.needs_calibration:
         tok = _tokenizer(ckpt)
         texts = {name: load_text(name) for name in req.calib_texts}
         calib = calibration_windows(texts, tok.encode, req.calib_windows, req.window)
@@ -363,6 +366,9 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--window", type=int, default=512, help="tokens per calibration window")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")
     p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
+    p.add_argument("--tune", type=int, default=0, metavar="EPOCHS",
+                   help="then train scales and minimums end to end against the source model (default 0: off)")
+    p.add_argument("--tune-lr", type=float, default=3e-4, help="tuning's Adam step, relative to each tensor's scales")
     p.add_argument("-o", "--output", required=True, help="output folder")
 
 

@@ -29,6 +29,9 @@ ROWS: dict[str, list[str]] = {
     "mixed-3.5": ["--bits", "mixed", "--budget", "3.5"],
     "mixed-3.0": ["--bits", "mixed", "--budget", "3.0"],
     "mixed-2.5": ["--bits", "mixed", "--budget", "2.5"],
+    "gptq-3-tune": ["--bits", "3", "--tune", "2"],
+    "gptq-2-tune": ["--bits", "2", "--tune", "2"],
+    "mixed-2.5-tune": ["--bits", "mixed", "--budget", "2.5", "--tune", "2"],
 }
 EVALS = {"wiki": 40, "tiny": 20}
 LUTLM = [sys.executable, "-m", "lutlm.cli"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -90,10 +91,12 @@ def test_bad_files_get_a_one_line_error(tmp_path, model_path, tiny_hf):
 def test_quantize_then_evaluate(tiny_hf, tmp_path):
     out = tmp_path / "q2"
     proc = run("quantize", str(tiny_hf), "--bits", "2", "--method", "gptq", "--calib-windows", "4", "--window", "64",
-               "-o", str(out))
+               "--tune", "2", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     assert "3.000 bits per weight" in proc.stdout
+    tuned = json.loads((out / "quantized.json").read_text())["tune"]
+    assert tuned["epochs"] == 2 and len(tuned["kl_per_epoch"]) == 2
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     ppl = run("eval", "ppl", str(out), "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
     assert ppl.returncode == 0, ppl.stderr
@@ -110,6 +113,8 @@ def test_quantize_bad_arguments(tiny_hf, tmp_path):
     assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "--calib", str(tmp_path / "empty.txt"),
                               "-o", out), "has 0 tokens")
     assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "-o", str(tiny_hf)), "refusing to overwrite")
+    assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "3", "--tune", "2", "--tune-lr", "0", "-o", out),
+                          "positive learning rate")
     assert not (tmp_path / "q").exists()
 
 

@@ -15,6 +15,7 @@ from lutlm.quant.mixed import Sensitivity, allocate
 from lutlm.quant.packing import (pack_bitplanes, pack_dense, pack_f16_pairs, unpack_bitplanes, unpack_dense,
                                  unpack_f16_pairs)
 from lutlm.quant.pipeline import Request, bits_per_weight, calibration_windows, quantize
+from lutlm.quant.tune import TuneOptions
 
 RNG = np.random.default_rng(7)
 
@@ -127,6 +128,8 @@ def test_mixed_allocation_respects_the_budget_and_follows_sensitivity():
     ({"bits": "3", "budget": 2.5}, "mixed only"),
     ({"bits": "3", "method": "awq"}, "method must be"),
     ({"bits": "3", "embed_bits": 2}, "embed-bits"),
+    ({"bits": "3", "tune": TuneOptions(epochs=0)}, "at least 1 epoch"),
+    ({"bits": "3", "tune": TuneOptions(lr=-1.0)}, "positive learning rate"),
 ])
 def test_bad_requests(kwargs, message):
     with pytest.raises(LutlmError, match=message):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ..checkpoint import Checkpoint
@@ -14,6 +14,7 @@ from .calibration import gptq_model
 from .format import QTensor, QuantSpec, quantize_rtn
 from .gptq import GPTQOptions
 from .mixed import allocate, measure
+from .tune import TuneOptions, teacher_probs, tune
 
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 EMBEDDINGS = ("token_embd.weight", "output.weight")
@@ -30,6 +31,7 @@ class Request:
     calib_windows: int = 32
     window: int = 512
     gptq: GPTQOptions = GPTQOptions()
+    tune: TuneOptions | None = None  # then scales and minimums are trained end to end afterwards
 
     def validate(self) -> None:
         if self.method not in ("rtn", "gptq"):
@@ -45,6 +47,12 @@ class Request:
             raise LutlmError(f"--embed-bits must be 4 or 8, not {self.embed_bits}")
         if self.calib_windows < 1:
             raise LutlmError("--calib-windows must be at least 1")
+        if self.tune is not None and (self.tune.epochs < 1 or self.tune.lr <= 0):
+            raise LutlmError("--tune needs at least 1 epoch and a positive learning rate")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq" or self.bits == "mixed" or self.tune is not None
 
 
 def linear_names(ckpt: Checkpoint) -> list[str]:
@@ -104,14 +112,22 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
     else:
         for name in names:
             out[name] = quantize_rtn(model.w[name], plan[name], name)
+    if req.tune is not None:
+        if not calib:
+            raise LutlmError("tuning needs calibration text")
+        log("the source model's outputs on the calibration text")
+        teacher = teacher_probs(Reference(ckpt), calib)
+        tuned, kl = tune(model, {n: out[n] for n in names}, teacher, calib, req.tune, progress=log)
+        out.update(tuned)
     seconds = time.perf_counter() - t0
     emb = {n: out[n].spec for n in EMBEDDINGS if n in out}
     info = {
         "method": req.method, "bits": req.bits, "group": req.group if req.bits != "mixed" else None,
         "budget": req.budget, "embed_bits": req.embed_bits,
-        "calibration": None if req.method == "rtn" and req.bits != "mixed" else
+        "calibration": None if not req.needs_calibration else
         {"texts": req.calib_texts, "windows": len(calib or []), "window": req.window,
          "damp": req.gptq.damp, "act_order": req.gptq.act_order},
+        "tune": None if req.tune is None else {**asdict(req.tune), "kl_per_epoch": [round(k, 4) for k in kl]},
         "bpw_linear": round(bits_per_weight(plan, ckpt), 4),
         "bpw_embedding": round(bits_per_weight(emb, ckpt), 4),
         "mix": {spec.name: sum(1 for s in plan.values() if s == spec) for spec in sorted(set(plan.values()), key=lambda s: s.bpw)},
@@ -122,6 +138,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
 
 def summary(info: dict[str, Any]) -> str:
     mix = ", ".join(f"{k}: {v}" for k, v in info["mix"].items())
-    return (f"{info['method']} {info['bits']}: {info['bpw_linear']:.3f} bits per weight in linear layers "
+    tuned = f" + {info['tune']['epochs']} epochs of tuning" if info.get("tune") else ""
+    return (f"{info['method']}{tuned} {info['bits']}: {info['bpw_linear']:.3f} bits per weight in linear layers "
             f"({mix}), embedding {info['bpw_embedding']:.2f}; {info['seconds']:.0f} s")
 

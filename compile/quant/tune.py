@@ -1,0 +1,227 @@
+"""End-to-end tuning of group scales and minimums (PEQA, EfficientQAT's E2E-QP): the codes GPTQ
+chose stay fixed, and every group's f16 scale and minimum are trained with Adam so that the
+quantised model's next-token distribution matches the source model's (KL divergence) on
+calibration text.
+
+GPTQ minimises each layer's own output error; what it cannot see is how errors add up through 30
+blocks. Training the few per-group parameters against the model's output fixes part of that
+without changing the stored format or the kernels. numpy has no autograd, so the backward pass
+of the reference forward is written out here; `tests/test_tune.py` checks it against finite
+differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import LutlmError
+from ..reference import Reference, apply_rope, rope_tables
+from .format import QTensor
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    epochs: int = 2
+    lr: float = 3e-4  # Adam step, relative to each tensor's mean |scale|
+
+
+class _Group:
+    """One quantised tensor's fixed codes and trainable fp32 scale and minimum."""
+
+    def __init__(self, q: QTensor):
+        rows, cols = q.codes.shape
+        self.spec, self.shape = q.spec, (rows, cols // q.spec.group, q.spec.group)
+        codes = q.codes.reshape(self.shape).astype(np.float32)
+        self.codes = codes - 1.0 if q.spec.ternary else codes  # ternary: w = (q - 1) * scale
+        self.scale = q.scale.astype(np.float32)
+        self.minimum = q.minimum.astype(np.float32)
+
+    def weight(self) -> np.ndarray:
+        """The weight as stored: scale and minimum rounded to f16 (the fp32 masters keep training,
+        or steps smaller than half an f16 step would be lost)."""
+        scale, minimum = self.stored()
+        w = self.codes * scale[..., None].astype(np.float32)
+        if not self.spec.ternary:
+            w = w + minimum[..., None].astype(np.float32)
+        return w.reshape(self.shape[0], -1)
+
+    def grads(self, dw: np.ndarray) -> list[np.ndarray]:
+        """Gradients of the parameters() from the weight's gradient."""
+        dw = dw.reshape(self.shape)
+        ds = np.einsum("rgi,rgi->rg", dw, self.codes)
+        if self.spec.symmetric:
+            return [ds - (1 << (self.spec.bits - 1)) * dw.sum(-1)]
+        return [ds] if self.spec.ternary else [ds, dw.sum(-1)]
+
+    def params(self) -> list[np.ndarray]:
+        """The minimum is tied to the scale in ternary and symmetric groups."""
+        return [self.scale] if self.spec.ternary or self.spec.symmetric else [self.scale, self.minimum]
+
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        scale = np.maximum(self.scale, 0).astype(np.float16)
+        if self.spec.symmetric:
+            return scale, (scale.astype(np.float32) * -(1 << (self.spec.bits - 1))).astype(np.float16)
+        return scale, (-scale if self.spec.ternary else self.minimum.astype(np.float16))
+
+    def qtensor(self) -> QTensor:
+        codes = (self.codes + (1 if self.spec.ternary else 0)).astype(np.uint8).reshape(self.shape[0], -1)
+        return QTensor(self.spec, codes, *self.stored())
+
+
+def _rms(x: np.ndarray, eps: float) -> np.ndarray:
+    return 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def _rms_back(x: np.ndarray, r: np.ndarray, gain: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Gradient of y = x * r * gain (r = rms(x)^-1) with respect to x."""
+    u = dy * gain
+    return r * u - x * (r ** 3) * np.mean(u * x, axis=-1, keepdims=True)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Causal GQA attention over a whole window, returning the output and the probabilities."""
+    n, n_head, d = q.shape
+    n_kv = k.shape[1]
+    qg = q.reshape(n, n_kv, n_head // n_kv, d).transpose(1, 2, 0, 3)  # (kv, group, n, d)
+    s = (qg @ k.transpose(1, 2, 0)[:, None]) * (1.0 / math.sqrt(d))
+    s = np.where(np.triu(np.ones((n, n), bool), 1), -np.inf, s)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = p @ v.transpose(1, 0, 2)[:, None]  # (kv, group, n, d)
+    return out.transpose(2, 0, 1, 3).reshape(n, n_head * d), p
+
+
+def _attention_back(q, k, v, p, dout):
+    n, n_head, d = q.shape
+    n_kv = k.shape[1]
+    grp = n_head // n_kv
+    c = 1.0 / math.sqrt(d)
+    do = dout.reshape(n, n_kv, grp, d).transpose(1, 2, 0, 3)  # (kv, group, n, d)
+    qg = q.reshape(n, n_kv, grp, d).transpose(1, 2, 0, 3)
+    kt, vt = k.transpose(1, 0, 2)[:, None], v.transpose(1, 0, 2)[:, None]  # (kv, 1, n, d)
+    dv = (p.transpose(0, 1, 3, 2) @ do).sum(1)  # (kv, n, d)
+    dp = do @ vt.transpose(0, 1, 3, 2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * c
+    dq = (ds @ kt).transpose(2, 0, 1, 3).reshape(n, n_head, d)
+    dk = (ds.transpose(0, 1, 3, 2) @ qg).sum(1)
+    return dq, dk.transpose(1, 0, 2), dv.transpose(1, 0, 2)
+
+
+def loss_and_grads(model: Reference, ids: np.ndarray, teacher: np.ndarray,
+                   names: list[str]) -> tuple[float, dict[str, np.ndarray]]:
+    """KL(teacher || model) per token, averaged over the window, and its gradient with respect to
+    every linear layer's weight in `names`. `teacher` holds probabilities (n, vocab)."""
+    c, w = model.config, model.w
+    n = len(ids)
+    cos, sin = rope_tables(c, np.arange(n))
+    x = w["token_embd.weight"][ids]
+    tape = []
+    for i in range(c.n_layer):
+        p = f"blk.{i}."
+        r1 = _rms(x, c.rms_eps)
+        h = x * r1 * w[p + "attn_norm.weight"]
+        q = apply_rope((h @ w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim), cos, sin, c.n_rot)
+        k = apply_rope((h @ w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim), cos, sin, c.n_rot)
+        v = (h @ w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
+        att, probs = _attention(q, k, v)
+        xm = x + att @ w[p + "attn_output.weight"].T
+        r2 = _rms(xm, c.rms_eps)
+        h2 = xm * r2 * w[p + "ffn_norm.weight"]
+        gate, up = h2 @ w[p + "ffn_gate.weight"].T, h2 @ w[p + "ffn_up.weight"].T
+        sig = 1.0 / (1.0 + np.exp(-gate))
+        act = gate * sig * up
+        tape.append((x, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act))
+        x = xm + act @ w[p + "ffn_down.weight"].T
+    rf = _rms(x, c.rms_eps)
+    hf = x * rf * w["output_norm.weight"]
+    head = model.output
+    logits = hf @ head.T
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    t = teacher.astype(np.float32)
+    loss = float((t * (np.log(np.maximum(t, 1e-30)) - logp)).sum() / n)
+
+    want = set(names)
+    grads: dict[str, np.ndarray] = {}
+
+    def weight_grad(name: str, dy: np.ndarray, xin: np.ndarray) -> None:
+        if name in want:
+            grads[name] = dy.T @ xin
+
+    dx = _rms_back(x, rf, w["output_norm.weight"], ((np.exp(logp) - t) / n) @ head)
+    for i in reversed(range(c.n_layer)):
+        p = f"blk.{i}."
+        x0, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act = tape[i]
+        weight_grad(p + "ffn_down.weight", dx, act)
+        dact = dx @ w[p + "ffn_down.weight"]
+        dup = dact * gate * sig
+        dgate = dact * up * sig * (1.0 + gate * (1.0 - sig))
+        weight_grad(p + "ffn_gate.weight", dgate, h2)
+        weight_grad(p + "ffn_up.weight", dup, h2)
+        dh2 = dgate @ w[p + "ffn_gate.weight"] + dup @ w[p + "ffn_up.weight"]
+        dx = dx + _rms_back(xm, r2, w[p + "ffn_norm.weight"], dh2)
+        weight_grad(p + "attn_output.weight", dx, att)
+        dq, dk, dv = _attention_back(q, k, v, probs, dx @ w[p + "attn_output.weight"])
+        dq = apply_rope(dq, cos, -sin, c.n_rot).reshape(n, -1)  # a rotation's transpose turns back
+        dk = apply_rope(dk, cos, -sin, c.n_rot).reshape(n, -1)
+        dv = dv.reshape(n, -1)
+        weight_grad(p + "attn_q.weight", dq, h)
+        weight_grad(p + "attn_k.weight", dk, h)
+        weight_grad(p + "attn_v.weight", dv, h)
+        dh = dq @ w[p + "attn_q.weight"] + dk @ w[p + "attn_k.weight"] + dv @ w[p + "attn_v.weight"]
+        dx = dx + _rms_back(x0, r1, w[p + "attn_norm.weight"], dh)
+    return loss, grads
+
+
+def teacher_probs(model: Reference, windows: list[list[int]]) -> list[np.ndarray]:
+    """The source model's next-token probabilities on each window, kept as f16 (n, vocab)."""
+    out = []
+    for ids in windows:
+        logits = model.forward(ids, model.new_cache(len(ids)), all_logits=True)
+        logits -= logits.max(-1, keepdims=True)
+        e = np.exp(logits)
+        out.append((e / e.sum(-1, keepdims=True)).astype(np.float16))
+    return out
+
+
+def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[np.ndarray], windows: list[list[int]],
+         options: TuneOptions = TuneOptions(),
+         progress: Progress | None = None) -> tuple[dict[str, QTensor], list[float]]:
+    """Train the scales and minimums of the tensors in `quantized` on `windows` against `teacher`,
+    the source model's probabilities on them. `model.w` ends holding the tuned weights. Returns the
+    tuned tensors and the mean KL per epoch."""
+    if not windows or len(windows) != len(teacher):
+        raise LutlmError("tuning needs calibration windows and the source model's outputs on them")
+    groups = {n: _Group(q) for n, q in quantized.items()}
+    for n, g in groups.items():
+        model.w[n] = g.weight()
+    unit = {n: float(np.mean(np.abs(g.scale))) for n, g in groups.items()}
+    moments = {n: [(np.zeros_like(a), np.zeros_like(a)) for a in g.params()] for n, g in groups.items()}
+    b1, b2, step, kl = 0.9, 0.999, 0, []
+    rng = np.random.default_rng(0)
+    for epoch in range(options.epochs):
+        losses = []
+        for j in rng.permutation(len(windows)):
+            loss, grads = loss_and_grads(model, np.asarray(windows[j]), teacher[j], list(groups))
+            losses.append(loss)
+            step += 1
+            correction = math.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+            for n, g in groups.items():
+                for a, d, (m1, m2) in zip(g.params(), g.grads(grads[n]), moments[n]):
+                    m1 *= b1
+                    m1 += (1 - b1) * d
+                    m2 *= b2
+                    m2 += (1 - b2) * d * d
+                    a -= options.lr * unit[n] * correction * m1 / (np.sqrt(m2) + 1e-12)
+                model.w[n] = g.weight()
+            if progress:
+                progress(f"tuning epoch {epoch + 1}/{options.epochs}, "
+                         f"window {len(losses)}/{len(windows)}: KL {loss:.4f}")
+        kl.append(float(np.mean(losses)))
+    return {n: g.qtensor() for n, g in groups.items()}, kl
