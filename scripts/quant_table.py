@@ -32,6 +32,8 @@ ROWS: dict[str, list[str]] = {
     "gptq-3-tune": ["--bits", "3", "--tune", "2"],
     "gptq-2-tune": ["--bits", "2", "--tune", "2"],
     "mixed-2.5-tune": ["--bits", "mixed", "--budget", "2.5", "--tune", "2"],
+    "gptq-t-tune": ["--bits", "t", "--tune", "2"],
+    "mixed-3.5-tune": ["--bits", "mixed", "--budget", "3.5", "--tune", "2"],
 }
 EVALS = {"wiki": 40, "tiny": 20}
 LUTLM = [sys.executable, "-m", "lutlm.cli"]
