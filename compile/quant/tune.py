@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LutlmError
-from ..reference import Reference, apply_rope, rope_tables
+from ..reference import Reference, apply_rope, rope_tables, softmax
 from .format import QTensor
 
 Progress = Callable[[str], None]
@@ -90,9 +90,7 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray,
     n_kv = k.shape[1]
     qg = q.reshape(n, n_kv, n_head // n_kv, d).transpose(1, 2, 0, 3)  # (kv, group, n, d)
     s = (qg @ k.transpose(1, 2, 0)[:, None]) * (1.0 / math.sqrt(d))
-    s = np.where(np.triu(np.ones((n, n), bool), 1), -np.inf, s)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    p = softmax(np.where(np.triu(np.ones((n, n), bool), 1), -np.inf, s))
     out = p @ v.transpose(1, 0, 2)[:, None]  # (kv, group, n, d)
     return out.transpose(2, 0, 1, 3).reshape(n, n_head * d), p
 
@@ -183,10 +181,7 @@ def teacher_probs(model: Reference, windows: list[list[int]]) -> list[np.ndarray
     """The source model's next-token probabilities on each window, kept as f16 (n, vocab)."""
     out = []
     for ids in windows:
-        logits = model.forward(ids, model.new_cache(len(ids)), all_logits=True)
-        logits -= logits.max(-1, keepdims=True)
-        e = np.exp(logits)
-        out.append((e / e.sum(-1, keepdims=True)).astype(np.float16))
+        out.append(softmax(model.forward(ids, model.new_cache(len(ids)), all_logits=True)).astype(np.float16))
     return out
 
 
