@@ -130,6 +130,7 @@ def test_mixed_allocation_respects_the_budget_and_follows_sensitivity():
     ({"bits": "3", "embed_bits": 2}, "embed-bits"),
     ({"bits": "3", "tune": TuneOptions(epochs=0)}, "at least 1 epoch"),
     ({"bits": "3", "tune": TuneOptions(lr=-1.0)}, "positive learning rate"),
+    ({"bits": "3", "tune": TuneOptions(top_k=0)}, "top k"),
 ])
 def test_bad_requests(kwargs, message):
     with pytest.raises(LutlmError, match=message):

@@ -10,8 +10,8 @@ import pytest
 from lutlm.checkpoint import Checkpoint, ModelConfig
 from lutlm.errors import LutlmError
 from lutlm.quant.format import QuantSpec, quantize_rtn
-from lutlm.quant.tune import TuneOptions, _Group, loss_and_grads, teacher_probs, tune
-from lutlm.reference import Reference
+from lutlm.quant.tune import Teacher, TuneOptions, _Group, _kl, loss_and_grads, teacher_probs, tune
+from lutlm.reference import Reference, softmax
 
 D, F, V, KV = 64, 96, 50, 32
 CONFIG = ModelConfig("llama", 2, D, 4, 2, 16, F, V, 128, 10000.0, 16, 1e-5, True, 1, 2, False)
@@ -30,12 +30,15 @@ def _model(dtype=np.float32, seed: int = 0) -> Reference:
     return Reference(Checkpoint(CONFIG, {k: x.astype(dtype) for k, x in w.items()}, {}))
 
 
-def test_backward_matches_finite_differences():
+@pytest.mark.parametrize("top_k", [V, 7])
+def test_backward_matches_finite_differences(top_k):
     model = _model(np.float64)
     rng = np.random.default_rng(1)
     ids = rng.integers(0, V, 12)
-    teacher = rng.random((12, V))
-    teacher /= teacher.sum(1, keepdims=True)
+    probs = rng.random((12, V)) ** 4
+    probs /= probs.sum(1, keepdims=True)
+    top = np.argsort(-probs, axis=1)[:, :top_k]
+    teacher = Teacher(top, np.take_along_axis(probs, top, 1))
     names = [n for n in model.w if n.startswith("blk.") and not n.endswith("norm.weight")]
     _, grads = loss_and_grads(model, ids, teacher, names)
     assert set(grads) == set(names)
@@ -49,6 +52,38 @@ def test_backward_matches_finite_differences():
             down, _ = loss_and_grads(model, ids, teacher, [])
             model.w[name][idx] = old
             assert grads[name][idx] == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9), name
+
+
+def test_top_k_teacher_keeps_the_rest_as_one_outcome():
+    """With the whole vocabulary the loss is the KL divergence itself; with the top k it is the KL
+    between the two distributions over those k tokens and one 'anything else'."""
+    source, student = _model(seed=0), _model(seed=1)
+    ids = np.random.default_rng(4).integers(0, V, 16)
+    t = softmax(source.forward(ids, source.new_cache(16), all_logits=True).astype(np.float64))
+    p = softmax(student.forward(ids, student.new_cache(16), all_logits=True).astype(np.float64))
+    full, = teacher_probs(source, [list(ids)], top_k=V + 10)
+    assert full.ids.shape == (16, V)
+    assert loss_and_grads(student, ids, full, [])[0] == pytest.approx((t * np.log(t / p)).sum(1).mean(), rel=1e-4)
+    top, = teacher_probs(source, [list(ids)], top_k=5)
+    np.testing.assert_array_equal(np.sort(top.ids, 1), np.sort(np.argsort(-t, 1)[:, :5], 1))
+    rows = np.arange(16)[:, None]
+    tt, pt = t[rows, top.ids], p[rows, top.ids]
+    tail_t, tail_p = 1 - tt.sum(1), 1 - pt.sum(1)
+    want = (tt * np.log(tt / pt)).sum(1) + tail_t * np.log(tail_t / tail_p)
+    assert loss_and_grads(student, ids, top, [])[0] == pytest.approx(want.mean(), rel=1e-4)
+
+
+def test_top_k_loss_stays_bounded_when_the_model_is_sure():
+    """A model that puts all but 1e-16 of its mass on one token, against a teacher that leaves 10%
+    outside its top 2: 1 - sum(top) rounds to 0 in float32, and the tail's gradient must not blow up."""
+    logits = np.full((3, V), -40.0, np.float32)
+    logits[:, 0] = 0.0
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    teacher = Teacher(np.tile([0, 1], (3, 1)), np.tile([0.8, 0.1], (3, 1)).astype(np.float32))
+    loss, grad = _kl(logp, teacher)
+    assert loss == pytest.approx(0.8 * np.log(0.8) + 0.1 * (np.log(0.1) + 40) + 0.1 * (np.log(0.1 / 48) + 40), rel=1e-5)
+    assert np.abs(grad).max() <= 1.0
+    np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-6)  # the probabilities' gradients balance
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(2, 32, ternary=True), QuantSpec(8, 32, symmetric=True)])

@@ -49,6 +49,8 @@ class Request:
             raise LutlmError("--calib-windows must be at least 1")
         if self.tune is not None and (self.tune.epochs < 1 or self.tune.lr <= 0):
             raise LutlmError("--tune needs at least 1 epoch and a positive learning rate")
+        if self.tune is not None and self.tune.top_k < 1:
+            raise LutlmError("tuning needs the source model's top k probabilities for some k >= 1")
 
     @property
     def needs_calibration(self) -> bool:
@@ -116,7 +118,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         if not calib:
             raise LutlmError("tuning needs calibration text")
         log("the source model's outputs on the calibration text")
-        teacher = teacher_probs(Reference(ckpt), calib)
+        teacher = teacher_probs(Reference(ckpt), calib, req.tune.top_k)
         tuned, kl = tune(model, {n: out[n] for n in names}, teacher, calib, req.tune, progress=log)
         out.update(tuned)
     seconds = time.perf_counter() - t0

@@ -29,6 +29,17 @@ Progress = Callable[[str], None]
 class TuneOptions:
     epochs: int = 2
     lr: float = 3e-4  # Adam step, relative to each tensor's mean |scale|
+    top_k: int = 256  # the source model's probabilities kept per position (the rest as one tail)
+
+
+@dataclass
+class Teacher:
+    """The source model's most likely next tokens (n, k) and their probabilities at each position
+    of a window. Keeping k of them instead of the whole vocabulary bounds the memory:
+    k = 256 over 32 windows of 512 tokens is 32 MiB, where all of SmolLM2's 49152 took 1.5 GiB."""
+
+    ids: np.ndarray
+    probs: np.ndarray
 
 
 class _Group:
@@ -111,81 +122,115 @@ def _attention_back(q, k, v, p, dout):
     return dq, dk.transpose(1, 0, 2), dv.transpose(1, 0, 2)
 
 
-def loss_and_grads(model: Reference, ids: np.ndarray, teacher: np.ndarray,
+def block_forward(model: Reference, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Block `i` on a whole window `x` (n, d) from an empty cache: its output and what the backward
+    pass needs."""
+    c, w, p = model.config, model.w, f"blk.{i}."
+    n = len(x)
+    r1 = _rms(x, c.rms_eps)
+    h = x * r1 * w[p + "attn_norm.weight"]
+    q = apply_rope((h @ w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim), cos, sin, c.n_rot)
+    k = apply_rope((h @ w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim), cos, sin, c.n_rot)
+    v = (h @ w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
+    att, probs = _attention(q, k, v)
+    xm = x + att @ w[p + "attn_output.weight"].T
+    r2 = _rms(xm, c.rms_eps)
+    h2 = xm * r2 * w[p + "ffn_norm.weight"]
+    gate, up = h2 @ w[p + "ffn_gate.weight"].T, h2 @ w[p + "ffn_up.weight"].T
+    sig = 1.0 / (1.0 + np.exp(-gate))
+    act = gate * sig * up
+    return xm + act @ w[p + "ffn_down.weight"].T, (x, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act)
+
+
+def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                   want: set[str], grads: dict[str, np.ndarray]) -> np.ndarray:
+    """From the gradient of block `i`'s output, the gradient of its input; the gradients of its
+    linear weights named in `want` go into `grads`."""
+    c, w, p = model.config, model.w, f"blk.{i}."
+    n = len(dx)
+    x0, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act = tape
+
+    def weight_grad(name: str, dy: np.ndarray, xin: np.ndarray) -> None:
+        if name in want:
+            grads[name] = dy.T @ xin
+
+    weight_grad(p + "ffn_down.weight", dx, act)
+    dact = dx @ w[p + "ffn_down.weight"]
+    dup = dact * gate * sig
+    dgate = dact * up * sig * (1.0 + gate * (1.0 - sig))
+    weight_grad(p + "ffn_gate.weight", dgate, h2)
+    weight_grad(p + "ffn_up.weight", dup, h2)
+    dh2 = dgate @ w[p + "ffn_gate.weight"] + dup @ w[p + "ffn_up.weight"]
+    dx = dx + _rms_back(xm, r2, w[p + "ffn_norm.weight"], dh2)
+    weight_grad(p + "attn_output.weight", dx, att)
+    dq, dk, dv = _attention_back(q, k, v, probs, dx @ w[p + "attn_output.weight"])
+    dq = apply_rope(dq, cos, -sin, c.n_rot).reshape(n, -1)  # a rotation's transpose turns back
+    dk = apply_rope(dk, cos, -sin, c.n_rot).reshape(n, -1)
+    dv = dv.reshape(n, -1)
+    weight_grad(p + "attn_q.weight", dq, h)
+    weight_grad(p + "attn_k.weight", dk, h)
+    weight_grad(p + "attn_v.weight", dv, h)
+    dh = dq @ w[p + "attn_q.weight"] + dk @ w[p + "attn_k.weight"] + dv @ w[p + "attn_v.weight"]
+    return dx + _rms_back(x0, r1, w[p + "attn_norm.weight"], dh)
+
+
+def _kl(logp: np.ndarray, teacher: Teacher) -> tuple[float, np.ndarray]:
+    """Mean KL(teacher || model) over tokens, and its gradient with respect to the logits (summed,
+    not averaged, over tokens). The teacher's tail beyond its top k is one outcome: the model is
+    asked to give the tail the teacher's total mass, spread as it likes."""
+    top, t = teacher.ids, teacher.probs.astype(np.float32)
+    rows = np.arange(len(top))[:, None]
+    p = np.exp(logp)
+    tail_t = np.maximum(1.0 - t.sum(-1), 0.0)
+    outside = p.copy()
+    outside[rows, top] = 0.0
+    tail_p = np.maximum(outside.sum(-1), 1e-30)  # not 1 - sum(top): that cancels to 0 when the top holds all
+    loss = (t * (np.log(np.maximum(t, 1e-30)) - logp[rows, top])).sum()
+    loss += (tail_t * (np.log(np.maximum(tail_t, 1e-30)) - np.log(tail_p))).sum()
+    grad = p * (1.0 - tail_t / tail_p)[:, None]
+    grad[rows, top] = p[rows, top] - t
+    return float(loss / len(top)), grad
+
+
+def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
                    names: list[str]) -> tuple[float, dict[str, np.ndarray]]:
     """KL(teacher || model) per token, averaged over the window, and its gradient with respect to
-    every linear layer's weight in `names`. `teacher` holds probabilities (n, vocab)."""
+    every linear layer's weight in `names`."""
     c, w = model.config, model.w
     n = len(ids)
     cos, sin = rope_tables(c, np.arange(n))
     x = w["token_embd.weight"][ids]
-    tape = []
+    tapes = []
     for i in range(c.n_layer):
-        p = f"blk.{i}."
-        r1 = _rms(x, c.rms_eps)
-        h = x * r1 * w[p + "attn_norm.weight"]
-        q = apply_rope((h @ w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim), cos, sin, c.n_rot)
-        k = apply_rope((h @ w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim), cos, sin, c.n_rot)
-        v = (h @ w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
-        att, probs = _attention(q, k, v)
-        xm = x + att @ w[p + "attn_output.weight"].T
-        r2 = _rms(xm, c.rms_eps)
-        h2 = xm * r2 * w[p + "ffn_norm.weight"]
-        gate, up = h2 @ w[p + "ffn_gate.weight"].T, h2 @ w[p + "ffn_up.weight"].T
-        sig = 1.0 / (1.0 + np.exp(-gate))
-        act = gate * sig * up
-        tape.append((x, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act))
-        x = xm + act @ w[p + "ffn_down.weight"].T
+        x, tape = block_forward(model, i, x, cos, sin)
+        tapes.append(tape)
     rf = _rms(x, c.rms_eps)
     hf = x * rf * w["output_norm.weight"]
     head = model.output
     logits = hf @ head.T
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    t = teacher.astype(np.float32)
-    loss = float((t * (np.log(np.maximum(t, 1e-30)) - logp)).sum() / n)
+    loss, dlogits = _kl(logp, teacher)
 
-    want = set(names)
-    grads: dict[str, np.ndarray] = {}
-
-    def weight_grad(name: str, dy: np.ndarray, xin: np.ndarray) -> None:
-        if name in want:
-            grads[name] = dy.T @ xin
-
-    dx = _rms_back(x, rf, w["output_norm.weight"], ((np.exp(logp) - t) / n) @ head)
+    want, grads = set(names), {}
+    dx = _rms_back(x, rf, w["output_norm.weight"], (dlogits / n) @ head)
     for i in reversed(range(c.n_layer)):
-        p = f"blk.{i}."
-        x0, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act = tape[i]
-        weight_grad(p + "ffn_down.weight", dx, act)
-        dact = dx @ w[p + "ffn_down.weight"]
-        dup = dact * gate * sig
-        dgate = dact * up * sig * (1.0 + gate * (1.0 - sig))
-        weight_grad(p + "ffn_gate.weight", dgate, h2)
-        weight_grad(p + "ffn_up.weight", dup, h2)
-        dh2 = dgate @ w[p + "ffn_gate.weight"] + dup @ w[p + "ffn_up.weight"]
-        dx = dx + _rms_back(xm, r2, w[p + "ffn_norm.weight"], dh2)
-        weight_grad(p + "attn_output.weight", dx, att)
-        dq, dk, dv = _attention_back(q, k, v, probs, dx @ w[p + "attn_output.weight"])
-        dq = apply_rope(dq, cos, -sin, c.n_rot).reshape(n, -1)  # a rotation's transpose turns back
-        dk = apply_rope(dk, cos, -sin, c.n_rot).reshape(n, -1)
-        dv = dv.reshape(n, -1)
-        weight_grad(p + "attn_q.weight", dq, h)
-        weight_grad(p + "attn_k.weight", dk, h)
-        weight_grad(p + "attn_v.weight", dv, h)
-        dh = dq @ w[p + "attn_q.weight"] + dk @ w[p + "attn_k.weight"] + dv @ w[p + "attn_v.weight"]
-        dx = dx + _rms_back(x0, r1, w[p + "attn_norm.weight"], dh)
+        dx = block_backward(model, i, tapes[i], dx, cos, sin, want, grads)
     return loss, grads
 
 
-def teacher_probs(model: Reference, windows: list[list[int]]) -> list[np.ndarray]:
-    """The source model's next-token probabilities on each window, kept as f16 (n, vocab)."""
+def teacher_probs(model: Reference, windows: list[list[int]], top_k: int = TuneOptions.top_k) -> list[Teacher]:
+    """The source model's top-k next-token probabilities at each position of each window."""
     out = []
     for ids in windows:
-        out.append(softmax(model.forward(ids, model.new_cache(len(ids)), all_logits=True)).astype(np.float16))
+        probs = softmax(model.forward(ids, model.new_cache(len(ids)), all_logits=True))
+        k = min(top_k, probs.shape[-1])
+        top = np.argpartition(-probs, k - 1, axis=-1)[:, :k].astype(np.int32)
+        out.append(Teacher(top, np.take_along_axis(probs, top, -1).astype(np.float32)))
     return out
 
 
-def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[np.ndarray], windows: list[list[int]],
+def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[Teacher], windows: list[list[int]],
          options: TuneOptions = TuneOptions(),
          progress: Progress | None = None) -> tuple[dict[str, QTensor], list[float]]:
     """Train the scales and minimums of the tensors in `quantized` on `windows` against `teacher`,
