@@ -122,7 +122,8 @@ def _attention_back(q, k, v, p, dout):
     return dq, dk.transpose(1, 0, 2), dv.transpose(1, 0, 2)
 
 
-def block_forward(model: Reference, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, tuple]:
+def block_forward(model: Reference, i: int, x: np.ndarray, cos: np.ndarray,
+                  sin: np.ndarray) -> tuple[np.ndarray, tuple]:
     """Block `i` on a whole window `x` (n, d) from an empty cache: its output and what the backward
     pass needs."""
     c, w, p = model.config, model.w, f"blk.{i}."
