@@ -47,10 +47,11 @@ class Request:
             raise LutlmError(f"--embed-bits must be 4 or 8, not {self.embed_bits}")
         if self.calib_windows < 1:
             raise LutlmError("--calib-windows must be at least 1")
-        if self.tune is not None and (self.tune.epochs < 1 or self.tune.lr <= 0):
-            raise LutlmError("--tune needs at least 1 epoch and a positive learning rate")
-        if self.tune is not None and self.tune.top_k < 1:
-            raise LutlmError("tuning needs the source model's top k probabilities for some k >= 1")
+        if self.tune is not None:
+            if self.tune.epochs < 1 or self.tune.lr <= 0:
+                raise LutlmError("--tune needs at least 1 epoch and a positive learning rate")
+            if self.tune.top_k < 1:
+                raise LutlmError("tuning needs the source model's top k probabilities for some k >= 1")
 
     @property
     def needs_calibration(self) -> bool:

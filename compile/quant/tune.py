@@ -179,17 +179,17 @@ def _kl(logp: np.ndarray, teacher: Teacher) -> tuple[float, np.ndarray]:
     """Mean KL(teacher || model) over tokens, and its gradient with respect to the logits (summed,
     not averaged, over tokens). The teacher's tail beyond its top k is one outcome: the model is
     asked to give the tail the teacher's total mass, spread as it likes."""
-    top, t = teacher.ids, teacher.probs.astype(np.float32)
+    top, t = teacher.ids, teacher.probs
     rows = np.arange(len(top))[:, None]
-    p = np.exp(logp)
+    grad = np.exp(logp)
+    p_top = grad[rows, top]
+    grad[rows, top] = 0.0
     tail_t = np.maximum(1.0 - t.sum(-1), 0.0)
-    outside = p.copy()
-    outside[rows, top] = 0.0
-    tail_p = np.maximum(outside.sum(-1), 1e-30)  # not 1 - sum(top): that cancels to 0 when the top holds all
+    tail_p = np.maximum(grad.sum(-1), 1e-30)  # not 1 - sum(top): that cancels to 0 when the top holds all
     loss = (t * (np.log(np.maximum(t, 1e-30)) - logp[rows, top])).sum()
     loss += (tail_t * (np.log(np.maximum(tail_t, 1e-30)) - np.log(tail_p))).sum()
-    grad = p * (1.0 - tail_t / tail_p)[:, None]
-    grad[rows, top] = p[rows, top] - t
+    grad *= (1.0 - tail_t / tail_p)[:, None]
+    grad[rows, top] = p_top - t
     return float(loss / len(top)), grad
 
 
