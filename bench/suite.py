@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lutlm.assets import DEFAULT_MODEL
 from lutlm.errors import LutlmError
 
 VARIANTS = {
@@ -51,6 +52,12 @@ def _made(out: Path, argv: list[str], marker: str) -> Path:
 def _stem(source: str) -> str:
     """A folder-name stem for SOURCE: the asset name, or the file / folder name of a path."""
     return Path(source).stem.lower() if "/" in source or source.endswith(".gguf") else source
+
+
+def default_out(source: str) -> Path:
+    """Where a run's tables go unless --out says: results/bench for the default model, a folder of
+    its own for any other SOURCE, so that a run on a test model never replaces the published one."""
+    return Path("results/bench") if source == DEFAULT_MODEL else Path(f"results/bench-{_stem(source)}")
 
 
 def packages(source: str, variants: list[str], build: Path) -> list[Path]:

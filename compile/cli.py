@@ -472,8 +472,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.peer_budget <= 0:
         raise LutlmError("--peer-budget must be positive (seconds)")
     resolve_source(args.source)  # a clear error before minutes of work
+    out = Path(args.out) if args.out else suite.default_out(args.source)
     suite.main(args.source, variants, systems, sizes, args.new_tokens, args.reps, args.peer_budget, Path(args.build),
-               Path(args.json) if args.json else None, Path(args.out) if args.out else None, sys.argv)
+               Path(args.json) if args.json else None, out, sys.argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -553,14 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="lutlm against its peers on one model, one machine, one run (or: kernels, model, step)",
                        description="Without a subcommand: compile the variants, export ONNX, and measure lutlm "
                                    "(native and browser), wllama, transformers.js and llama.cpp on the same prompts.")
-    p.add_argument("--source", default="smollm2-135m-instruct", help=SOURCE_HELP + " (default smollm2-135m-instruct)")
+    p.add_argument("--source", default=DEFAULT_MODEL, help=SOURCE_HELP + f" (default {DEFAULT_MODEL})")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"lutlm variants (default {','.join(VARIANTS)})")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"systems to measure (default {','.join(SYSTEMS)})")
     _workload_options(p)
     p.add_argument("--peer-budget", type=float, default=60.0,
                    help="seconds of decoding after which a transformers.js generation is cut (default 60)")
     p.add_argument("--build", default="build/bench", help="where variants and exports are cached (default build/bench)")
-    p.add_argument("--out", default="results/bench", help="bench.json, bench.md and bench.png go here (default results/bench)")
+    p.add_argument("--out", help="bench.json, bench.md and bench.png go here (default results/bench, "
+                                 "or results/bench-NAME for another --source)")
     p.set_defaults(func=cmd_bench)
     benches = p.add_subparsers(dest="bench")
     p = benches.add_parser("kernels", help="LUT vs dequantise GEMV on SmolLM2 shapes, natively and in Chromium")

@@ -6,6 +6,7 @@ executors run the same workload and report it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,14 @@ def test_bench_suite_bad_arguments(capsys):
     assert "--systems takes" in capsys.readouterr().err
     assert main(["bench", "--source", "/nonexistent/model.gguf"]) == 2
     assert main(["bench", "--peer-budget", "0"]) == 2
+
+
+def test_bench_suite_keeps_other_models_out_of_the_published_results():
+    from lutlm_bench.suite import default_out
+
+    assert default_out("smollm2-135m-instruct") == Path("results/bench")
+    assert default_out("/tmp/x/tiny.gguf") == Path("results/bench-tiny")
+    assert default_out("models/SmolLM2-360M") == Path("results/bench-smollm2-360m")
 
 
 ROW_KEYS = {"system", "variant", "where", "load_s", "ttft_s", "prefill_tps", "decode_tps", "samples", "range"}
