@@ -368,7 +368,8 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
     p.add_argument("--tune", type=int, default=0, metavar="EPOCHS",
                    help="then train scales and minimums end to end against the source model (default 0: off)")
-    p.add_argument("--tune-lr", type=float, default=3e-4, help="tuning's Adam step, relative to each tensor's scales")
+    p.add_argument("--tune-lr", type=float, default=6e-4,
+                   help="tuning's first Adam step, relative to each tensor's scales; it decays to 0 along a cosine")
     p.add_argument("-o", "--output", required=True, help="output folder")
 
 

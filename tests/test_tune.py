@@ -114,7 +114,7 @@ def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text():
     before = kl(held_out)
     tuned, per_epoch = tune(student, quantized, teacher_probs(source, train), train, TuneOptions(epochs=4, lr=1e-2))
     after = kl(held_out)
-    assert after < 0.95 * before  # measured 0.90: random text, so little to generalise from
+    assert after < 0.95 * before  # measured 0.92: random text, so little to generalise from
     assert len(per_epoch) == 4 and per_epoch[-1] < per_epoch[0]
     assert set(tuned) == set(quantized)
     for name, q in tuned.items():

@@ -28,7 +28,7 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class TuneOptions:
     epochs: int = 2
-    lr: float = 3e-4  # Adam step, relative to each tensor's mean |scale|
+    lr: float = 6e-4  # first Adam step, relative to each tensor's mean |scale|; decays to 0 along a cosine
     top_k: int = 256  # the source model's probabilities kept per position (the rest as one tail)
 
 
@@ -245,6 +245,7 @@ def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[Teacher]
     unit = {n: float(np.mean(np.abs(g.scale))) for n, g in groups.items()}
     moments = {n: [(np.zeros_like(a), np.zeros_like(a)) for a in g.params()] for n, g in groups.items()}
     b1, b2, step, kl = 0.9, 0.999, 0, []
+    total = options.epochs * len(windows)
     rng = np.random.default_rng(0)
     for epoch in range(options.epochs):
         losses = []
@@ -253,13 +254,14 @@ def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[Teacher]
             losses.append(loss)
             step += 1
             correction = math.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+            lr = options.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
             for n, g in groups.items():
                 for a, d, (m1, m2) in zip(g.params(), g.grads(grads[n]), moments[n]):
                     m1 *= b1
                     m1 += (1 - b1) * d
                     m2 *= b2
                     m2 += (1 - b2) * d * d
-                    a -= options.lr * unit[n] * correction * m1 / (np.sqrt(m2) + 1e-12)
+                    a -= lr * unit[n] * correction * m1 / (np.sqrt(m2) + 1e-12)
                 model.w[n] = g.weight()
             if progress:
                 progress(f"tuning epoch {epoch + 1}/{options.epochs}, "
