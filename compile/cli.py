@@ -263,10 +263,12 @@ def _quantize(args: argparse.Namespace):
     from .quant.pipeline import Request, calibration_windows, quantize
     from .quant.tune import TuneOptions
 
+    tune = None
+    if args.tune:
+        tune = TuneOptions(args.tune) if args.tune_lr is None else TuneOptions(args.tune, args.tune_lr)
     req = Request(bits=args.bits, group=args.group, method=args.method, budget=args.budget,
                   embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
-                  window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order),
-                  tune=TuneOptions(args.tune, args.tune_lr) if args.tune else None)
+                  window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order), tune=tune)
     req.validate()
     ckpt = _load(args.source)
     calib = None
@@ -368,8 +370,8 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
     p.add_argument("--tune", type=int, default=0, metavar="EPOCHS",
                    help="then train scales and minimums end to end against the source model (default 0: off)")
-    p.add_argument("--tune-lr", type=float, default=6e-4,
-                   help="tuning's first Adam step, relative to each tensor's scales; it decays to 0 along a cosine")
+    p.add_argument("--tune-lr", type=float, help="tuning's first Adam step, relative to each tensor's scales "
+                                                 "(default 6e-4); it decays to 0 along a cosine")
     p.add_argument("-o", "--output", required=True, help="output folder")
 
 
