@@ -99,7 +99,9 @@ def lut_table(k: int, tab: Table) -> Any:
 
 
 def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
-    """y[n] = W x by table lookup over `planes` bit-planes; n (output rows) is a runtime size."""
+    """y[n] = W x by table lookup over `planes` bit-planes; n (output rows) is a runtime size.
+    Each weight word and scale/min pair is loaded once into a local: TVM's WGSL repeats a load at
+    every use, and neither Tint nor SwiftShader merges them (each is a gather on SwiftShader)."""
     width, entries, tables = tab.width, tab.entries, k // tab.width
     gw, per = group // 32, 32 // tab.width
     mask = (1 << width) - 1
@@ -128,6 +130,8 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                 acc = T.alloc_buffer((1,), "float32", scope="local")
                 part = T.alloc_buffer((1,), "float32", scope="local")
                 xsum = T.alloc_buffer((1,), "float32", scope="local")
+                words = T.alloc_buffer((planes,), "uint32", scope="local")
+                smw = T.alloc_buffer((1,), "uint32", scope="local")
                 r = bx * ROWS + tx
                 if r < n:
                     acc[0] = T.float32(0)
@@ -137,11 +141,13 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                         for v in range(gw):
                             xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + g * gw + v])
                             for j in T.unroll(planes):
+                                words[j] = w[g * gw + v, j, r]
+                            for j in T.unroll(planes):
                                 for s in T.unroll(per):
-                                    part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries,
-                                                               w[g * gw + v, j, r], s, j)
-                        acc[0] = acc[0] + _f16(sm[g, r]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
-                            + _f16(sm[g, r], high=True) * xsum[0]
+                                    part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries, words[j], s, j)
+                        smw[0] = sm[g, r]
+                        acc[0] = acc[0] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
+                            + _f16(smw[0], high=True) * xsum[0]
                     y[y0 + r] = acc[0]
     return f
 
@@ -165,7 +171,7 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
                 acc = T.alloc_buffer((tile,), "float32", scope="local")
                 part = T.alloc_buffer((tile,), "float32", scope="local")
-                words = T.alloc_buffer((tile,), "uint32", scope="local")
+                words = T.alloc_buffer((tile,), "uint32", scope="local")  # a code word, then a scale/min pair
                 xv = T.alloc_buffer((2,), "float32", scope="local")  # x[k], sum of the group's x
                 for i in T.unroll(tile):
                     acc[i] = T.float32(0)
@@ -182,8 +188,8 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
                             for i in T.unroll(tile):
                                 part[i] = part[i] + T.Cast("float32", (words[i] >> T.uint32(bits * s)) & T.uint32(mask)) * xv[0]
                     for i in T.unroll(tile):
-                        acc[i] = acc[i] + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)]) * part[i] \
-                            + _f16(sm[g, T.min(bx * span + i * ROWS + tx, n - 1)], high=True) * xv[1]
+                        words[i] = sm[g, T.min(bx * span + i * ROWS + tx, n - 1)]
+                        acc[i] = acc[i] + _f16(words[i]) * part[i] + _f16(words[i], high=True) * xv[1]
                 for i in T.unroll(tile):
                     if bx * span + i * ROWS + tx < n:
                         y[y0 + bx * span + i * ROWS + tx] = acc[i]
