@@ -37,6 +37,7 @@ ROWS: dict[str, list[str]] = {
     "gptq-3-tune-c128": ["--bits", "3", "--tune", "2", "--calib-windows", "128"],
     "mixed-2.5-tune-c128": ["--bits", "mixed", "--budget", "2.5", "--tune", "2", "--calib-windows", "128"],
     "gptq-2-tune-c128": ["--bits", "2", "--tune", "2", "--calib-windows", "128"],
+    "mixed-4.0-tune-c128": ["--bits", "mixed", "--budget", "4.0", "--tune", "2", "--calib-windows", "128"],
 }
 EVALS = {"wiki": 40, "tiny": 20}
 LUTLM = [sys.executable, "-m", "lutlm.cli"]
