@@ -32,6 +32,7 @@ class Call:
     bind_group: Any
     uniform: Any
     grid: tuple[int, int, int] = (0, 0, 0)
+    slot: int = -1  # the browser backend's index of this call in its JavaScript table
 
     def set(self, backend: "Backend", sizes: dict[str, int | float]) -> "Call":
         gx, gy, gz = (evaluate(e, sizes) for e in self.kernel["grid"])

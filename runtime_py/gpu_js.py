@@ -7,15 +7,35 @@ buffer back is the one await per decode step: a copy into a mappable staging buf
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Sequence
 
 import js  # type: ignore[import-not-found]
+from pyodide.code import run_js  # type: ignore[import-not-found]
 from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 
 from .gpu import Call, GPUError, buffer_bytes, check_kernel
 
 LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize",
           "maxComputeInvocationsPerWorkgroup", "maxStorageBuffersPerShaderStage")
+
+
+# Encoding call by call crossed from Python into JavaScript three times per dispatch (about 1300
+# times for a SmolLM2 decode step); this encodes a whole list, given as (slot, x, y, z) int32s
+# indexing the [pipeline, bind group] table, in one crossing.
+_ENCODE = """(device, table, bytes) => {
+  const items = new Int32Array(bytes.slice().buffer);  // a copy: aligned, whatever bytes views
+  const encoder = device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (let i = 0; i < items.length; i += 4) {
+    const [pipeline, group] = table[items[i]];
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(items[i + 1], items[i + 2], items[i + 3]);
+  }
+  pass.end();
+  device.queue.submit([encoder.finish()]);
+}"""
 
 
 def _device_lost(info: Any) -> None:
@@ -41,6 +61,8 @@ class JsBackend:
         self._pipelines: dict[tuple[str, str, str], Any] = {}
         self._staging: dict[int, Any] = {}
         self.allocated = {"buffers": 0, "bytes": 0}
+        self._table = js.Array.new()  # [pipeline, bind group] of every bound call, at its Call.slot
+        self._encode = run_js(_ENCODE)
 
     @classmethod
     async def create(cls) -> "JsBackend":
@@ -89,19 +111,16 @@ class JsBackend:
         entries = [{"binding": i, "resource": {"buffer": b}} for i, b in enumerate(buffers)]
         entries.append({"binding": len(buffers), "resource": {"buffer": uniform}})
         group = self.device.createBindGroup(_js({"layout": pipeline.getBindGroupLayout(0), "entries": entries}))
-        return Call(kernel, pipeline, group, uniform)
+        self._table.push(to_js([pipeline, group]))
+        return Call(kernel, pipeline, group, uniform, slot=self._table.length - 1)
 
     def submit(self, calls: Sequence[Call]) -> None:
-        encoder = self.device.createCommandEncoder()
-        compute = encoder.beginComputePass()
+        items = array("i")
         for call in calls:
-            if 0 in call.grid:
-                continue
-            compute.setPipeline(call.pipeline)
-            compute.setBindGroup(0, call.bind_group)
-            compute.dispatchWorkgroups(*call.grid)
-        compute.end()
-        self.device.queue.submit(_js([encoder.finish()]))
+            if 0 not in call.grid:
+                items.append(call.slot)
+                items.extend(call.grid)
+        self._encode(self.device, self._table, to_js(items.tobytes()))
 
     async def read(self, buf: Any, size: int, offset: int = 0) -> bytes:
         n = -(-size // 4) * 4

@@ -109,11 +109,12 @@ def test_output_is_text_stop_and_queue(site):
         page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=60_000)
         stats = page.locator(".stats").last.text_content()
         assert "(abort)" in stats and int(stats.split()[0]) <= 3, stats
-        # model output containing markup is shown literally: nothing is parsed as HTML
+        # model output containing markup is shown literally: nothing is parsed as HTML (the chunk
+        # is injected in the same task as the send, while the answer is surely still current)
         page.evaluate("""() => { document.body.dataset.params = JSON.stringify({temperature: 0, max_tokens: 3});
-            document.querySelector('#prompt').value = 'Hi'; document.querySelector('#send').click(); }""")
-        page.evaluate("""() => worker.onmessage({data: {type: 'chunk', id: current.id,
-            text: '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'}})""")
+            document.querySelector('#prompt').value = 'Hi'; document.querySelector('#send').click();
+            worker.onmessage({data: {type: 'chunk', id: current.id,
+                text: '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'}}); }""")
         page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=60_000)
         answer = page.locator(".assistant").last
         assert '<img src=x onerror="window.pwned=1">' in answer.text_content()
