@@ -96,7 +96,7 @@ def test_quantize_then_evaluate(tiny_hf, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     assert "3.000 bits per weight" in proc.stdout
     tuned = json.loads((out / "quantized.json").read_text())["tune"]
-    assert tuned["epochs"] == 2 and len(tuned["kl_per_epoch"]) == 2
+    assert tuned["epochs"] == 2 and len(tuned["kl_per_epoch"]) == 2 and tuned["lr_schedule"].startswith("cosine")
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     ppl = run("eval", "ppl", str(out), "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
     assert ppl.returncode == 0, ppl.stderr

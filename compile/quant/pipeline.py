@@ -14,7 +14,7 @@ from .calibration import gptq_model
 from .format import QTensor, QuantSpec, quantize_rtn
 from .gptq import GPTQOptions
 from .mixed import allocate, measure
-from .tune import TuneOptions, teacher_probs, tune
+from .tune import LR_SCHEDULE, TuneOptions, teacher_probs, tune
 
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 EMBEDDINGS = ("token_embd.weight", "output.weight")
@@ -130,7 +130,8 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         "calibration": None if not req.needs_calibration else
         {"texts": req.calib_texts, "windows": len(calib or []), "window": req.window,
          "damp": req.gptq.damp, "act_order": req.gptq.act_order},
-        "tune": None if req.tune is None else {**asdict(req.tune), "kl_per_epoch": [round(k, 4) for k in kl]},
+        "tune": None if req.tune is None else {**asdict(req.tune), "lr_schedule": LR_SCHEDULE,
+                                               "kl_per_epoch": [round(k, 4) for k in kl]},
         "bpw_linear": round(bits_per_weight(plan, ckpt), 4),
         "bpw_embedding": round(bits_per_weight(emb, ckpt), 4),
         "mix": {spec.name: sum(1 for s in plan.values() if s == spec) for spec in sorted(set(plan.values()), key=lambda s: s.bpw)},

@@ -25,6 +25,9 @@ from .format import QTensor
 Progress = Callable[[str], None]
 
 
+LR_SCHEDULE = "cosine from lr to 0 over all steps"  # recorded with the options (they hold only lr)
+
+
 @dataclass(frozen=True)
 class TuneOptions:
     epochs: int = 2
