@@ -112,13 +112,20 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write(rows: list[dict[str, Any]], json_path: Path | None, out_dir: Path | None, command: list[str]) -> str:
-    """Write what was asked for; returns the Markdown table plus claims (also printed)."""
+STOPPED = "This run was stopped before the end: only the stages it finished are here."
+
+
+def write(rows: list[dict[str, Any]], json_path: Path | None, out_dir: Path | None, command: list[str],
+          stopped: bool = False) -> str:
+    """Write what was asked for; returns the Markdown table plus claims (also printed). A `stopped`
+    run says so in both files: its rows are only the stages that finished."""
     text = markdown(rows)
     said = claims(rows)
     if said:
         text += "\n\nDecode ratios measured in this run:\n" + "\n".join(said)
-    doc = {"machine": machine(), "command": command, "rows": rows}
+    if stopped:
+        text = f"{STOPPED}\n\n{text}"
+    doc = {"machine": machine(), "command": command, "stopped": stopped, "rows": rows}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench.md").write_text(f"{doc['machine']['date']}, {doc['machine']['cpu']} "

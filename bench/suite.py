@@ -13,7 +13,10 @@ kernel), not on how the codes were chosen, and RTN 4-bit reproduces the shipped 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +83,15 @@ def parse_list(value: str, allowed: tuple[str, ...] | dict[str, Any], what: str)
     return items
 
 
-def main(source: str, variants: list[str], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
-         budget_s: float, build: Path, json_path: Path | None, out_dir: Path | None, command: list[str]) -> None:
-    from . import model, peers, report
+def _stages(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
+            budget_s: float, build: Path) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The run's measurements in order, one lutlm package or one peer at a time, so that a run
+    stopped part way keeps every stage it finished."""
+    from . import model, peers
 
-    pkgs = packages(source, variants, build)
-    rows: list[dict[str, Any]] = []
-    if "lutlm-native" in systems:
-        rows += model.run([str(p) for p in pkgs], sizes, new_tokens, reps)
-    if "lutlm-browser" in systems:
-        rows += model.run_browser([str(p) for p in pkgs], sizes, new_tokens, reps)
+    for system, run in (("lutlm-native", model.run), ("lutlm-browser", model.run_browser)):
+        if system in systems:
+            yield from (partial(run, [str(p)], sizes, new_tokens, reps) for p in pkgs)
     manifest, texts = model.package_prompts(str(pkgs[0]), sizes)
     chats = [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()]
     gguf = Path(manifest.get("source", ""))
@@ -97,9 +99,32 @@ def main(source: str, variants: list[str], systems: list[str], sizes: list[int],
         print(f"wllama, llama.cpp: skipped: {source} is not a GGUF file", file=sys.stderr)
     elif gguf.suffix == ".gguf":
         if "wllama" in systems:
-            rows += peers.run_wllama(gguf, chats, new_tokens, reps)
+            yield partial(peers.run_wllama, gguf, chats, new_tokens, reps)
         if "llama.cpp" in systems:
-            rows += peers.run_llama_cpp(gguf, chats, new_tokens, reps, manifest["eos_ids"])
+            yield partial(peers.run_llama_cpp, gguf, chats, new_tokens, reps, manifest["eos_ids"])
     if "transformers.js" in systems:
-        rows += peers.run_transformers(exports(source, build), chats, new_tokens, reps, budget_s)
+        yield lambda: peers.run_transformers(exports(source, build), chats, new_tokens, reps, budget_s)
+
+
+def main(source: str, variants: list[str], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
+         budget_s: float, build: Path, json_path: Path | None, out_dir: Path | None, command: list[str]) -> None:
+    """Measure every stage, then write the report. Stopped by Ctrl-C or SIGTERM (a run of every
+    system takes hours on a slow machine), it writes the rows of the stages it finished, marked as
+    a stopped run, and exits 130."""
+    from . import report
+
+    pkgs = packages(source, variants, build)
+    rows: list[dict[str, Any]] = []
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for stage in _stages(source, pkgs, systems, sizes, new_tokens, reps, budget_s, build):
+            rows += stage()
+    except KeyboardInterrupt:
+        if rows:
+            print(f"\nbench: stopped; writing what was measured before that ({len(rows)} row{'s' * (len(rows) != 1)})",
+                  file=sys.stderr)
+            report.write(rows, json_path, out_dir, command, stopped=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     report.write(rows, json_path, out_dir, command)

@@ -6,6 +6,7 @@ executors run the same workload and report it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,8 @@ def test_bench_suite_keeps_other_models_out_of_the_published_results():
 ROW_KEYS = {"system", "variant", "where", "load_s", "ttft_s", "prefill_tps", "decode_tps", "samples", "range"}
 
 
-def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
-    """`lutlm bench` end to end on a tiny GGUF: lutlm native and browser and transformers.js
-    (WebGPU, wasm) in the same run; JSON with machine info and samples, Markdown, PNG. (wllama's
-    llama.cpp aborts in its chat-template code on this tiny vocabulary; it runs on SmolLM2.)"""
+def _tiny_chat_gguf(tmp_path: Path) -> Path:
+    """A tiny GGUF with a ChatML template, which `lutlm bench` can compile and chat with."""
     from tiny_llama import CONFIG, write_gguf, write_hf_folder
 
     weights = write_hf_folder(tmp_path / "hf")
@@ -84,6 +83,44 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
     gguf = tmp_path / "tiny.gguf"
     write_gguf(gguf, weights, CONFIG, json.loads((tmp_path / "hf" / "tokenizer.json").read_text()),
                chat_template=template)
+    return gguf
+
+
+def test_bench_suite_stopped_keeps_the_stages_it_finished(tmp_path, monkeypatch, capsys):
+    """SIGTERM (or Ctrl-C) in the middle of a run: the packages already measured are written, marked
+    as a stopped run, the exit code is 130, and the signal's handler is given back."""
+    import signal
+
+    from lutlm_bench import model
+
+    measured = []
+    real_run = model.run
+
+    def run_then_stop(packages, *args):
+        if measured:  # the second package: stopped as `kill PID` would stop it
+            os.kill(os.getpid(), signal.SIGTERM)
+        measured.append(packages[0])
+        return real_run(packages, *args)
+
+    monkeypatch.setattr(model, "run", run_then_stop)
+    handler = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "results"
+    argv = ["bench", "--source", str(_tiny_chat_gguf(tmp_path)), "--variants", "q4-lut,q2-lut", "--systems",
+            "lutlm-native", "--prompts", "8", "--new-tokens", "2", "--reps", "1", "--build", str(tmp_path / "build"),
+            "--out", str(out)]
+    assert main(argv) == 130
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert "writing what was measured before that (1 row)" in capsys.readouterr().err
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["stopped"] is True and [r["variant"].split()[0] for r in doc["rows"]] == ["4-bit"]
+    assert "stopped before the end" in (out / "bench.md").read_text()
+
+
+def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
+    """`lutlm bench` end to end on a tiny GGUF: lutlm native and browser and transformers.js
+    (WebGPU, wasm) in the same run; JSON with machine info and samples, Markdown, PNG. (wllama's
+    llama.cpp aborts in its chat-template code on this tiny vocabulary; it runs on SmolLM2.)"""
+    gguf = _tiny_chat_gguf(tmp_path)
     out = tmp_path / "results"
     argv = ["bench", "--source", str(gguf), "--variants", "q4-lut,q2-lut",
             "--systems", "lutlm-native,lutlm-browser,transformers.js", "--prompts", "8",
