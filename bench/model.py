@@ -13,6 +13,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def package_prompts(package: str, sizes: list[int]) -> tuple[dict[str, Any], dic
     return manifest, prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
 
 
-def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
+def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> Iterator[dict[str, Any]]:
+    """The workload natively, one row per package and prompt as each is measured."""
     import gc
 
     from runtime_py.api import LutLM
@@ -89,7 +91,6 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> li
 
     backend = WgpuBackend()
     adapter = f"{backend.info['device']}, {backend.info['description']}"
-    rows = []
     for pkg in packages:
         loads = []
         for _ in range(2):  # the first read of the files in this run, then again (page cache warm)
@@ -104,22 +105,20 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> li
         name = variant(llm.engine.manifest.data, Path(pkg).name)
         for size, (_, prompt) in prompts(llm.tokenizer, llm.template, sizes).items():
             samples = [asyncio.run(_one(llm, prompt, new_tokens)) for _ in range(reps)]
-            rows.append(row("lutlm", name, "native", len(prompt), new_tokens, loads[0], samples, adapter=adapter,
-                            warm_load_s=round(loads[1], 3), gpu_bytes=gpu_bytes))
-    return rows
+            yield row("lutlm", name, "native", len(prompt), new_tokens, loads[0], samples, adapter=adapter,
+                      warm_load_s=round(loads[1], 3), gpu_bytes=gpu_bytes)
 
 
-def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> list[dict[str, Any]]:
+def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> Iterator[dict[str, Any]]:
     """The same workload through the web app in headless Chromium (SwiftShader WebGPU): a cold
     load (download into the Cache API) and the chats, then a warm load in the browser started again
-    on the same profile."""
+    on the same profile; a package's rows as soon as it is measured."""
     import tempfile
 
     from lutlm import webapp
 
     from .browser import AppPage, chromium, memory_bytes
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="lutlm-bench-web-") as tmp, \
             tempfile.TemporaryDirectory(prefix="lutlm-bench-profiles-") as profiles, \
             webapp.serving(webapp.build(Path(tmp), [Path(p) for p in packages])) as url:
@@ -149,10 +148,9 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
             with chromium(offsite, profile=profile) as context:
                 warm_s = AppPage(context.new_page(), url).load(name)
             for ids, samples in measured:
-                rows.append(row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s,
-                                samples, adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
-                                memory_bytes=memory, wasm_bytes=wasm, offsite_requests=len(offsite)))
-    return rows
+                yield row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s, samples,
+                          adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
+                          memory_bytes=memory, wasm_bytes=wasm, offsite_requests=len(offsite))
 
 
 def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json_path: str | None,

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,42 +82,44 @@ def parse_list(value: str, allowed: tuple[str, ...] | dict[str, Any], what: str)
     return items
 
 
-def _stages(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
-            budget_s: float, build: Path) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """The run's measurements in order, one lutlm package or one peer at a time, so that a run
-    stopped part way keeps every stage it finished."""
+def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
+          budget_s: float, build: Path) -> Iterator[dict[str, Any]]:
+    """The run's rows in order, each as soon as it is measured (a lutlm package's, a peer's), so
+    that a run stopped part way keeps everything it finished."""
     from . import model, peers
 
-    for system, run in (("lutlm-native", model.run), ("lutlm-browser", model.run_browser)):
-        if system in systems:
-            yield from (partial(run, [str(p)], sizes, new_tokens, reps) for p in pkgs)
-    manifest, texts = model.package_prompts(str(pkgs[0]), sizes)
+    paths = [str(p) for p in pkgs]
+    if "lutlm-native" in systems:
+        yield from model.run(paths, sizes, new_tokens, reps)
+    if "lutlm-browser" in systems:
+        yield from model.run_browser(paths, sizes, new_tokens, reps)
+    manifest, texts = model.package_prompts(paths[0], sizes)
     chats = [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()]
     gguf = Path(manifest.get("source", ""))
     if {"wllama", "llama.cpp"} & set(systems) and gguf.suffix != ".gguf":
         print(f"wllama, llama.cpp: skipped: {source} is not a GGUF file", file=sys.stderr)
     elif gguf.suffix == ".gguf":
         if "wllama" in systems:
-            yield partial(peers.run_wllama, gguf, chats, new_tokens, reps)
+            yield from peers.run_wllama(gguf, chats, new_tokens, reps)
         if "llama.cpp" in systems:
-            yield partial(peers.run_llama_cpp, gguf, chats, new_tokens, reps, manifest["eos_ids"])
+            yield from peers.run_llama_cpp(gguf, chats, new_tokens, reps, manifest["eos_ids"])
     if "transformers.js" in systems:
-        yield lambda: peers.run_transformers(exports(source, build), chats, new_tokens, reps, budget_s)
+        yield from peers.run_transformers(exports(source, build), chats, new_tokens, reps, budget_s)
 
 
 def main(source: str, variants: list[str], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
          budget_s: float, build: Path, json_path: Path | None, out_dir: Path | None, command: list[str]) -> None:
-    """Measure every stage, then write the report. Stopped by Ctrl-C or SIGTERM (a run of every
-    system takes hours on a slow machine), it writes the rows of the stages it finished, marked as
-    a stopped run, and exits 130."""
+    """Measure everything, then write the report. Stopped by Ctrl-C or SIGTERM (a run of every
+    system takes hours on a slow machine), it writes the rows it finished, marked as a stopped run,
+    and exits 130."""
     from . import report
 
     pkgs = packages(source, variants, build)
     rows: list[dict[str, Any]] = []
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for stage in _stages(source, pkgs, systems, sizes, new_tokens, reps, budget_s, build):
-            rows += stage()
+        for row in _rows(source, pkgs, systems, sizes, new_tokens, reps, budget_s, build):
+            rows.append(row)
     except KeyboardInterrupt:
         if rows:
             print(f"\nbench: stopped; writing what was measured before that ({len(rows)} row{'s' * (len(rows) != 1)})",

@@ -87,20 +87,19 @@ def _tiny_chat_gguf(tmp_path: Path) -> Path:
 
 
 def test_bench_suite_stopped_keeps_the_stages_it_finished(tmp_path, monkeypatch, capsys):
-    """SIGTERM (or Ctrl-C) in the middle of a run: the packages already measured are written, marked
+    """SIGTERM (or Ctrl-C) in the middle of a run: the rows already measured are written, marked
     as a stopped run, the exit code is 130, and the signal's handler is given back."""
     import signal
 
     from lutlm_bench import model
 
-    measured = []
     real_run = model.run
 
     def run_then_stop(packages, *args):
-        if measured:  # the second package: stopped as `kill PID` would stop it
-            os.kill(os.getpid(), signal.SIGTERM)
-        measured.append(packages[0])
-        return real_run(packages, *args)
+        for i, row in enumerate(real_run(packages, *args)):
+            if i:  # the second package's row: stopped as `kill PID` would stop it
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield row
 
     monkeypatch.setattr(model, "run", run_then_stop)
     handler = signal.getsignal(signal.SIGTERM)
