@@ -1,7 +1,8 @@
 """The browser path end to end, in headless Chromium (SwiftShader WebGPU): the built app loads a
 package into Pyodide + runtime_py in a Web Worker, keeps it in the Cache API, works offline after
 one visit, shows model output as text, stops on request, refuses a second prompt while busy,
-repairs a damaged cached shard, and never sends a request beyond 127.0.0.1."""
+repairs a damaged cached shard, loads again after losing its GPU device, and never sends a
+request beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -140,3 +141,33 @@ def test_clear_screens_for_no_webgpu_and_another_format(site):
         page = context.new_page()
         with pytest.raises(RuntimeError, match="version 2; this app reads lutlm-package version 1"):
             AppPage(page, url).load("future-format", timeout_s=120)
+
+
+def test_device_loss_then_load_again(site, native_text):
+    """A lost GPU device (here destroyed from the worker, as the browser does when it resets the
+    GPU) gets the lost screen with the chat disabled; Load brings the model back on a new device
+    and it answers as before."""
+    url, _ = site
+    with chromium() as context:
+        page = context.new_page()
+        page.goto(url, wait_until="commit")
+        page.wait_for_selector("#model option", state="attached")
+        page.workers[0].evaluate("""(() => {  // keep a handle on each device the app creates
+            const request = GPUAdapter.prototype.requestDevice;
+            GPUAdapter.prototype.requestDevice = async function (...args) {
+                const device = await request.apply(this, args);
+                self.testDevices = (self.testDevices || []).concat([device]);
+                return device;
+            };
+        })()""")
+        page.click("#load")
+        page.wait_for_function("document.body.dataset.state === 'ready'", timeout=120_000)
+        page.workers[0].evaluate("self.testDevices.at(-1).destroy()")
+        page.wait_for_function("document.body.dataset.state === 'lost'", timeout=30_000)
+        assert "The GPU device was lost" in page.locator(".error").last.text_content()
+        assert page.is_disabled("#send") and page.is_disabled("#prompt") and page.is_enabled("#load")
+        page.click("#load")
+        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#log")
+        assert page.workers[0].evaluate("self.testDevices.length") == 2
+        assert ask(page, PROMPT) == native_text
