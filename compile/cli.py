@@ -251,7 +251,7 @@ def _quantized_source(args: argparse.Namespace):
 
         ckpt, quantized = store.read(path)
         manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
-        keys = ("method", "bits", "group", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
+        keys = ("method", "bits", "group", "scale_bits", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
                 "seconds")
         return ckpt, quantized, {"from": str(path), **{k: manifest[k] for k in keys if k in manifest}}
     return _quantize(args)
@@ -266,7 +266,7 @@ def _quantize(args: argparse.Namespace):
     tune = None
     if args.tune:
         tune = TuneOptions(args.tune) if args.tune_lr is None else TuneOptions(args.tune, args.tune_lr)
-    req = Request(bits=args.bits, group=args.group, method=args.method, budget=args.budget,
+    req = Request(bits=args.bits, group=args.group, scale_bits=args.scale_bits, method=args.method, budget=args.budget,
                   embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
                   window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order), tune=tune)
     req.validate()
@@ -361,6 +361,8 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
                    help="4, 3, 2, t (ternary) or mixed" + ("" if required else " (default 4)"))
     p.add_argument("--budget", type=float, help="bits per weight of the linear layers, scales included (mixed)")
     p.add_argument("--group", type=int, default=32, help="weights per scale/minimum group (default 32)")
+    p.add_argument("--scale-bits", type=int, default=16,
+                   help="16: f16 scale and minimum per group (default); 8: 8-bit codes times an f16 step per row")
     p.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
     p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
     p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")

@@ -50,6 +50,10 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
                if n not in quantized]
     if missing:
         raise LutlmError(f"not quantised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    unsupported = sorted({q.spec.name for q in quantized.values() if q.spec.group % 32 or q.spec.scale_bits != 16})
+    if unsupported:
+        raise LutlmError(f"the GPU kernels read groups of 32 or more with f16 scales, not {', '.join(unsupported)}; "
+                         "such a checkpoint can be evaluated (lutlm eval ppl) but not compiled yet")
     weights: dict[str, QTensor] = {"token_embd.weight": quantized["token_embd.weight"]}
     head = "output.weight" if "output.weight" in quantized else "token_embd.weight"
     weights[head] = quantized[head]

@@ -131,6 +131,9 @@ def test_mixed_allocation_respects_the_budget_and_follows_sensitivity():
     ({"bits": "3", "tune": TuneOptions(epochs=0)}, "at least 1 epoch"),
     ({"bits": "3", "tune": TuneOptions(lr=-1.0)}, "positive learning rate"),
     ({"bits": "3", "tune": TuneOptions(top_k=0)}, "top k"),
+    ({"bits": "3", "scale_bits": 7}, "scale bits must be"),
+    ({"bits": "t", "scale_bits": 8}, "asymmetric groups"),
+    ({"bits": "mixed", "budget": 3.0, "scale_bits": 8}, "single bit width"),
 ])
 def test_bad_requests(kwargs, message):
     with pytest.raises(LutlmError, match=message):
@@ -147,10 +150,12 @@ def test_empty_calibration_text():
         calibration_windows({"empty": ""}, lambda text: [], 4, 512)
 
 
-def test_store_round_trip_of_gptq_codes(tmp_path, checkpoint):
-    """GPTQ's act-order leaves codes in a permuted memory layout; the file must still hold them right."""
+@pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(3, 16, scale_bits=8)])
+def test_store_round_trip_of_gptq_codes(tmp_path, checkpoint, spec):
+    """GPTQ's act-order leaves codes in a permuted memory layout; the file must still hold them right,
+    and 8-bit scales must come back as the same values."""
     w, x, h = _layer(k=576, n=64)
-    q = gptq_quantize(w, h, QuantSpec(3, 32))
+    q = gptq_quantize(w, h, spec)
     assert not q.codes.flags["C_CONTIGUOUS"]
     planes = pack_bitplanes(q.codes, 3)
     assert planes.flags["C_CONTIGUOUS"]
@@ -159,6 +164,33 @@ def test_store_round_trip_of_gptq_codes(tmp_path, checkpoint):
     store.write(tmp_path / "q", small, {name: q}, {})
     _, back = store.read(tmp_path / "q")
     np.testing.assert_array_equal(back[name].codes, q.codes)
+    np.testing.assert_array_equal(back[name].dequantize(), q.dequantize())
+    assert back[name].spec == spec
+
+
+def test_8bit_scales_stay_on_their_row_grid_and_cost_little():
+    """Scales and minimums are 8-bit codes times an f16 step per row (minimums at most 0), and GPTQ
+    with them loses little to f16 scales in the same groups and still beats RTN."""
+    w, x, h = _layer()
+    err = lambda q: float(np.mean(((q.dequantize() - w) @ x.T) ** 2))  # noqa: E731
+    d8 = gptq_quantize(w, h, QuantSpec(3, 16, scale_bits=8))
+    assert d8.steps.shape == (64, 2) and d8.steps.dtype == np.float16
+    steps = d8.steps.astype(np.float32)
+    for values, step in ((d8.scale, steps[:, :1]), (-d8.minimum, steps[:, 1:])):
+        codes = values / step
+        np.testing.assert_array_equal(codes, np.clip(np.rint(codes), 0, 255))
+    assert err(d8) < 1.1 * err(gptq_quantize(w, h, QuantSpec(3, 16)))
+    assert err(d8) < 0.8 * err(quantize_rtn(w, QuantSpec(3, 16, scale_bits=8)))
+    assert QuantSpec(3, 16, scale_bits=8).bpw_for(576) == pytest.approx(3 + 16 / 16 + 32 / 576)
+    assert QuantSpec(3, 16, scale_bits=8).name == "q3g16d8"
+
+
+def test_compile_refuses_formats_the_kernels_cannot_read(checkpoint):
+    from lutlm.package import gpu_tensors
+
+    quantized, _ = quantize(checkpoint, Request(bits="3", group=16, scale_bits=8, method="rtn"), None)
+    with pytest.raises(LutlmError, match="not compiled yet"):
+        gpu_tensors(checkpoint, quantized)
 
 
 def test_q4_1_requantisation_is_lossless(checkpoint, tmp_path):

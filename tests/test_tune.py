@@ -86,7 +86,8 @@ def test_top_k_loss_stays_bounded_when_the_model_is_sure():
     np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-6)  # the probabilities' gradients balance
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(2, 32, ternary=True), QuantSpec(8, 32, symmetric=True)])
+@pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(2, 32, ternary=True), QuantSpec(8, 32, symmetric=True),
+                                  QuantSpec(3, 16, scale_bits=8)])
 def test_untrained_groups_rebuild_the_stored_weight(spec):
     w = np.random.default_rng(2).normal(0, 0.2, (8, 64)).astype(np.float32)
     q = quantize_rtn(w, spec)
@@ -98,12 +99,13 @@ def test_untrained_groups_rebuild_the_stored_weight(spec):
     np.testing.assert_array_equal(back.minimum, q.minimum)
 
 
-def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text():
+@pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(3, 16, scale_bits=8)])
+def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text(spec):
     source = _model()
     rng = np.random.default_rng(3)
     train = [list(rng.integers(0, V, 64)) for _ in range(48)]  # enough tokens not to overfit ~4 K parameters
     held_out = [list(rng.integers(0, V, 64)) for _ in range(4)]
-    quantized = {n: quantize_rtn(w, QuantSpec(3, 32)) for n, w in source.w.items()
+    quantized = {n: quantize_rtn(w, spec) for n, w in source.w.items()
                  if n.startswith("blk.") and not n.endswith("norm.weight")}
     student = Reference(Checkpoint(CONFIG, dict(source.w) | {n: q.dequantize() for n, q in quantized.items()}, {}))
 
@@ -119,7 +121,13 @@ def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text():
     assert set(tuned) == set(quantized)
     for name, q in tuned.items():
         np.testing.assert_array_equal(q.codes, quantized[name].codes)
-        assert q.scale.dtype == np.float16 and q.minimum.dtype == np.float16
+        if spec.scale_bits == 16:
+            assert q.scale.dtype == np.float16 and q.minimum.dtype == np.float16
+        else:  # still on the tensor's 8-bit grid: whole multiples (0..255) of its row steps
+            np.testing.assert_array_equal(q.steps, quantized[name].steps)
+            for values, step in ((q.scale, q.steps[:, :1]), (-q.minimum, q.steps[:, 1:])):
+                codes = values / step.astype(np.float32)
+                np.testing.assert_array_equal(codes, np.clip(np.rint(codes), 0, 255))
         np.testing.assert_array_equal(student.w[name], q.dequantize())  # the model holds what is stored
 
 

@@ -6,6 +6,12 @@ a float minimum rather than an integer zero point, so requantising Q4_1 weights 
 Symmetric groups (8-bit embeddings) put the minimum at -2^(b-1) * scale, which makes
 requantising llama.cpp's Q8_0 exact. Ternary groups store q in {0, 1, 2} with one f16 scale and
 w = (q - 1) * scale (BitNet b1.58's {-1, 0, +1} times an absmean scale); two bit-planes.
+
+With `scale_bits` 8 (llama.cpp's k-quants do the same at 6), a group's scale and minimum are
+8-bit codes times one f16 step per row each: scale = a * step_s, minimum = -b * step_m (a, b in
+0..255, so minimums are at most 0). That halves the 32 bits a group's f16 pair costs, which is
+what makes groups of 16 affordable: 3-bit codes in groups of 16 cost 4.06 bits per weight, those
+in groups of 32 with f16 pairs 4.0, and measure much better (README).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import numpy as np
 from ..errors import LutlmError
 
 BITS = (2, 3, 4, 8)
-GROUPS = (32, 64, 96, 128, 192, 256)  # multiples of 32: bit-plane words never straddle groups
+GROUPS = (16, 32, 64, 96, 128, 192, 256)
+SCALE_BITS = (16, 8)  # f16 per group, or 8-bit codes times an f16 step per row
+STEP_CODES = 255
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class QuantSpec:
     group: int
     ternary: bool = False
     symmetric: bool = False  # absmax grid centred on 0 (Q8_0-style); the minimum is -2^(b-1) * scale
+    scale_bits: int = 16
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
@@ -34,13 +43,17 @@ class QuantSpec:
             raise LutlmError(f"group size must be one of {', '.join(map(str, GROUPS))}, not {self.group}")
         if self.ternary and (self.bits != 2 or self.symmetric):
             raise LutlmError("ternary weights are stored in 2 bit-planes")
+        if self.scale_bits not in SCALE_BITS:
+            raise LutlmError(f"scale bits must be 16 (f16) or 8 (8-bit codes times a step per row), not {self.scale_bits}")
+        if self.scale_bits == 8 and (self.ternary or self.symmetric):
+            raise LutlmError("8-bit scales are for asymmetric groups (scale and minimum), not ternary or symmetric ones")
 
     @classmethod
-    def parse(cls, bits: str | int, group: int) -> "QuantSpec":
+    def parse(cls, bits: str | int, group: int, scale_bits: int = 16) -> "QuantSpec":
         if str(bits) == "t":
-            return cls(2, group, ternary=True)
+            return cls(2, group, ternary=True, scale_bits=scale_bits)
         try:
-            return cls(int(bits), group)
+            return cls(int(bits), group, scale_bits=scale_bits)
         except ValueError:
             raise LutlmError(f"bits must be 2, 3, 4, 8 or t, not {bits!r}") from None
 
@@ -50,12 +63,17 @@ class QuantSpec:
 
     @property
     def bpw(self) -> float:
-        """Bits per weight including the f16 scale (and f16 minimum unless ternary)."""
-        return self.bits + (16 if self.ternary else 32) / self.group
+        """Bits per weight including the group's scale (and minimum unless ternary); 8-bit scales'
+        two f16 steps per row add 32 / columns more, which `bpw_for` counts."""
+        return self.bits + (16 if self.ternary else 2 * self.scale_bits) / self.group
+
+    def bpw_for(self, cols: int) -> float:
+        return self.bpw + (32 / cols if self.scale_bits == 8 else 0.0)
 
     @property
     def name(self) -> str:
-        return f"{'t' if self.ternary else ('s' if self.symmetric else 'q') + str(self.bits)}g{self.group}"
+        kind = "t" if self.ternary else ("s" if self.symmetric else "q") + str(self.bits)
+        return f"{kind}g{self.group}" + ("d8" if self.scale_bits == 8 else "")
 
     def check_shape(self, shape: tuple[int, ...], tensor: str = "tensor") -> None:
         if len(shape) != 2 or shape[1] % self.group or shape[1] % 32:
@@ -65,12 +83,14 @@ class QuantSpec:
 
 @dataclass
 class QTensor:
-    """Codes (rows, cols) uint8 and per-group f16 scale and minimum (rows, cols / group)."""
+    """Codes (rows, cols) uint8 and per-group scale and minimum (rows, cols / group): f16, or with
+    8-bit scales f32 values that are exactly code * step, the steps in `steps` (rows, 2) f16."""
 
     spec: QuantSpec
     codes: np.ndarray
     scale: np.ndarray
     minimum: np.ndarray
+    steps: np.ndarray | None = None
 
     def dequantize(self) -> np.ndarray:
         rows, cols = self.codes.shape
@@ -79,6 +99,45 @@ class QTensor:
         d = self.scale.astype(np.float32)[..., None]
         m = self.minimum.astype(np.float32)[..., None]
         return (d * q + m).reshape(rows, cols)
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """The f16 steps of one tensor's 8-bit scales and minimums, one pair per row (rows,) each."""
+
+    scale_step: np.ndarray
+    min_step: np.ndarray
+
+    @classmethod
+    def fit(cls, scale: np.ndarray, minimum: np.ndarray) -> "StepGrid":
+        """Steps that reach the largest scale and the most negative minimum of each row (rows, groups)."""
+        def step(top: np.ndarray) -> np.ndarray:
+            s = (top / STEP_CODES).astype(np.float16)
+            s = np.where(s.astype(np.float32) * STEP_CODES < top, np.nextafter(s, np.float16(np.inf)), s)
+            return s.astype(np.float32)
+        return cls(step(np.max(scale, axis=-1).astype(np.float32)),
+                   step(np.max(-np.minimum(minimum, 0), axis=-1).astype(np.float32)))
+
+    def snap(self, scale: np.ndarray, minimum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest representable scale and minimum; arrays (rows,) or (rows, groups)."""
+        extra = (None,) * (scale.ndim - 1)
+        ds, dm = self.scale_step[(...,) + extra], self.min_step[(...,) + extra]
+        a = np.clip(np.rint(scale / np.where(ds == 0, 1, ds)), 0, STEP_CODES)
+        b = np.clip(np.rint(-minimum / np.where(dm == 0, 1, dm)), 0, STEP_CODES)
+        return (a * ds).astype(np.float32), (-b * dm).astype(np.float32)
+
+    def codes(self, scale: np.ndarray, minimum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 8-bit codes of snapped (rows, groups) scales and minimums."""
+        def code(v: np.ndarray, d: np.ndarray) -> np.ndarray:
+            return np.rint(v / np.where(d == 0, 1, d)[:, None]).astype(np.uint8)
+        return code(scale, self.scale_step), code(-minimum, self.min_step)
+
+    def array(self) -> np.ndarray:
+        return np.stack([self.scale_step, self.min_step], axis=1).astype(np.float16)
+
+    @classmethod
+    def of(cls, steps: np.ndarray) -> "StepGrid":
+        return cls(steps[:, 0].astype(np.float32), steps[:, 1].astype(np.float32))
 
 
 def grid_params(w: np.ndarray, spec: QuantSpec, clip: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -102,19 +161,22 @@ CLIP_CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 TERNARY_SCALE_CANDIDATES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.7)  # multiples of the absmean
 
 
-def search_grid(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_grid(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None,
+                grid: StepGrid | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scale/minimum per row of one group `w` (rows, group) minimising importance-weighted error.
 
     For each candidate range, codes are rounded, then scale and minimum are refitted to those
     codes by weighted least squares (as llama.cpp's k-quants and imatrix do), and the best fit
-    after f16 rounding wins. `importance` (group,) is typically the Hessian diagonal.
+    after rounding to what is stored (f16, or `grid` for 8-bit scales) wins. `importance`
+    (group,) is typically the Hessian diagonal.
     """
+    store = grid.snap if grid is not None else lambda s, m: (s.astype(np.float16), m.astype(np.float16))
     w = w.astype(np.float32)
     h = np.ones(w.shape[1], np.float32) if importance is None else importance.astype(np.float32) + 1e-12
     best_err = np.full(w.shape[0], np.inf, np.float32)
-    best = grid_params(w, spec)
+    best = store(*grid_params(w, spec))
     for clip in TERNARY_SCALE_CANDIDATES if spec.ternary else CLIP_CANDIDATES:
-        scale, minimum = grid_params(w, spec, clip)
+        scale, minimum = store(*grid_params(w, spec, clip))
         q = quantize_to_grid(w, scale[:, None], minimum[:, None], spec.qmax).astype(np.float32)
         if spec.ternary:
             t = q - 1
@@ -130,7 +192,7 @@ def search_grid(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = 
             safe = np.where(ok, det, 1)
             s = np.where(ok, (c * y1 - b * y2) / safe, scale)
             m = np.where(ok, (a * y2 - b * y1) / safe, minimum)
-            scale, minimum = np.maximum(s, 0).astype(np.float16), m.astype(np.float16)
+            scale, minimum = store(np.maximum(s, 0), m)
         q = quantize_to_grid(w, scale[:, None], minimum[:, None], spec.qmax)
         deq = q * scale.astype(np.float32)[:, None] + minimum.astype(np.float32)[:, None]
         err = (h * (deq - w) ** 2).sum(axis=1)
@@ -155,5 +217,10 @@ def quantize_rtn(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> QTenso
     rows, cols = w.shape
     groups = w.astype(np.float32).reshape(rows, cols // spec.group, spec.group)
     scale, minimum = grid_params(groups, spec)
+    steps = None
+    if spec.scale_bits == 8:
+        grid = StepGrid.fit(scale, minimum)
+        scale, minimum = grid.snap(scale.astype(np.float32), np.minimum(minimum.astype(np.float32), 0))
+        steps = grid.array()
     codes = quantize_to_grid(groups, scale[..., None], minimum[..., None], spec.qmax)
-    return QTensor(spec, codes.reshape(rows, cols), scale, minimum)
+    return QTensor(spec, codes.reshape(rows, cols), scale, minimum, steps)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LutlmError
-from .format import QTensor, QuantSpec, grid_params, quantize_to_grid, search_grid
+from .format import QTensor, QuantSpec, StepGrid, grid_params, quantize_to_grid, search_grid
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,12 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, spec: QuantSpec,
         raise LutlmError(f"{name}: the calibration Hessian is not positive definite; raise the damping") from None
 
     n_groups = cols // g
-    scale = np.zeros((rows, n_groups), np.float16)
-    minimum = np.zeros((rows, n_groups), np.float16)
+    grid = None
+    if spec.scale_bits == 8:  # each row's steps reach its min-max range before any error is folded in
+        grid = StepGrid.fit(*grid_params(weight.astype(np.float32).reshape(rows, n_groups, g), spec))
+    dtype = np.float16 if grid is None else np.float32
+    scale = np.zeros((rows, n_groups), dtype)
+    minimum = np.zeros((rows, n_groups), dtype)
     ready = np.zeros(n_groups, bool)
     codes = np.zeros((rows, cols), np.uint8)
     for b0 in range(0, cols, options.block):
@@ -83,9 +87,10 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, spec: QuantSpec,
                 values[:, inside] = wb[:, pos[inside] - b0]
                 values[:, ~inside] = w[:, pos[~inside]]
                 if options.grid_search:
-                    params = search_grid(values, spec, np.diag(h)[pos])
+                    params = search_grid(values, spec, np.diag(h)[pos], grid)
                 else:
                     params = grid_params(values.astype(np.float32), spec)
+                    params = params if grid is None else grid.snap(*params)
                 scale[:, grp], minimum[:, grp] = params
                 ready[grp] = True
             d = scale[:, grp].astype(np.float32)
@@ -97,4 +102,4 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, spec: QuantSpec,
             wb[:, i:] -= np.outer(err, hb[i, i:])
             errs[:, i] = err
         w[:, b1:] -= errs @ hinv[b0:b1, b1:]
-    return QTensor(spec, codes[:, inv_perm], scale, minimum)
+    return QTensor(spec, codes[:, inv_perm], scale, minimum, None if grid is None else grid.array())

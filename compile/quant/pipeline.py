@@ -24,6 +24,7 @@ EMBEDDINGS = ("token_embd.weight", "output.weight")
 class Request:
     bits: str  # "4", "3", "2", "t" or "mixed"
     group: int = 32
+    scale_bits: int = 16  # 8: scales and minimums as 8-bit codes times an f16 step per row
     method: str = "gptq"
     budget: float | None = None
     embed_bits: int = 8
@@ -37,12 +38,14 @@ class Request:
         if self.method not in ("rtn", "gptq"):
             raise LutlmError(f"method must be rtn or gptq, not {self.method!r}")
         if self.bits == "mixed":
+            if self.scale_bits != 16:
+                raise LutlmError("--scale-bits 8 is for a single bit width; mixed precision chooses among f16-scale formats")
             if self.budget is None:
                 raise LutlmError("--bits mixed needs --budget BPW (bits per weight, scales included)")
         elif self.budget is not None:
             raise LutlmError("--budget applies to --bits mixed only")
         else:
-            QuantSpec.parse(self.bits, self.group)
+            QuantSpec.parse(self.bits, self.group, self.scale_bits)
         if self.embed_bits not in (4, 8):
             raise LutlmError(f"--embed-bits must be 4 or 8, not {self.embed_bits}")
         if self.calib_windows < 1:
@@ -63,8 +66,9 @@ def linear_names(ckpt: Checkpoint) -> list[str]:
 
 
 def bits_per_weight(specs: dict[str, QuantSpec], ckpt: Checkpoint) -> float:
-    sizes = {name: ckpt.tensors[name].size for name in specs}
-    return sum(specs[n].bpw * sizes[n] for n in specs) / sum(sizes.values())
+    shapes = {name: ckpt.tensors[name].shape for name in specs}
+    bits = sum(specs[n].bpw_for(shapes[n][1]) * shapes[n][0] * shapes[n][1] for n in specs)
+    return bits / sum(rows * cols for rows, cols in shapes.values())
 
 
 def calibration_windows(texts: dict[str, str], encode: Callable[[str], list[int]], count: int,
@@ -103,7 +107,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         sens = measure(model, names, calib[0][: min(256, len(calib[0]))], req.budget, progress=log)
         plan = allocate(sens, req.budget)
     else:
-        spec = QuantSpec.parse(req.bits, req.group)
+        spec = QuantSpec.parse(req.bits, req.group, req.scale_bits)
         for name in names:
             spec.check_shape(model.w[name].shape, name)
         plan = {name: spec for name in names}
@@ -126,6 +130,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
     emb = {n: out[n].spec for n in EMBEDDINGS if n in out}
     info = {
         "method": req.method, "bits": req.bits, "group": req.group if req.bits != "mixed" else None,
+        "scale_bits": req.scale_bits,
         "budget": req.budget, "embed_bits": req.embed_bits,
         "calibration": None if not req.needs_calibration else
         {"texts": req.calib_texts, "windows": len(calib or []), "window": req.window,

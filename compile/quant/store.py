@@ -2,7 +2,9 @@
 
     quantized.json       format and version, model config, per-tensor spec, method and statistics
     tokenizer.json       Hugging Face format, as the runtime reads it
-    weights.safetensors  NAME.planes (u32 bit-planes), NAME.scale / NAME.min (f16), norms as f32
+    weights.safetensors  NAME.planes (u32 bit-planes), NAME.scale / NAME.min (f16; with 8-bit
+                         scales u8 codes of scale and -minimum and NAME.steps, (rows, 2) f16),
+                         norms as f32
 
 Codes are stored in the bit-plane layout the LUT kernels read, so file size follows bits per weight.
 """
@@ -19,7 +21,7 @@ import numpy as np
 from ..atomic import replacing
 from ..checkpoint import Checkpoint, ModelConfig
 from ..errors import LutlmError
-from .format import QTensor, QuantSpec
+from .format import QTensor, QuantSpec, StepGrid
 from .packing import pack_bitplanes, unpack_bitplanes
 
 FORMAT = "lutlm-quantized"
@@ -53,12 +55,16 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
                 tensors[name] = {"kind": "float", "shape": list(value.shape)}
                 continue
             arrays[name + ".planes"] = pack_bitplanes(q.codes, q.spec.bits)
-            arrays[name + ".scale"] = q.scale
-            if not q.spec.ternary:
-                arrays[name + ".min"] = q.minimum
+            if q.steps is not None:
+                arrays[name + ".scale"], arrays[name + ".min"] = StepGrid.of(q.steps).codes(q.scale, q.minimum)
+                arrays[name + ".steps"] = q.steps
+            else:
+                arrays[name + ".scale"] = q.scale
+                if not q.spec.ternary:
+                    arrays[name + ".min"] = q.minimum
             tensors[name] = {"kind": "quantized", "shape": list(q.codes.shape), "bits": q.spec.bits,
                              "group": q.spec.group, "ternary": q.spec.ternary,
-                             "symmetric": q.spec.symmetric}
+                             "symmetric": q.spec.symmetric, "scale_bits": q.spec.scale_bits}
         # safetensors writes an array's memory as it lies, ignoring strides: make every one C-ordered
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
         (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
@@ -97,11 +103,17 @@ def read(folder: Path, with_tensors: bool = True) -> tuple[Checkpoint, dict[str,
                 tensors[name] = arrays[name]
                 types[name] = "F32"
                 continue
-            spec = QuantSpec(meta["bits"], meta["group"], meta["ternary"], meta["symmetric"])
+            spec = QuantSpec(meta["bits"], meta["group"], meta["ternary"], meta["symmetric"],
+                             meta.get("scale_bits", 16))
             codes = unpack_bitplanes(arrays[name + ".planes"])
             scale = arrays[name + ".scale"]
             minimum = -scale if spec.ternary else arrays[name + ".min"]
-            q = QTensor(spec, codes, scale, minimum)
+            steps = arrays[name + ".steps"] if spec.scale_bits == 8 else None
+            if steps is not None:
+                grid = StepGrid.of(steps)
+                scale = scale * grid.scale_step[:, None]
+                minimum = minimum * -grid.min_step[:, None]
+            q = QTensor(spec, codes, scale, minimum, steps)
             if list(codes.shape) != meta["shape"]:
                 raise LutlmError(f"{folder}: tensor {name} has shape {codes.shape}, manifest says {meta['shape']}")
             quantized[name] = q

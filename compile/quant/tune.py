@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import LutlmError
 from ..reference import Reference, apply_rope, rope_tables, softmax
-from .format import QTensor
+from .format import QTensor, StepGrid
 
 Progress = Callable[[str], None]
 
@@ -55,10 +55,11 @@ class _Group:
         self.codes = codes - 1.0 if q.spec.ternary else codes  # ternary: w = (q - 1) * scale
         self.scale = q.scale.astype(np.float32)
         self.minimum = q.minimum.astype(np.float32)
+        self.steps = q.steps  # 8-bit scales: the row steps stay, the codes follow the masters
 
     def weight(self) -> np.ndarray:
-        """The weight as stored: scale and minimum rounded to f16 (the fp32 masters keep training,
-        or steps smaller than half an f16 step would be lost)."""
+        """The weight as stored: scale and minimum rounded to f16 or to their 8-bit grid (the fp32
+        masters keep training, or steps smaller than half a stored step would be lost)."""
         scale, minimum = self.stored()
         w = self.codes * scale[..., None].astype(np.float32)
         if not self.spec.ternary:
@@ -78,6 +79,8 @@ class _Group:
         return [self.scale] if self.spec.ternary or self.spec.symmetric else [self.scale, self.minimum]
 
     def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.steps is not None:
+            return StepGrid.of(self.steps).snap(self.scale, self.minimum)
         scale = np.maximum(self.scale, 0).astype(np.float16)
         if self.spec.symmetric:
             return scale, (scale.astype(np.float32) * -(1 << (self.spec.bits - 1))).astype(np.float16)
@@ -85,7 +88,7 @@ class _Group:
 
     def qtensor(self) -> QTensor:
         codes = (self.codes + (1 if self.spec.ternary else 0)).astype(np.uint8).reshape(self.shape[0], -1)
-        return QTensor(self.spec, codes, *self.stored())
+        return QTensor(self.spec, codes, *self.stored(), self.steps)
 
 
 def _rms(x: np.ndarray, eps: float) -> np.ndarray:
