@@ -25,6 +25,7 @@ from lutlm.errors import LutlmError
 VARIANTS = {
     "q4-lut": ["--bits", "4"],
     "q3-lut": ["--bits", "3"],
+    "q3g16-lut": ["--bits", "3", "--group", "16", "--scale-bits", "8"],
     "q2-lut": ["--bits", "2"],
     "mixed-lut": ["--bits", "mixed", "--budget", "3.0"],
     "q4-dequant": ["--bits", "4", "--decode", "dequant"],

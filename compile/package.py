@@ -36,8 +36,9 @@ SHARD_BYTES = 32 << 20
 
 
 def _fuse(parts: list[QTensor]) -> QTensor:
+    steps = None if parts[0].steps is None else np.concatenate([q.steps for q in parts])
     return QTensor(parts[0].spec, np.concatenate([q.codes for q in parts]), np.concatenate([q.scale for q in parts]),
-                   np.concatenate([q.minimum for q in parts]))
+                   np.concatenate([q.minimum for q in parts]), steps)
 
 
 def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "lut") -> tuple[dict[str, np.ndarray], dict, dict, str]:
@@ -50,10 +51,14 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
                if n not in quantized]
     if missing:
         raise LutlmError(f"not quantised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-    unsupported = sorted({q.spec.name for q in quantized.values() if q.spec.group % 32 or q.spec.scale_bits != 16})
+    formats = {q.spec for q in quantized.values()}
+    unsupported = sorted(s.name for s in formats if (s.group == 16) != (s.scale_bits == 8) or s.group % 16)
     if unsupported:
-        raise LutlmError(f"the GPU kernels read groups of 32 or more with f16 scales, not {', '.join(unsupported)}; "
-                         "such a checkpoint can be evaluated (lutlm eval ppl) but not compiled yet")
+        raise LutlmError(f"the GPU kernels read groups of 32 or more with f16 scales, or groups of 16 with 8-bit "
+                         f"scales, not {', '.join(unsupported)}; such a checkpoint can be evaluated (lutlm eval "
+                         "ppl) but not compiled")
+    if decode != "lut" and any(s.scale_bits == 8 for s in formats):
+        raise LutlmError("the dequantise baseline (--decode dequant) reads f16 scales; 8-bit scales decode with the LUT GEMV")
     weights: dict[str, QTensor] = {"token_embd.weight": quantized["token_embd.weight"]}
     head = "output.weight" if "output.weight" in quantized else "token_embd.weight"
     weights[head] = quantized[head]

@@ -24,6 +24,7 @@ from .kernels.emit import emit
 from .quant.format import QuantSpec
 
 TABLE = matmul.Table()
+TABLE16 = matmul.Table(span=16)  # any group of 16 in the package: activation sums per 16 inputs
 CHUNK = 64
 DECODE = {"lut": 0, "dequant": 1, "dequant8": 8}  # decode matmul kinds; dequant: rows per invocation
 
@@ -55,6 +56,7 @@ class Plan:
     specs: dict[str, QuantSpec]  # GPU tensor base name -> spec (NAME.planes or NAME.dense, and NAME.sm)
     shapes: dict[str, tuple[int, int]]  # GPU tensor base name -> (rows, cols)
     decode: str = "lut"  # how decode multiplies: LUT GEMV, or dequantise (NAME.dense) as a baseline
+    tab: matmul.Table = TABLE
     kernels: dict[str, dict[str, Any]] = field(default_factory=dict)
     buffers: dict[str, str] = field(default_factory=dict)
     plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -63,6 +65,11 @@ class Plan:
         if name not in self.kernels:
             self.kernels[name] = emit(builder(*args), name).to_json()
         return name
+
+    @property
+    def _span(self) -> str:
+        """Kernel-name suffix of the table's activation sums (none for the usual 32)."""
+        return "" if self.tab.span == 32 else f"_s{self.tab.span}"
 
     def step(self, plan: str, kid: str, bind: dict[str, str], sizes: dict[str, Any]) -> None:
         """Uniform values: numbers as they are, anything else as an expression string."""
@@ -76,7 +83,7 @@ class Plan:
             {"kernel": kid, "bind": [bind[b["name"]] for b in meta["bindings"]], "sizes": uniforms})
 
     def table(self, plan: str, x: str, k: int, x0: Any = 0) -> str:
-        kid = self.kernel(f"lut_table_k{k}", matmul.lut_table, k, TABLE)
+        kid = self.kernel(f"lut_table_k{k}{self._span}", matmul.lut_table, k, self.tab)
         self.step(plan, kid, {"x": x, "table": f"table{k}"}, {"x0": x0})
         return f"table{k}"
 
@@ -103,7 +110,8 @@ class Plan:
             return
         if not table_ready:
             self.table(plan, x, k, x0)
-        kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}", matmul.lut_gemv, k, spec.bits, spec.group, TABLE)
+        kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}{self._span}", matmul.lut_gemv, k, spec.bits,
+                          spec.group, self.tab)
         self.step(plan, kid, {"w": weight + ".planes", "sm": weight + ".sm", "table": f"table{k}", "y": y},
                   {"n": n, "y0": y0})
 
@@ -134,7 +142,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     e, ff, hd, kvd = c.n_embd, c.n_ff, c.head_dim, c.n_head_kv * c.head_dim
     qd = c.n_head * hd
     qkv_w = qd + 2 * kvd
-    p = Plan(c, specs, shapes=shapes, decode=decode)
+    p = Plan(c, specs, shapes=shapes, decode=decode,
+             tab=TABLE16 if any(s.group == 16 for s in specs.values()) else TABLE)
     p.buffers = {
         "ids": "4 * chunk", "targets": "4 * chunk", "nll": "4 * chunk",
         "x": f"4 * chunk * {e}", "h": f"4 * chunk * {e}", "o": f"4 * chunk * {e}",
@@ -144,7 +153,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         "rope": f"4 * ctx * {c.n_rot // 2} * 2", "seen": "4 * ctx",
     }
     for k in sorted({shape[1] for shape in shapes.values()}):
-        p.buffers[f"table{k}"] = str(TABLE.itemsize * TABLE.size(k))
+        p.buffers[f"table{k}"] = str(p.tab.itemsize * p.tab.size(k))
     for layer in range(c.n_layer):
         p.buffers[f"kc.{layer}"] = p.buffers[f"vc.{layer}"] = f"4 * {kvd} * ctx"
 

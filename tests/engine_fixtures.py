@@ -20,11 +20,12 @@ def tiny_checkpoint(folder: Path) -> Checkpoint:
 
 
 def compile_package(ckpt: Checkpoint, out: Path, bits: str = "4", budget: float | None = None,
-                    decode: str = "lut") -> Reference:
+                    decode: str = "lut", group: int = 32, scale_bits: int = 16) -> Reference:
     """Quantise (round to nearest; mixed measures sensitivity on a fixed random window) and write
     the package; returns the numpy reference on the same quantised weights."""
     calib = [[(7 * i + 3) % ckpt.config.n_vocab for i in range(64)]] if bits == "mixed" else None
-    quantized, info = quantize(ckpt, Request(bits=bits, method="rtn", budget=budget), calib)
+    req = Request(bits=bits, method="rtn", budget=budget, group=group, scale_bits=scale_bits)
+    quantized, info = quantize(ckpt, req, calib)
     write(out, ckpt, quantized, info, decode=decode)
     tensors = dict(ckpt.tensors) | {n: q.dequantize() for n, q in quantized.items()}
     return Reference(Checkpoint(ckpt.config, tensors, ckpt.tokenizer))

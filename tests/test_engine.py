@@ -66,6 +66,18 @@ def test_low_bit_packages_match_their_reference(tiny, bits):
         assert collect(eng, prompt, 16) == list(refs[bits].generate_greedy(prompt, 16, set(), n_ctx=128))
 
 
+def test_groups_of_16_with_8bit_scales_match_their_reference(tiny):
+    """3-bit codes in groups of 16 with 8-bit scale codes: decode GEMVs, and prefill GEMMs for the
+    60-token prompt."""
+    ckpt, root, refs = tiny
+    reference = compile_package(ckpt, root / "pkg3g16d8", "3", group=16, scale_bits=8)
+    eng = engine(root / "pkg3g16d8", ctx=128)
+    eng.eos = set()
+    for prompt in PROMPTS[:4]:
+        eng.reset()
+        assert collect(eng, prompt, 16) == list(reference.generate_greedy(prompt, 16, set(), n_ctx=128))
+
+
 def test_perplexity_through_the_runtime(tiny):
     ckpt, root, refs = tiny
     tokens = [int(t) for t in np.random.default_rng(3).integers(0, 300, 120)]

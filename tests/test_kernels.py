@@ -6,6 +6,7 @@ different order); elementwise ops within a few f32 ulps; token choices exact.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,7 +24,8 @@ TABLES = [matmul.Table(4, False), matmul.Table(4, True), matmul.Table(8, False),
 
 
 def quantized(rows: int, cols: int, bits: int | str, group: int = 32):
-    spec = QuantSpec.parse(bits, group) if bits != "s8" else QuantSpec(8, group, symmetric=True)
+    """`group` 16: with 8-bit scales and minimums, the only way the kernels take groups of 16."""
+    spec = QuantSpec.parse(bits, group, 8 if group == 16 else 16) if bits != "s8" else QuantSpec(8, group, symmetric=True)
     return quantize_rtn(rng.standard_normal((rows, cols)).astype(np.float32), spec)
 
 
@@ -51,6 +53,16 @@ def test_lut_gemv_smollm2_shape(bits, tab):
     x = rng.standard_normal(576).astype(np.float32)
     want = q.dequantize().astype(np.float64) @ x
     assert rel_err(lut_gemv(q, x, tab), want) < 1e-5
+
+
+@pytest.mark.parametrize("tab", [replace(t, span=16) for t in TABLES], ids=str)
+@pytest.mark.parametrize("bits,group", [(2, 16), (3, 16), (4, 16), (3, 32), (2, 64)])
+def test_lut_gemv_sums_per_16(bits, group, tab):
+    """Groups of 16 with 8-bit scale codes and per-row steps, and the f16-scale kernels reading a
+    table whose activation sums cover 16 inputs (a package with any group of 16 builds those)."""
+    q = quantized(1536, 576, bits, group)
+    x = rng.standard_normal(576).astype(np.float32)
+    assert rel_err(lut_gemv(q, x, tab), q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
 @pytest.mark.parametrize("bits", [4, 2])
@@ -95,13 +107,15 @@ def test_dequant_gemv(bits, k, n, tile):
     assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
-@pytest.mark.parametrize("m,k,n,bits,dense", [(1, 576, 192, 4, False), (5, 96, 100, 2, False), (17, 576, 1536, 4, False),
-                                              (8, 1536, 576, "t", False), (9, 576, 700, "s8", True), (3, 96, 100, 4, True)])
-def test_prefill_gemm(m, k, n, bits, dense):
-    """Bit-planes, or dense codes (8-bit tensors: the tied output head in the `score` plan)."""
-    q = quantized(n, k, bits)
+@pytest.mark.parametrize("m,k,n,bits,dense,group", [
+    (1, 576, 192, 4, False, 32), (5, 96, 100, 2, False, 32), (17, 576, 1536, 4, False, 32), (8, 1536, 576, "t", False, 32),
+    (9, 576, 700, "s8", True, 32), (3, 96, 100, 4, True, 32), (17, 576, 1536, 3, False, 16), (5, 96, 100, 2, False, 16)])
+def test_prefill_gemm(m, k, n, bits, dense, group):
+    """Bit-planes, or dense codes (8-bit tensors: the tied output head in the `score` plan);
+    groups of 16 with 8-bit scale codes."""
+    q = quantized(n, k, bits, group)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    meta = kernel(matmul.gemm, k, q.spec.bits, 32, dense)
+    meta = kernel(matmul.gemm, k, q.spec.bits, group, dense)
     w = layout.dense(q, q.spec.bits) if dense else layout.planes(q)
     got = run(meta, {"x": x, "w": w, "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n, "ldy": n, "y0": 0})["y"]
     assert rel_err(got.reshape(m, n), x.astype(np.float64) @ q.dequantize().T.astype(np.float64)) < 1e-5

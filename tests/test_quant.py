@@ -188,9 +188,12 @@ def test_8bit_scales_stay_on_their_row_grid_and_cost_little():
 def test_compile_refuses_formats_the_kernels_cannot_read(checkpoint):
     from lutlm.package import gpu_tensors
 
-    quantized, _ = quantize(checkpoint, Request(bits="3", group=16, scale_bits=8, method="rtn"), None)
-    with pytest.raises(LutlmError, match="not compiled yet"):
+    quantized, _ = quantize(checkpoint, Request(bits="3", group=16, method="rtn"), None)
+    with pytest.raises(LutlmError, match="not q3g16;"):
         gpu_tensors(checkpoint, quantized)
+    quantized, _ = quantize(checkpoint, Request(bits="3", group=16, scale_bits=8, method="rtn"), None)
+    with pytest.raises(LutlmError, match="dequantise baseline"):
+        gpu_tensors(checkpoint, quantized, decode="dequant")
 
 
 def test_q4_1_requantisation_is_lossless(checkpoint, tmp_path):

@@ -3,14 +3,16 @@
 The checkpoint stores bit-planes row-major, (planes, rows, K/32), as `quant.packing` defines them.
 The kernels want the row index fastest, so that invocation r and r+1 read adjacent words:
 planes as (K/32, planes, rows), dense codes as (K/per_word, rows), and scale/minimum f16 pairs
-as (K/G, rows). Pure transposes: the bits are the packing module's.
+as (K/G, rows). Pure transposes: the bits are the packing module's. With 8-bit scales (groups
+of 16) a u32 holds two groups' codes, bytes (scale, -minimum, scale, -minimum), one word per 32
+weights as (K/32, rows), then one more row of words: each row's two f16 steps (scale step low).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..quant.format import QTensor
+from ..quant.format import QTensor, StepGrid
 from ..quant.packing import pack_bitplanes, pack_dense, pack_f16_pairs
 
 
@@ -24,4 +26,8 @@ def dense(q: QTensor, bits: int) -> np.ndarray:
 
 
 def scale_min(q: QTensor) -> np.ndarray:
-    return np.ascontiguousarray(pack_f16_pairs(q.scale, q.minimum).T)
+    if q.steps is None:
+        return np.ascontiguousarray(pack_f16_pairs(q.scale, q.minimum).T)
+    codes = np.stack(StepGrid.of(q.steps).codes(q.scale, q.minimum), axis=-1).reshape(q.scale.shape[0], -1)
+    steps = pack_f16_pairs(q.steps[:, 0], q.steps[:, 1])
+    return np.ascontiguousarray(np.vstack([pack_dense(codes, 8).T, steps[None, :]]))

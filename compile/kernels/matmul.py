@@ -8,6 +8,11 @@ instead of a gather; on a real GPU it is a coalesced read.
 The LUT GEMV computes y_r = sum_groups scale * sum_j 2^j sum_k b_jk x_k + min * sum_k x_k: the
 inner sums over four activations at a time come from a table of the 16 possible partial sums, so
 the work per weight falls with the number of bit-planes instead of being a dequantise per weight.
+
+Groups of 16 carry 8-bit scale and minimum codes (`quant.format`, scale_bits 8): their `sm` holds
+one word of two groups' codes per 32 weights, then a last row of per-row f16 steps; a row sums
+code * (its group's part) and code * (its group's activation sum) apart and multiplies by the two
+steps once at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +27,17 @@ TOKENS = 16  # tokens per invocation in the prefill GEMM (weights decoded once, 
 ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
 
 
+def sm_rows(k: int, group: int) -> int:
+    """Rows of a weight's `sm` buffer: a scale/minimum word per group, or with 8-bit codes (groups
+    of 16) one word per two groups plus the row of steps."""
+    return k // 32 + 1 if group == 16 else k // group
+
+
+def _byte(word: Any, i: int) -> Any:
+    """Byte i of u32 `word` as f32 (through i32, one instruction on SwiftShader)."""
+    return T.Cast("float32", T.Cast("int32", (word >> T.uint32(8 * i)) & T.uint32(255)))
+
+
 def _f16(h: Any, high: bool = False) -> Any:
     """The f16 in the low (or high) 16 bits of u32 `h` as f32: WGSL's core unpack2x16float (no
     shader-f16 needed), one conversion instruction where bit manipulation took about fifteen.
@@ -34,11 +50,13 @@ class Table:
     """How activations are tabulated: `width` activations per table (4 is T-MAC's classic choice;
     8 halves the lookups per weight at 16x the table), `mirror` keeps only the half of the entries
     whose top weight bit is 0, the other half being their negatives (weights read as +-1);
-    `dtype` float16 halves the table's bytes where the adapter has shader-f16 (sums stay f32)."""
+    `dtype` float16 halves the table's bytes where the adapter has shader-f16 (sums stay f32);
+    `span` activations per plain sum: 32, one per weight word, or 16 for groups of 16."""
 
     width: int = 8
     mirror: bool = False
     dtype: str = "float32"
+    span: int = 32
 
     @property
     def itemsize(self) -> int:
@@ -49,16 +67,16 @@ class Table:
         return 1 << (self.width - (1 if self.mirror else 0))
 
     def size(self, k: int) -> int:
-        """Elements: the entries of each of the k/width tables, then the sum of each 32 x."""
-        return k // self.width * self.entries + k // 32
+        """Elements: the entries of each of the k/width tables, then the sum of each `span` x."""
+        return k // self.width * self.entries + k // self.span
 
 
 def lut_table(k: int, tab: Table) -> Any:
     """Table build: entry p of table t is sum_i x[t*width + i] * (bit i of p) (mirror: times +-1),
     so a lookup by `width` bits of one bit-plane is the dot product of those activations with
-    `width` one-bit weights. After the tables come the plain sums of each 32 activations (one
-    per weight word: the zero-point term of a group)."""
-    width, entries, tables = tab.width, tab.entries, k // tab.width
+    `width` one-bit weights. After the tables come the plain sums of each `span` activations
+    (the minimum's term of a group)."""
+    width, entries, tables, span = tab.width, tab.entries, k // tab.width, tab.span
 
     low = min(4, entries.bit_length() - 1)  # entry bits handled by one invocation's unrolled loop
     highs = entries >> low
@@ -90,11 +108,11 @@ def lut_table(k: int, tab: Table) -> Any:
                     for lo in T.unroll(1 << low):
                         table[u // highs * entries + u % highs * (1 << low) + lo] = T.Cast(
                             tab.dtype, high[0] + subset_sum(xs, lo, 0, low))
-                    if u % (highs * (32 // width)) == 0:
+                    if u % (highs * (span // width)) == 0:
                         high[0] = T.float32(0)
-                        for i in range(32):
+                        for i in range(span):
                             high[0] = high[0] + x[x0 + u // highs * width + i]
-                        table[tables * entries + u // (highs * (32 // width))] = T.Cast(tab.dtype, high[0])
+                        table[tables * entries + u // (highs * (span // width))] = T.Cast(tab.dtype, high[0])
     return f
 
 
@@ -103,7 +121,11 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
     Each weight word and scale/min pair is loaded once into a local: TVM's WGSL repeats a load at
     every use, and neither Tint nor SwiftShader merges them (each is a gather on SwiftShader)."""
     width, entries, tables = tab.width, tab.entries, k // tab.width
-    gw, per = group // 32, 32 // tab.width
+    gw, per = max(group, 32) // 32, 32 // tab.width
+    spans = 32 // tab.span  # activation sums per weight word
+    d8 = group == 16
+    if d8 and tab.span != 16:
+        raise ValueError("groups of 16 need a table with a sum per 16 activations")
     mask = (1 << width) - 1
     # mirror: sum b*x = (S + sum x) / 2 with S the +-1 lookup, so the sum of x gets (2^planes - 1) / 2
     xs_weight = ((1 << planes) - 1) / 2 if tab.mirror else 0.0
@@ -123,11 +145,11 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
         T.func_attr({"tirx.noalias": True})
         table = T.match_buffer(table_h, (tab.size(k),), tab.dtype)
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
-        sm = T.match_buffer(sm_h, (k // group, n), "uint32")
+        sm = T.match_buffer(sm_h, (sm_rows(k, group), n), "uint32")
         y = T.match_buffer(y_h, (y0 + n,), "float32")  # rows land at y[y0 : y0 + n]
         for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
-                acc = T.alloc_buffer((1,), "float32", scope="local")
+                acc = T.alloc_buffer((2,), "float32", scope="local")  # d8: code-weighted parts, sums
                 part = T.alloc_buffer((1,), "float32", scope="local")
                 xsum = T.alloc_buffer((1,), "float32", scope="local")
                 words = T.alloc_buffer((planes,), "uint32", scope="local")
@@ -135,20 +157,40 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                 r = bx * ROWS + tx
                 if r < n:
                     acc[0] = T.float32(0)
-                    for g in range(k // group):
-                        part[0] = T.float32(0)
-                        xsum[0] = T.float32(0)
-                        for v in range(gw):
-                            xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + g * gw + v])
+                    acc[1] = T.float32(0)
+                    if d8:
+                        for v in range(k // 32):
                             for j in T.unroll(planes):
-                                words[j] = w[g * gw + v, j, r]
-                            for j in T.unroll(planes):
-                                for s in T.unroll(per):
-                                    part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries, words[j], s, j)
-                        smw[0] = sm[g, r]
-                        acc[0] = acc[0] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
-                            + _f16(smw[0], high=True) * xsum[0]
-                    y[y0 + r] = acc[0]
+                                words[j] = w[v, j, r]
+                            smw[0] = sm[v, r]
+                            for h in T.unroll(2):
+                                part[0] = T.float32(0)
+                                xsum[0] = T.Cast("float32", table[tables * entries + v * 2 + h])
+                                for j in T.unroll(planes):
+                                    for s in T.unroll(per // 2):
+                                        part[0] = part[0] + lookup(table, (v * per + h * (per // 2) + s) * entries,
+                                                                   words[j] >> T.Cast("uint32", h * (per // 2) * width), s, j)
+                                acc[0] = acc[0] + _byte(smw[0] >> T.Cast("uint32", h * 16), 0) * (
+                                    T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0])
+                                acc[1] = acc[1] + _byte(smw[0] >> T.Cast("uint32", h * 16), 1) * xsum[0]
+                        smw[0] = sm[k // 32, r]
+                        y[y0 + r] = _f16(smw[0]) * acc[0] - _f16(smw[0], high=True) * acc[1]
+                    else:
+                        for g in range(k // group):
+                            part[0] = T.float32(0)
+                            xsum[0] = T.float32(0)
+                            for v in range(gw):
+                                for i in T.unroll(spans):
+                                    xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + (g * gw + v) * spans + i])
+                                for j in T.unroll(planes):
+                                    words[j] = w[g * gw + v, j, r]
+                                for j in T.unroll(planes):
+                                    for s in T.unroll(per):
+                                        part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries, words[j], s, j)
+                            smw[0] = sm[g, r]
+                            acc[0] = acc[0] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
+                                + _f16(smw[0], high=True) * xsum[0]
+                        y[y0 + r] = acc[0]
     return f
 
 
@@ -220,10 +262,12 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
     of one per plane. The eight inputs of a field are unrolled: SwiftShader pays a loop iteration
     dearly (the 64-token GEMM took 11-18% longer as a loop of eight; lavapipe is indifferent).
     Codes become floats through i32, as in `dequant_gemv`: a 64-token prefill of a 2-bit block took
-    247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged)."""
+    247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged). Groups of 16
+    (8-bit scale codes) take their scale and minimum afresh for each eight inputs."""
     if planes > 4 and not dense:
         raise ValueError(f"the prefill GEMM reads at most 4 bit-planes, not {planes}: wider codes are stored dense")
-    gw = group // 32
+    d8 = group == 16
+    gw = max(group, 32) // 32
     per = 32 // planes
 
     def spread(byte: Any) -> Any:
@@ -247,7 +291,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
         T.func_attr({"tirx.noalias": True})
         x = T.match_buffer(x_h, (m, k), "float32")
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")  # dense: the same words, (k // per, n)
-        sm = T.match_buffer(sm_h, (k // group, n), "uint32")
+        sm = T.match_buffer(sm_h, (sm_rows(k, group), n), "uint32")
         y = T.match_buffer(y_h, (m * ldy,), "float32")  # token t's rows land at y[t*ldy + y0 : ... + n]
         for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
             for bx in T.thread_binding((n + rows_per_group - 1) // rows_per_group, thread="blockIdx.x"):
@@ -255,20 +299,34 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
                     acc = T.alloc_buffer((ROW_TILE * TOKENS,), "float32", scope="local")
                     words = T.alloc_buffer((ROW_TILE * planes,), "uint32", scope="local")
                     scale = T.alloc_buffer((ROW_TILE * 2,), "float32", scope="local")
+                    steps = T.alloc_buffer((ROW_TILE * 2,), "float32", scope="local")  # d8
+                    smw = T.alloc_buffer((ROW_TILE,), "uint32", scope="local")  # d8: a word of codes
                     wv = T.alloc_buffer((ROW_TILE,), "float32", scope="local")
                     nib = T.alloc_buffer((ROW_TILE,), "uint32", scope="local")  # 8 codes in 4-bit fields
                     xv = T.alloc_buffer((TOKENS,), "float32", scope="local")
                     for a in T.unroll(ROW_TILE * TOKENS):
                         acc[a] = T.float32(0)
-                    for g in range(k // group):
+                    if d8:
                         for r in T.unroll(ROW_TILE):
-                            scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)])
-                            scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)], high=True)
+                            smw[r] = sm[k // 32, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                            steps[2 * r] = _f16(smw[r])
+                            steps[2 * r + 1] = -_f16(smw[r], high=True)
+                    for g in range(k // (gw * 32)):
+                        for r in T.unroll(ROW_TILE):
+                            if d8:
+                                smw[r] = sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                            else:
+                                scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)])
+                                scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)], high=True)
                         for v in range(gw):
                             for r in T.unroll(ROW_TILE):
                                 for j in T.unroll(planes):
                                     words[r * planes + j] = w[g * gw + v, j, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
                             for q in range(4):  # eight inputs at a time
+                                if d8:
+                                    for r in T.unroll(ROW_TILE):
+                                        scale[2 * r] = _byte(smw[r] >> T.Cast("uint32", q // 2 * 16), 0) * steps[2 * r]
+                                        scale[2 * r + 1] = _byte(smw[r] >> T.Cast("uint32", q // 2 * 16), 1) * steps[2 * r + 1]
                                 if not dense:
                                     for r in T.unroll(ROW_TILE):
                                         nib[r] = T.uint32(0)
