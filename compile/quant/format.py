@@ -10,7 +10,7 @@ w = (q - 1) * scale (BitNet b1.58's {-1, 0, +1} times an absmean scale); two bit
 With `scale_bits` 8 (llama.cpp's k-quants do the same at 6), a group's scale and minimum are
 8-bit codes times one f16 step per row each: scale = a * step_s, minimum = -b * step_m (a, b in
 0..255, so minimums are at most 0). That halves the 32 bits a group's f16 pair costs, which is
-what makes groups of 16 affordable: 3-bit codes in groups of 16 cost 4.06 bits per weight, those
+what makes groups of 16 affordable: 3-bit codes in groups of 16 cost about 4.05 bits per weight, those
 in groups of 32 with f16 pairs 4.0, and measure much better (README).
 """
 
