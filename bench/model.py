@@ -69,7 +69,11 @@ def row(system: str, variant: str, where: str, prompt_tokens: int, new_tokens: i
 
 
 def variant(manifest: dict[str, Any], name: str) -> str:
-    return f"{manifest['quantization'].get('bits', '?')}-bit {manifest.get('decode', 'lut')} ({name})"
+    """E.g. "3-bit lut (NAME)"; formats other than f16 scales in groups of 32 say which."""
+    q = manifest["quantization"]
+    fmt = "" if q.get("group") in (None, 32) else f" g{q['group']}"
+    fmt += ", 8-bit scales" if q.get("scale_bits") == 8 else ""
+    return f"{q.get('bits', '?')}-bit{fmt} {manifest.get('decode', 'lut')} ({name})"
 
 
 def package_prompts(package: str, sizes: list[int]) -> tuple[dict[str, Any], dict[int, tuple[str, list[int]]]]:

@@ -76,7 +76,7 @@ def claims(rows: list[dict[str, Any]]) -> list[str]:
                            f"{peer['variant']} ({peer['where']}): decode x{ratio:.2f}{goal}")
         for where in ("browser-webgpu", "native"):
             lut = {r["variant"].split("-bit")[0]: r for r in same if r["system"] == "lutlm" and r["where"] == where
-                   and " lut " in r["variant"]}
+                   and "-bit lut " in r["variant"]}  # f16 scales in groups of 32 only
             if "2" in lut and "4" in lut:
                 ratio = lut["2"]["decode_tps"] / lut["4"]["decode_tps"]
                 out.append(f"- {size}-token prompt, lutlm {where}: 2-bit LUT / 4-bit LUT decode x{ratio:.2f} "
