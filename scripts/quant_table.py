@@ -39,6 +39,7 @@ ROWS: dict[str, list[str]] = {
     "gptq-2-tune-c128": ["--bits", "2", "--tune", "2", "--calib-windows", "128"],
     "mixed-4.0-tune-c128": ["--bits", "mixed", "--budget", "4.0", "--tune", "2", "--calib-windows", "128"],
     "gptq-3-g16": ["--bits", "3", "--group", "16"],
+    "gptq-3-g16-d8": ["--bits", "3", "--group", "16", "--scale-bits", "8"],
     "gptq-3-g16-d8-tune-c128": ["--bits", "3", "--group", "16", "--scale-bits", "8", "--tune", "2", "--calib-windows", "128"],
 }
 EVALS = {"wiki": 40, "tiny": 20}
