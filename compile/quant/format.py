@@ -118,19 +118,26 @@ class StepGrid:
         return cls(step(np.max(scale, axis=-1).astype(np.float32)),
                    step(np.max(-np.minimum(minimum, 0), axis=-1).astype(np.float32)))
 
-    def snap(self, scale: np.ndarray, minimum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The nearest representable scale and minimum; arrays (rows,) or (rows, groups)."""
-        extra = (None,) * (scale.ndim - 1)
-        ds, dm = self.scale_step[(...,) + extra], self.min_step[(...,) + extra]
-        a = np.clip(np.rint(scale / np.where(ds == 0, 1, ds)), 0, STEP_CODES)
-        b = np.clip(np.rint(-minimum / np.where(dm == 0, 1, dm)), 0, STEP_CODES)
-        return (a * ds).astype(np.float32), (-b * dm).astype(np.float32)
+    def _steps(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+        """The steps shaped to broadcast over arrays (rows,) or (rows, groups)."""
+        extra = (...,) + (None,) * (ndim - 1)
+        return self.scale_step[extra], self.min_step[extra]
 
     def codes(self, scale: np.ndarray, minimum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The 8-bit codes of snapped (rows, groups) scales and minimums."""
+        """The nearest 8-bit codes of scale and -minimum (minimums above 0 become 0)."""
         def code(v: np.ndarray, d: np.ndarray) -> np.ndarray:
-            return np.rint(v / np.where(d == 0, 1, d)[:, None]).astype(np.uint8)
-        return code(scale, self.scale_step), code(-minimum, self.min_step)
+            return np.clip(np.rint(v / np.where(d == 0, 1, d)), 0, STEP_CODES).astype(np.uint8)
+        ds, dm = self._steps(scale.ndim)
+        return code(scale, ds), code(-minimum, dm)
+
+    def values(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scale and minimum (f32, exact) of codes `a` and `b`."""
+        ds, dm = self._steps(a.ndim)
+        return (a * ds).astype(np.float32), (-(b * dm)).astype(np.float32)
+
+    def snap(self, scale: np.ndarray, minimum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest representable scale and minimum."""
+        return self.values(*self.codes(scale, minimum))
 
     def array(self) -> np.ndarray:
         return np.stack([self.scale_step, self.min_step], axis=1).astype(np.float16)
@@ -220,7 +227,7 @@ def quantize_rtn(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> QTenso
     steps = None
     if spec.scale_bits == 8:
         grid = StepGrid.fit(scale, minimum)
-        scale, minimum = grid.snap(scale.astype(np.float32), np.minimum(minimum.astype(np.float32), 0))
+        scale, minimum = grid.snap(scale, minimum)
         steps = grid.array()
     codes = quantize_to_grid(groups, scale[..., None], minimum[..., None], spec.qmax)
     return QTensor(spec, codes.reshape(rows, cols), scale, minimum, steps)

@@ -110,9 +110,7 @@ def read(folder: Path, with_tensors: bool = True) -> tuple[Checkpoint, dict[str,
             minimum = -scale if spec.ternary else arrays[name + ".min"]
             steps = arrays[name + ".steps"] if spec.scale_bits == 8 else None
             if steps is not None:
-                grid = StepGrid.of(steps)
-                scale = scale * grid.scale_step[:, None]
-                minimum = minimum * -grid.min_step[:, None]
+                scale, minimum = StepGrid.of(steps).values(scale, minimum)
             q = QTensor(spec, codes, scale, minimum, steps)
             if list(codes.shape) != meta["shape"]:
                 raise LutlmError(f"{folder}: tensor {name} has shape {codes.shape}, manifest says {meta['shape']}")
