@@ -276,16 +276,14 @@ def _quantize(args: argparse.Namespace):
         tok = _tokenizer(ckpt)
         texts = {name: load_text(name) for name in req.calib_texts}
         calib = calibration_windows(texts, tok.encode, req.calib_windows, req.window)
-    from tqdm import tqdm
+    from .progress import status
 
-    with tqdm(desc="quantize", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
-        quantized, info = quantize(ckpt, req, calib, log=lambda msg: bar.set_postfix_str(msg))
+    with status("quantize") as report:
+        quantized, info = quantize(ckpt, req, calib, log=report)
     return ckpt, quantized, info
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from .package import check_output, write
 
     out = Path(args.output)
@@ -295,8 +293,10 @@ def cmd_compile(args: argparse.Namespace) -> None:
         from .quant.pipeline import summary
 
         print(summary(info), file=sys.stderr)
-    with tqdm(desc="compile", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
-        manifest = write(out, ckpt, quantized, info, progress=lambda msg: bar.set_postfix_str(msg), decode=args.decode)
+    from .progress import status
+
+    with status("compile") as report:
+        manifest = write(out, ckpt, quantized, info, progress=report, decode=args.decode)
     size = sum(s["bytes"] for s in manifest["shards"])
     print(f"{len(manifest['kernels'])} kernels, {len(manifest['shards'])} shards ({size / 2**20:.1f} MiB), "
           f"decode plan of {len(manifest['plans']['decode'])} dispatches", file=sys.stderr)
@@ -304,15 +304,14 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from .onnx_export import DTYPES, export
+    from .progress import status
 
     if args.dtype not in DTYPES:
         raise LutlmError(f"--dtype must be one of {', '.join(DTYPES)}, not {args.dtype!r}")
     ckpt, quantized, _ = _quantized_source(args)
-    with tqdm(desc="export", file=sys.stderr, disable=None, bar_format="{desc}: {elapsed} {postfix}") as bar:
-        out = export(Path(args.output), ckpt, quantized, args.dtype, progress=lambda msg: bar.set_postfix_str(msg))
+    with status("export") as report:
+        out = export(Path(args.output), ckpt, quantized, args.dtype, progress=report)
     print(out)
 
 
