@@ -52,11 +52,10 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
     if missing:
         raise LutlmError(f"not quantised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     formats = {q.spec for q in quantized.values()}
-    unsupported = sorted(s.name for s in formats if (s.group == 16) != (s.scale_bits == 8))
+    unsupported = sorted(s.name for s in formats if s.group == 16 and s.scale_bits != 8)
     if unsupported:
-        raise LutlmError(f"the GPU kernels read groups of 32 or more with f16 scales, or groups of 16 with 8-bit "
-                         f"scales, not {', '.join(unsupported)}; such a checkpoint can be evaluated (lutlm eval "
-                         "ppl) but not compiled")
+        raise LutlmError(f"the GPU kernels read groups of 16 with 8-bit scales only, not {', '.join(unsupported)}; "
+                         "such a checkpoint can be evaluated (lutlm eval ppl) but not compiled")
     if decode != "lut" and any(s.scale_bits == 8 for s in formats):
         raise LutlmError("the dequantise baseline (--decode dequant) reads f16 scales; 8-bit scales decode with the LUT GEMV")
     weights: dict[str, QTensor] = {"token_embd.weight": quantized["token_embd.weight"]}

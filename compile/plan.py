@@ -92,8 +92,8 @@ class Plan:
         spec, (n, k) = self.specs[weight], self.shapes[weight]
         if plan == "prefill" or plan == "score":
             codes = stored(spec)
-            kid = self.kernel(f"gemm_k{k}_{codes[0]}{spec.bits}_g{spec.group}", matmul.gemm, k, spec.bits, spec.group,
-                              codes == "dense")
+            kid = self.kernel(f"gemm_k{k}_{codes[0]}{spec.bits}_g{spec.group}{_d8(spec)}", matmul.gemm, k, spec.bits,
+                              spec.group, codes == "dense", spec.scale_bits)
             self.step(plan, kid, {"w": f"{weight}.{codes}", "sm": weight + ".sm", "x": x, "y": y},
                       {"m": "m", "n": n, "ldy": ldy, "y0": y0})
         else:
@@ -110,10 +110,15 @@ class Plan:
             return
         if not table_ready:
             self.table(plan, x, k, x0)
-        kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}{self._span}", matmul.lut_gemv, k, spec.bits,
-                          spec.group, self.tab)
+        kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}{_d8(spec)}{self._span}", matmul.lut_gemv, k,
+                          spec.bits, spec.group, self.tab, spec.scale_bits)
         self.step(plan, kid, {"w": weight + ".planes", "sm": weight + ".sm", "table": f"table{k}", "y": y},
                   {"n": n, "y0": y0})
+
+
+def _d8(spec: QuantSpec) -> str:
+    """Kernel-name suffix of 8-bit scale codes in groups of 32 or more (groups of 16 always have them)."""
+    return "d8" if spec.scale_bits == 8 and spec.group != 16 else ""
 
 
 def fused_groups(config: ModelConfig, specs: dict[str, QuantSpec], layer: int) -> dict[str, list[str]]:

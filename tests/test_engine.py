@@ -66,12 +66,14 @@ def test_low_bit_packages_match_their_reference(tiny, bits):
         assert collect(eng, prompt, 16) == list(refs[bits].generate_greedy(prompt, 16, set(), n_ctx=128))
 
 
-def test_groups_of_16_with_8bit_scales_match_their_reference(tiny):
-    """3-bit codes in groups of 16 with 8-bit scale codes: decode GEMVs, and prefill GEMMs for the
-    60-token prompt."""
+@pytest.mark.parametrize("bits,group,budget", [("3", 16, None), ("2", 32, None)])
+def test_8bit_scales_match_their_reference(tiny, bits, group, budget):
+    """8-bit scale codes in groups of 16 or of 32 (three in a row of 96: a half-empty word): decode
+    GEMVs, and prefill GEMMs for the 60-token prompt."""
     ckpt, root, refs = tiny
-    reference = compile_package(ckpt, root / "pkg3g16d8", "3", group=16, scale_bits=8)
-    eng = engine(root / "pkg3g16d8", ctx=128)
+    out = root / f"pkg{bits}g{group}d8"
+    reference = compile_package(ckpt, out, bits, budget, group=group, scale_bits=8)
+    eng = engine(out, ctx=128)
     eng.eos = set()
     for prompt in PROMPTS[:4]:
         eng.reset()

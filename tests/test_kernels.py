@@ -23,9 +23,10 @@ rng = np.random.default_rng(1234)
 TABLES = [matmul.Table(4, False), matmul.Table(4, True), matmul.Table(8, False), matmul.Table(8, True)]
 
 
-def quantized(rows: int, cols: int, bits: int | str, group: int = 32):
+def quantized(rows: int, cols: int, bits: int | str, group: int = 32, scale_bits: int | None = None):
     """`group` 16: with 8-bit scales and minimums, the only way the kernels take groups of 16."""
-    spec = QuantSpec.parse(bits, group, 8 if group == 16 else 16) if bits != "s8" else QuantSpec(8, group, symmetric=True)
+    scale_bits = scale_bits or (8 if group == 16 else 16)
+    spec = QuantSpec.parse(bits, group, scale_bits) if bits != "s8" else QuantSpec(8, group, symmetric=True)
     return quantize_rtn(rng.standard_normal((rows, cols)).astype(np.float32), spec)
 
 
@@ -36,7 +37,7 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
 def lut_gemv(q, x: np.ndarray, tab: matmul.Table) -> np.ndarray:
     k, n = q.codes.shape[1], q.codes.shape[0]
     table = run(kernel(matmul.lut_table, k, tab), {"x": x, "table": tab.size(k)}, {"x0": 0})["table"]
-    meta = kernel(matmul.lut_gemv, k, q.spec.bits, q.spec.group, tab)
+    meta = kernel(matmul.lut_gemv, k, q.spec.bits, q.spec.group, tab, q.spec.scale_bits)
     return run(meta, {"table": table, "w": layout.planes(q), "sm": layout.scale_min(q), "y": n}, {"n": n, "y0": 0})["y"]
 
 
@@ -62,6 +63,17 @@ def test_lut_gemv_sums_per_16(bits, group, tab):
     table whose activation sums cover 16 inputs (a package with any group of 16 builds those)."""
     q = quantized(1536, 576, bits, group)
     x = rng.standard_normal(576).astype(np.float32)
+    assert rel_err(lut_gemv(q, x, tab), q.dequantize().astype(np.float64) @ x) < 1e-5
+
+
+@pytest.mark.parametrize("tab", [TABLES[0], TABLES[3], replace(TABLES[2], span=16)], ids=str)
+@pytest.mark.parametrize("k,n,bits,group", [(576, 1536, 2, 32), (576, 1536, 3, 64), (1536, 576, 4, 96),
+                                             (576, 100, 2, 192), (96, 100, 3, 32)])
+def test_lut_gemv_8_bit_scales(k, n, bits, group, tab):
+    """8-bit scale codes in groups of 32 or more, two groups' codes per word; an odd number of
+    groups per row (576 / 64, 576 / 192, 96 / 32) leaves the last word half empty."""
+    q = quantized(n, k, bits, group, scale_bits=8)
+    x = rng.standard_normal(k).astype(np.float32)
     assert rel_err(lut_gemv(q, x, tab), q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
@@ -107,15 +119,17 @@ def test_dequant_gemv(bits, k, n, tile):
     assert rel_err(got, q.dequantize().astype(np.float64) @ x) < 1e-5
 
 
-@pytest.mark.parametrize("m,k,n,bits,dense,group", [
-    (1, 576, 192, 4, False, 32), (5, 96, 100, 2, False, 32), (17, 576, 1536, 4, False, 32), (8, 1536, 576, "t", False, 32),
-    (9, 576, 700, "s8", True, 32), (3, 96, 100, 4, True, 32), (17, 576, 1536, 3, False, 16), (5, 96, 100, 2, False, 16)])
-def test_prefill_gemm(m, k, n, bits, dense, group):
-    """Bit-planes, or dense codes (8-bit tensors: the tied output head in the `score` plan);
-    groups of 16 with 8-bit scale codes."""
-    q = quantized(n, k, bits, group)
+@pytest.mark.parametrize("m,k,n,bits,dense,group,scale_bits", [
+    (1, 576, 192, 4, False, 32, 16), (5, 96, 100, 2, False, 32, 16), (17, 576, 1536, 4, False, 32, 16),
+    (8, 1536, 576, "t", False, 32, 16), (9, 576, 700, "s8", True, 32, 16), (3, 96, 100, 4, True, 32, 16),
+    (17, 576, 1536, 3, False, 16, 8), (5, 96, 100, 2, False, 16, 8), (17, 576, 1536, 2, False, 32, 8),
+    (5, 576, 100, 3, False, 64, 8), (3, 1536, 576, 4, False, 192, 8)])
+def test_prefill_gemm(m, k, n, bits, dense, group, scale_bits):
+    """Bit-planes, or dense codes (8-bit tensors: the tied output head in the `score` plan); 8-bit
+    scale codes in groups of 16 and more (an odd number of groups per row in 576 / 64)."""
+    q = quantized(n, k, bits, group, scale_bits)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    meta = kernel(matmul.gemm, k, q.spec.bits, group, dense)
+    meta = kernel(matmul.gemm, k, q.spec.bits, group, dense, scale_bits)
     w = layout.dense(q, q.spec.bits) if dense else layout.planes(q)
     got = run(meta, {"x": x, "w": w, "sm": layout.scale_min(q), "y": m * n}, {"m": m, "n": n, "ldy": n, "y0": 0})["y"]
     assert rel_err(got.reshape(m, n), x.astype(np.float64) @ q.dequantize().T.astype(np.float64)) < 1e-5

@@ -3,9 +3,10 @@
 The checkpoint stores bit-planes row-major, (planes, rows, K/32), as `quant.packing` defines them.
 The kernels want the row index fastest, so that invocation r and r+1 read adjacent words:
 planes as (K/32, planes, rows), dense codes as (K/per_word, rows), and scale/minimum f16 pairs
-as (K/G, rows). Pure transposes: the bits are the packing module's. With 8-bit scales (groups
-of 16) a u32 holds two groups' codes, bytes (scale, -minimum, scale, -minimum), one word per 32
-weights as (K/32, rows), then one more row of words: each row's two f16 steps (scale step low).
+as (K/G, rows). Pure transposes: the bits are the packing module's. With 8-bit scales a u32 holds
+two groups' codes, bytes (scale, -minimum, scale, -minimum), as (ceil(K/G / 2), rows) (an odd last
+group's word has zero high bytes), then one more row of words: each row's two f16 steps (scale
+step low).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ The LUT GEMV computes y_r = sum_groups scale * sum_j 2^j sum_k b_jk x_k + min * 
 inner sums over four activations at a time come from a table of the 16 possible partial sums, so
 the work per weight falls with the number of bit-planes instead of being a dequantise per weight.
 
-Groups of 16 carry 8-bit scale and minimum codes (`quant.format`, scale_bits 8): their `sm` holds
-one word of two groups' codes per 32 weights, then a last row of per-row f16 steps; a row sums
+With 8-bit scale and minimum codes (`quant.format`, scale_bits 8; groups of 16 always have them)
+`sm` holds one word of two groups' codes, then a last row of per-row f16 steps; a row sums
 code * (its group's part) and code * (its group's activation sum) apart and multiplies by the two
 steps once at the end.
 """
@@ -27,10 +27,17 @@ TOKENS = 16  # tokens per invocation in the prefill GEMM (weights decoded once, 
 ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
 
 
-def sm_rows(k: int, group: int) -> int:
-    """Rows of a weight's `sm` buffer: a scale/minimum word per group, or with 8-bit codes (groups
-    of 16) one word per two groups plus the row of steps."""
-    return k // 32 + 1 if group == 16 else k // group
+def sm_rows(k: int, group: int, scale_bits: int = 16) -> int:
+    """Rows of a weight's `sm` buffer: an f16 scale/minimum word per group, or with 8-bit codes one
+    word per two groups (the last one half empty if their number is odd) plus the row of steps."""
+    return (k // group + 1) // 2 + 1 if scale_bits == 8 else k // group
+
+
+def _check_scales(group: int, scale_bits: int) -> bool:
+    """Whether the kernel reads 8-bit scale codes; groups of 16 have nothing else."""
+    if group == 16 and scale_bits != 8:
+        raise ValueError("groups of 16 carry 8-bit scales")
+    return scale_bits == 8
 
 
 def _byte(word: Any, i: int) -> Any:
@@ -116,15 +123,15 @@ def lut_table(k: int, tab: Table) -> Any:
     return f
 
 
-def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
+def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) -> Any:
     """y[n] = W x by table lookup over `planes` bit-planes; n (output rows) is a runtime size.
     Each weight word and scale/min pair is loaded once into a local: TVM's WGSL repeats a load at
     every use, and neither Tint nor SwiftShader merges them (each is a gather on SwiftShader)."""
     width, entries, tables = tab.width, tab.entries, k // tab.width
     gw, per = max(group, 32) // 32, 32 // tab.width
     spans = 32 // tab.span  # activation sums per weight word
-    d8 = group == 16
-    if d8 and tab.span != 16:
+    d8 = _check_scales(group, scale_bits)
+    if group == 16 and tab.span != 16:
         raise ValueError("groups of 16 need a table with a sum per 16 activations")
     mask = (1 << width) - 1
     # mirror: sum b*x = (S + sum x) / 2 with S the +-1 lookup, so the sum of x gets (2^planes - 1) / 2
@@ -145,7 +152,7 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
         T.func_attr({"tirx.noalias": True})
         table = T.match_buffer(table_h, (tab.size(k),), tab.dtype)
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
-        sm = T.match_buffer(sm_h, (sm_rows(k, group), n), "uint32")
+        sm = T.match_buffer(sm_h, (sm_rows(k, group, scale_bits), n), "uint32")
         y = T.match_buffer(y_h, (y0 + n,), "float32")  # rows land at y[y0 : y0 + n]
         for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
             for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
@@ -158,7 +165,7 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                 if r < n:
                     acc[0] = T.float32(0)
                     acc[1] = T.float32(0)
-                    if d8:
+                    if group == 16:
                         for v in range(k // 32):
                             for j in T.unroll(planes):
                                 words[j] = w[v, j, r]
@@ -187,10 +194,19 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table) -> Any:
                                 for j in T.unroll(planes):
                                     for s in T.unroll(per):
                                         part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries, words[j], s, j)
-                            smw[0] = sm[g, r]
-                            acc[0] = acc[0] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
-                                + _f16(smw[0], high=True) * xsum[0]
-                        y[y0 + r] = acc[0]
+                            if d8:
+                                smw[0] = sm[g // 2, r] >> T.Cast("uint32", g % 2 * 16)
+                                acc[0] = acc[0] + _byte(smw[0], 0) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0])
+                                acc[1] = acc[1] + _byte(smw[0], 1) * xsum[0]
+                            else:
+                                smw[0] = sm[g, r]
+                                acc[0] = acc[0] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
+                                    + _f16(smw[0], high=True) * xsum[0]
+                        if d8:
+                            smw[0] = sm[sm_rows(k, group, 8) - 1, r]
+                            y[y0 + r] = _f16(smw[0]) * acc[0] - _f16(smw[0], high=True) * acc[1]
+                        else:
+                            y[y0 + r] = acc[0]
     return f
 
 
@@ -251,7 +267,7 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     return f
 
 
-def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
+def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int = 16) -> Any:
     """Prefill: y[m, n] = x[m, :] . W[n, :] for m tokens. Each invocation owns a register tile of
     ROW_TILE rows x TOKENS tokens: per input column it loads TOKENS activations and decodes
     ROW_TILE weights for ROW_TILE * TOKENS multiply-adds. (Software WebGPU pays per load per
@@ -262,11 +278,11 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
     of one per plane. The eight inputs of a field are unrolled: SwiftShader pays a loop iteration
     dearly (the 64-token GEMM took 11-18% longer as a loop of eight; lavapipe is indifferent).
     Codes become floats through i32, as in `dequant_gemv`: a 64-token prefill of a 2-bit block took
-    247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged). Groups of 16
-    (8-bit scale codes) take their scale and minimum afresh for each eight inputs."""
+    247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged). 8-bit scale
+    codes become a scale and minimum once per group, in groups of 16 afresh for each eight inputs."""
     if planes > 4 and not dense:
         raise ValueError(f"the prefill GEMM reads at most 4 bit-planes, not {planes}: wider codes are stored dense")
-    d8 = group == 16
+    d8 = _check_scales(group, scale_bits)
     gw = max(group, 32) // 32
     per = 32 // planes
 
@@ -291,7 +307,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
         T.func_attr({"tirx.noalias": True})
         x = T.match_buffer(x_h, (m, k), "float32")
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")  # dense: the same words, (k // per, n)
-        sm = T.match_buffer(sm_h, (sm_rows(k, group), n), "uint32")
+        sm = T.match_buffer(sm_h, (sm_rows(k, group, scale_bits), n), "uint32")
         y = T.match_buffer(y_h, (m * ldy,), "float32")  # token t's rows land at y[t*ldy + y0 : ... + n]
         for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
             for bx in T.thread_binding((n + rows_per_group - 1) // rows_per_group, thread="blockIdx.x"):
@@ -308,13 +324,17 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
                         acc[a] = T.float32(0)
                     if d8:
                         for r in T.unroll(ROW_TILE):
-                            smw[r] = sm[k // 32, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                            smw[r] = sm[sm_rows(k, group, 8) - 1, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
                             steps[2 * r] = _f16(smw[r])
                             steps[2 * r + 1] = -_f16(smw[r], high=True)
                     for g in range(k // (gw * 32)):
                         for r in T.unroll(ROW_TILE):
-                            if d8:
+                            if group == 16:  # two groups' codes; the scales are taken per eight inputs
                                 smw[r] = sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                            elif d8:
+                                smw[r] = sm[g // 2, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)] >> T.Cast("uint32", g % 2 * 16)
+                                scale[2 * r] = _byte(smw[r], 0) * steps[2 * r]
+                                scale[2 * r + 1] = _byte(smw[r], 1) * steps[2 * r + 1]
                             else:
                                 scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)])
                                 scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)], high=True)
@@ -323,7 +343,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False) -> Any:
                                 for j in T.unroll(planes):
                                     words[r * planes + j] = w[g * gw + v, j, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
                             for q in range(4):  # eight inputs at a time
-                                if d8:
+                                if group == 16:
                                     for r in T.unroll(ROW_TILE):
                                         scale[2 * r] = _byte(smw[r] >> T.Cast("uint32", q // 2 * 16), 0) * steps[2 * r]
                                         scale[2 * r + 1] = _byte(smw[r] >> T.Cast("uint32", q // 2 * 16), 1) * steps[2 * r + 1]
