@@ -361,7 +361,8 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--budget", type=float, help="bits per weight of the linear layers, scales included (mixed)")
     p.add_argument("--group", type=int, default=32, help="weights per scale/minimum group (default 32)")
     p.add_argument("--scale-bits", type=int, default=16,
-                   help="16: f16 scale and minimum per group (default); 8: 8-bit codes times an f16 step per row")
+                   help="16: f16 scale and minimum per group (default); 8: 8-bit codes times an f16 step per row "
+                        "(with --bits mixed: the formats it chooses among)")
     p.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
     p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
     p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")

@@ -66,10 +66,11 @@ def test_low_bit_packages_match_their_reference(tiny, bits):
         assert collect(eng, prompt, 16) == list(refs[bits].generate_greedy(prompt, 16, set(), n_ctx=128))
 
 
-@pytest.mark.parametrize("bits,group,budget", [("3", 16, None), ("2", 32, None)])
+@pytest.mark.parametrize("bits,group,budget", [("3", 16, None), ("2", 32, None), ("mixed", 32, 4.0)])
 def test_8bit_scales_match_their_reference(tiny, bits, group, budget):
-    """8-bit scale codes in groups of 16 or of 32 (three in a row of 96: a half-empty word): decode
-    GEMVs, and prefill GEMMs for the 60-token prompt."""
+    """8-bit scale codes in groups of 16, of 32 (three in a row of 96: a half-empty word), or mixed
+    at 4.0 bits per weight (3 and 4 bits in groups of 16 to 96 on this model: one table then serves
+    groups of 16 and larger ones): decode GEMVs, and prefill GEMMs for the 60-token prompt."""
     ckpt, root, refs = tiny
     out = root / f"pkg{bits}g{group}d8"
     reference = compile_package(ckpt, out, bits, budget, group=group, scale_bits=8)

@@ -120,6 +120,17 @@ def test_mixed_allocation_respects_the_budget_and_follows_sensitivity():
         allocate(sens, 2.0)
 
 
+def test_mixed_allocation_counts_the_row_steps_of_8_bit_scales():
+    """With 64 columns the row steps add 0.5 bits: q2g64d8 costs 2.75, q2g32d8 3.0, so a budget of
+    2.8 affords no upgrade, though the nominal 2.25 and 2.5 would upgrade every tensor."""
+    cheap, dear = QuantSpec(2, 64, scale_bits=8), QuantSpec(2, 32, scale_bits=8)
+    sens = [Sensitivity(f"t{i}", 64 * 64, {cheap: 2.0, dear: 1.0}, cols=64) for i in range(4)]
+    plan = allocate(sens, 2.8)
+    assert cheap.bpw_for(64) == 2.75 and dear.bpw_for(64) == 3.0
+    assert sum(s == dear for s in plan.values()) == 0
+    assert sum(s == dear for s in allocate(sens, 2.75 + 0.25 / 4).values()) == 1
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"bits": "5"}, "bits must be"),
     ({"bits": "x"}, "bits must be"),
@@ -133,7 +144,7 @@ def test_mixed_allocation_respects_the_budget_and_follows_sensitivity():
     ({"bits": "3", "tune": TuneOptions(top_k=0)}, "top k"),
     ({"bits": "3", "scale_bits": 7}, "scale bits must be"),
     ({"bits": "t", "scale_bits": 8}, "asymmetric groups"),
-    ({"bits": "mixed", "budget": 3.0, "scale_bits": 8}, "single bit width"),
+    ({"bits": "mixed", "budget": 3.0, "scale_bits": 7}, "scale bits must be"),
 ])
 def test_bad_requests(kwargs, message):
     with pytest.raises(LutlmError, match=message):

@@ -21,6 +21,13 @@ from ..reference import Reference, rope_tables
 from .format import QuantSpec, quantize_rtn
 
 OPTIONS = tuple(QuantSpec(bits, group) for bits in (2, 3, 4) for group in (32, 64, 96, 192))
+# With 8-bit scales a group's pair costs 16 bits instead of 32, so smaller groups become affordable
+OPTIONS_D8 = tuple(QuantSpec(bits, group, scale_bits=8) for bits in (2, 3, 4) for group in (16, 32, 64, 96, 192))
+
+
+def options_of(scale_bits: int) -> tuple[QuantSpec, ...]:
+    """The formats mixed precision chooses among for f16 (16) or 8-bit scales."""
+    return OPTIONS_D8 if scale_bits == 8 else OPTIONS
 
 
 def options_for(shape: tuple[int, ...], options: tuple[QuantSpec, ...] = OPTIONS) -> list[QuantSpec]:
@@ -33,6 +40,10 @@ class Sensitivity:
     name: str
     size: int
     kl: dict[QuantSpec, float]  # estimated KL divergence caused by quantising this tensor alone
+    cols: int = 0  # input dimension: 8-bit scales' row steps cost 32 / cols bits per weight
+
+    def bpw(self, spec: QuantSpec) -> float:
+        return spec.bpw_for(self.cols) if self.cols else spec.bpw
 
 
 def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
@@ -72,7 +83,8 @@ def measure(model: Reference, names: list[str], window: list[int], budget_bpw: f
         kl = _kl(ref_logp, model.head(x))
         model.w[name] = original
         scale = kl / errors[probe] if errors[probe] > 0 else 0.0
-        result.append(Sensitivity(name, original.size, {spec: errors[spec] * scale for spec in valid}))
+        result.append(Sensitivity(name, original.size, {spec: errors[spec] * scale for spec in valid},
+                                  original.shape[1]))
         if progress:
             progress(f"{k + 1}/{len(names)} {name}")
     return result
@@ -81,8 +93,8 @@ def measure(model: Reference, names: list[str], window: list[int], budget_bpw: f
 def allocate(sensitivities: list[Sensitivity], budget_bpw: float) -> dict[str, QuantSpec]:
     """Cheapest-first greedy: repeatedly take the upgrade with the best KL saved per bit added."""
     total = sum(s.size for s in sensitivities)
-    choice = {s.name: min(s.kl, key=lambda spec: spec.bpw) for s in sensitivities}
-    spent = sum(s.size * choice[s.name].bpw for s in sensitivities)
+    choice = {s.name: min(s.kl, key=s.bpw) for s in sensitivities}
+    spent = sum(s.size * s.bpw(choice[s.name]) for s in sensitivities)
     if spent > budget_bpw * total + 1e-9:
         raise LutlmError(f"a budget of {budget_bpw} bits per weight is below the cheapest mix ({spent / total:.3f})")
     by_name = {s.name: s for s in sensitivities}
@@ -91,7 +103,7 @@ def allocate(sensitivities: list[Sensitivity], budget_bpw: float) -> dict[str, Q
         for name, current in choice.items():
             s = by_name[name]
             for spec in s.kl:
-                extra = s.size * (spec.bpw - current.bpw)
+                extra = s.size * (s.bpw(spec) - s.bpw(current))
                 gain = s.kl[current] - s.kl[spec]
                 if extra <= 0 or gain <= 0 or spent + extra > budget_bpw * total + 1e-9:
                     continue

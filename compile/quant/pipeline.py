@@ -13,7 +13,7 @@ from ..reference import Reference
 from .calibration import gptq_model
 from .format import QTensor, QuantSpec, quantize_rtn
 from .gptq import GPTQOptions
-from .mixed import allocate, measure
+from .mixed import allocate, measure, options_of
 from .tune import LR_SCHEDULE, TuneOptions, teacher_probs, tune
 
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -24,7 +24,7 @@ EMBEDDINGS = ("token_embd.weight", "output.weight")
 class Request:
     bits: str  # "4", "3", "2", "t" or "mixed"
     group: int = 32
-    scale_bits: int = 16  # 8: scales and minimums as 8-bit codes times an f16 step per row
+    scale_bits: int = 16  # 8: scales and minimums as 8-bit codes times an f16 step per row (mixed: among such formats)
     method: str = "gptq"
     budget: float | None = None
     embed_bits: int = 8
@@ -38,8 +38,7 @@ class Request:
         if self.method not in ("rtn", "gptq"):
             raise LutlmError(f"method must be rtn or gptq, not {self.method!r}")
         if self.bits == "mixed":
-            if self.scale_bits != 16:
-                raise LutlmError("--scale-bits 8 is for a single bit width; mixed precision chooses among f16-scale formats")
+            QuantSpec.parse(2, 32, self.scale_bits)  # a clear error for scale bits other than 16 and 8
             if self.budget is None:
                 raise LutlmError("--bits mixed needs --budget BPW (bits per weight, scales included)")
         elif self.budget is not None:
@@ -104,7 +103,8 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         if not calib:
             raise LutlmError("mixed precision needs calibration text to measure sensitivity")
         log("measuring the sensitivity of each tensor")
-        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], req.budget, progress=log)
+        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], req.budget, options_of(req.scale_bits),
+                       progress=log)
         plan = allocate(sens, req.budget)
     else:
         spec = QuantSpec.parse(req.bits, req.group, req.scale_bits)
