@@ -95,6 +95,7 @@ def test_quantize_then_evaluate(tiny_hf, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     assert "3.000 bits per weight" in proc.stdout
+    assert "quantize: 0 s: " in proc.stderr  # progress reaches a log file, not only a terminal
     tuned = json.loads((out / "quantized.json").read_text())["tune"]
     assert tuned["epochs"] == 2 and len(tuned["kl_per_epoch"]) == 2 and tuned["lr_schedule"].startswith("cosine")
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
