@@ -28,6 +28,7 @@ VARIANTS = {
     "q3g16-lut": ["--bits", "3", "--group", "16", "--scale-bits", "8"],
     "q2-lut": ["--bits", "2"],
     "mixed-lut": ["--bits", "mixed", "--budget", "3.0"],
+    "mixed-d8-lut": ["--bits", "mixed", "--budget", "2.5", "--scale-bits", "8"],
     "q4-dequant": ["--bits", "4", "--decode", "dequant"],
     "q4-dequant8": ["--bits", "4", "--decode", "dequant8"],
 }

@@ -41,6 +41,8 @@ ROWS: dict[str, list[str]] = {
     "gptq-3-g16": ["--bits", "3", "--group", "16"],
     "gptq-3-g16-d8": ["--bits", "3", "--group", "16", "--scale-bits", "8"],
     "gptq-3-g16-d8-tune-c128": ["--bits", "3", "--group", "16", "--scale-bits", "8", "--tune", "2", "--calib-windows", "128"],
+    "mixed-2.5-d8-tune-c128": ["--bits", "mixed", "--budget", "2.5", "--scale-bits", "8", "--tune", "2",
+                               "--calib-windows", "128"],
 }
 EVALS = {"wiki": 40, "tiny": 20}
 LUTLM = [sys.executable, "-m", "lutlm.cli"]
