@@ -11,8 +11,10 @@ from typing import Callable, Iterator, TextIO
 
 
 @contextmanager
-def status(desc: str, stream: TextIO = sys.stderr, every: float = 30.0) -> Iterator[Callable[[str], None]]:
-    """Yields a function that reports a message."""
+def status(desc: str, stream: TextIO | None = None, every: float = 30.0) -> Iterator[Callable[[str], None]]:
+    """Yields a function that reports a message. The stream defaults to sys.stderr as it is when
+    called, not as it was at import (tests and embedders replace it)."""
+    stream = stream or sys.stderr
     if stream.isatty():
         from tqdm import tqdm
 
