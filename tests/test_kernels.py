@@ -48,7 +48,7 @@ def test_lut_gemv_smollm2_shape(bits, tab):
         q = quantized(1536, 576, 2)
         q.codes &= 1
         q.spec = QuantSpec(2, 32)
-        q = type(q)(SimpleNamespace(bits=1, group=32), q.codes, q.scale, q.minimum)
+        q = type(q)(SimpleNamespace(bits=1, group=32, scale_bits=16), q.codes, q.scale, q.minimum)
     else:
         q = quantized(1536, 576, bits)
     x = rng.standard_normal(576).astype(np.float32)
