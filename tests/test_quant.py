@@ -108,7 +108,7 @@ def test_gptq_reduces_output_error_versus_rtn(bits, act_order):
 
 def test_mixed_allocation_respects_the_budget_and_follows_sensitivity():
     specs = [QuantSpec(b, g) for b in (2, 3, 4) for g in (32, 64)]
-    sens = [Sensitivity(f"t{i}", size, {s: (10.0 if i == 0 else 1.0) * 2.0 ** (-2 * s.bpw) for s in specs})
+    sens = [Sensitivity(f"t{i}", size, {s: (10.0 if i == 0 else 1.0) * 2.0 ** (-2 * s.bpw) for s in specs}, 64)
             for i, size in enumerate([1000, 1000, 3000, 500])]
     for budget in (2.5, 3.0, 3.7):
         plan = allocate(sens, budget)

@@ -40,10 +40,10 @@ class Sensitivity:
     name: str
     size: int
     kl: dict[QuantSpec, float]  # estimated KL divergence caused by quantising this tensor alone
-    cols: int = 0  # input dimension: 8-bit scales' row steps cost 32 / cols bits per weight
+    cols: int  # input dimension: 8-bit scales' row steps cost 32 / cols bits per weight
 
     def bpw(self, spec: QuantSpec) -> float:
-        return spec.bpw_for(self.cols) if self.cols else spec.bpw
+        return spec.bpw_for(self.cols)
 
 
 def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
