@@ -23,6 +23,10 @@ from typing import Any
 from tvm.script import tirx as T
 
 ROWS = 64  # invocations per workgroup, one output row each
+# The LUT GEMV's workgroups are smaller: a 576-row GEMV is then 36 workgroups instead of 9 (that
+# two CPU threads share many small ones more evenly is a guess, not measured). 2-bit decode, 16 against 64 rows (`lutlm bench model`, 2026-12-03):
+# Chromium 4.08 / 3.61 and 3.94 / 3.01 tok/s in two runs of opposite order, lavapipe 3.51 / 2.85.
+GEMV_ROWS = 16
 TOKENS = 16  # tokens per invocation in the prefill GEMM (weights decoded once, used 16 times)
 ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
 
@@ -154,14 +158,14 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) 
         w = T.match_buffer(w_h, (k // 32, planes, n), "uint32")
         sm = T.match_buffer(sm_h, (sm_rows(k, group, scale_bits), n), "uint32")
         y = T.match_buffer(y_h, (y0 + n,), "float32")  # rows land at y[y0 : y0 + n]
-        for bx in T.thread_binding((n + ROWS - 1) // ROWS, thread="blockIdx.x"):
-            for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+        for bx in T.thread_binding((n + GEMV_ROWS - 1) // GEMV_ROWS, thread="blockIdx.x"):
+            for tx in T.thread_binding(GEMV_ROWS, thread="threadIdx.x"):
                 acc = T.alloc_buffer((2,), "float32", scope="local")  # d8: code-weighted parts, sums
                 part = T.alloc_buffer((1,), "float32", scope="local")
                 xsum = T.alloc_buffer((1,), "float32", scope="local")
                 words = T.alloc_buffer((planes,), "uint32", scope="local")
                 smw = T.alloc_buffer((1,), "uint32", scope="local")
-                r = bx * ROWS + tx
+                r = bx * GEMV_ROWS + tx
                 if r < n:
                     acc[0] = T.float32(0)
                     acc[1] = T.float32(0)
