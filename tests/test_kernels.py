@@ -319,10 +319,10 @@ def test_emitted_metadata_describes_the_wgsl():
     for i, b in enumerate(meta["bindings"]):
         assert f"@binding({i}) var<storage, {b['access']}> {b['name']}_ptr : array<{b['dtype']}>" in meta["wgsl"]
     assert meta["uniforms"] == [("n", "i32"), ("y0", "i32"), ("packGridDimX", "u32")]
-    assert meta["workgroup"] == (matmul.ROWS, 1, 1)
+    assert meta["workgroup"] == (matmul.GEMV_ROWS, 1, 1)
     from runtime_py.expr import evaluate
 
-    assert [evaluate(e, {"n": 1537}) for e in meta["grid"]] == [-(-1537 // matmul.ROWS), 1, 1]
+    assert [evaluate(e, {"n": 1537}) for e in meta["grid"]] == [-(-1537 // matmul.GEMV_ROWS), 1, 1]
     attn = kernel(attention.attention, 9, 3, 64, 960)
     assert [evaluate(e, {"m": m}) for m in (5, 130) for e in attn["grid"]] == [1, 9, 1, 3, 9, 1]
     assert "storageBarrier(); workgroupBarrier();" in kernel(sampling.argmax)["wgsl"]
