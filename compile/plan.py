@@ -117,8 +117,8 @@ class Plan:
 
 
 def _d8(spec: QuantSpec) -> str:
-    """Kernel-name suffix of 8-bit scale codes in groups of 32 or more (groups of 16 always have them)."""
-    return "d8" if spec.scale_bits == 8 and spec.group != 16 else ""
+    """Kernel-name suffix of 8-bit scale codes, as in the format's name (q3g16d8)."""
+    return "d8" if spec.scale_bits == 8 else ""
 
 
 def fused_groups(config: ModelConfig, specs: dict[str, QuantSpec], layer: int) -> dict[str, list[str]]:
