@@ -37,6 +37,11 @@ class ModelConfig:
     eos_id: int | None
     add_bos: bool
 
+    def norm_names(self) -> list[str]:
+        """The RMSNorm gains, kept as f32 in every format."""
+        return ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(self.n_layer)
+                                         for p in ("attn_norm", "ffn_norm")]
+
     def validate(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise LutlmError(f"unsupported architecture {self.architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .assets import ASSETS, DEFAULT_MODEL, fetch, resolve_source
@@ -265,7 +266,8 @@ def _quantize(args: argparse.Namespace):
 
     tune = None
     if args.tune:
-        tune = TuneOptions(args.tune) if args.tune_lr is None else TuneOptions(args.tune, args.tune_lr)
+        lr = TuneOptions.lr if args.tune_lr is None else args.tune_lr
+        tune = TuneOptions(args.tune, lr, norms=not args.no_tune_norms)
     req = Request(bits=args.bits, group=args.group, scale_bits=args.scale_bits, method=args.method, budget=args.budget,
                   embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
                   window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order), tune=tune)
@@ -279,8 +281,8 @@ def _quantize(args: argparse.Namespace):
     from .progress import status
 
     with status("quantize") as report:
-        quantized, info = quantize(ckpt, req, calib, log=report)
-    return ckpt, quantized, info
+        quantized, gains, info = quantize(ckpt, req, calib, log=report)
+    return replace(ckpt, tensors=ckpt.tensors | gains), quantized, info
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
@@ -371,9 +373,11 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")
     p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
     p.add_argument("--tune", type=int, default=0, metavar="EPOCHS",
-                   help="then train scales and minimums end to end against the source model (default 0: off)")
+                   help="then train scales, minimums and norm gains end to end against the source model "
+                        "(default 0: off)")
     p.add_argument("--tune-lr", type=float, help="tuning's first Adam step, relative to each tensor's scales "
                                                  "(default 6e-4); it decays to 0 along a cosine")
+    p.add_argument("--no-tune-norms", action="store_true", help="tuning leaves the RMSNorm gains as they are")
     p.add_argument("-o", "--output", required=True, help="output folder")
 
 

@@ -72,8 +72,7 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
         arrays[name + ".sm"] = layout.scale_min(q)
         if decode != "lut" or dense_only(q.spec):
             arrays[name + ".dense"] = layout.dense(q, dense_bits(q.spec))
-    norms = ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer) for p in ("attn_norm", "ffn_norm")]
-    for name in norms:
+    for name in c.norm_names():
         arrays[name] = np.ascontiguousarray(ckpt.tensors[name], dtype=np.float32)
     return arrays, {n: q.spec for n, q in weights.items()}, {n: q.codes.shape for n, q in weights.items()}, head
 

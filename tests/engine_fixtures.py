@@ -25,7 +25,7 @@ def compile_package(ckpt: Checkpoint, out: Path, bits: str = "4", budget: float 
     the package; returns the numpy reference on the same quantised weights."""
     calib = [[(7 * i + 3) % ckpt.config.n_vocab for i in range(64)]] if bits == "mixed" else None
     req = Request(bits=bits, method="rtn", budget=budget, group=group, scale_bits=scale_bits)
-    quantized, info = quantize(ckpt, req, calib)
+    quantized, _, info = quantize(ckpt, req, calib)
     write(out, ckpt, quantized, info, decode=decode)
     tensors = dict(ckpt.tensors) | {n: q.dequantize() for n, q in quantized.items()}
     return Reference(Checkpoint(ckpt.config, tensors, ckpt.tokenizer))

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from lutlm.checkpoint import load_checkpoint
 from tiny_llama import write_hf_folder
 
 LUTLM = [sys.executable, "-m", "lutlm.cli"]
@@ -98,6 +100,13 @@ def test_quantize_then_evaluate(tiny_hf, tmp_path):
     assert "quantize: 0 s: " in proc.stderr  # progress reaches a log file, not only a terminal
     tuned = json.loads((out / "quantized.json").read_text())["tune"]
     assert tuned["epochs"] == 2 and len(tuned["kl_per_epoch"]) == 2 and tuned["lr_schedule"].startswith("cosine")
+    source = load_checkpoint(tiny_hf)
+    stored = load_checkpoint(out)  # the tuned norm gains are what the checkpoint stores
+    assert tuned["norms"] and all(not np.array_equal(stored.tensors[n], source.tensors[n]) for n in source.config.norm_names())
+    assert run("quantize", str(tiny_hf), "--bits", "2", "--calib-windows", "4", "--window", "64", "--tune", "1",
+               "--no-tune-norms", "-o", str(tmp_path / "kept")).returncode == 0
+    kept = load_checkpoint(tmp_path / "kept")
+    assert all(np.array_equal(kept.tensors[n], source.tensors[n]) for n in source.config.norm_names())
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     ppl = run("eval", "ppl", str(out), "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
     assert ppl.returncode == 0, ppl.stderr

@@ -46,7 +46,7 @@ def run(sess, cfg, ids, past, start):
 
 @pytest.mark.parametrize("bits,dtype", [("4", "q4"), ("3", "q4"), ("t", "q4"), ("2", "fp32")])
 def test_exported_decoder_matches_reference(ckpt, tmp_path, bits, dtype):
-    quantized, _ = quantize(ckpt, Request(bits=bits, method="rtn"), None)
+    quantized, _, _ = quantize(ckpt, Request(bits=bits, method="rtn"), None)
     out = export(tmp_path / "onnx-model", ckpt, quantized, dtype)
     ref = Reference(Checkpoint(ckpt.config, dict(ckpt.tensors) | {n: q.dequantize() for n, q in quantized.items()},
                                ckpt.tokenizer))
@@ -66,7 +66,7 @@ def test_exported_decoder_matches_reference(ckpt, tmp_path, bits, dtype):
 
 def test_padding_mask_hides_keys(ckpt, tmp_path):
     """A left-padded row gives the same logits as the unpadded one (attention_mask is honoured)."""
-    quantized, _ = quantize(ckpt, Request(bits="4", method="rtn"), None)
+    quantized, _, _ = quantize(ckpt, Request(bits="4", method="rtn"), None)
     sess = session(export(tmp_path / "m", ckpt, quantized, "q4"), "q4")
     c = ckpt.config
     empty = {f"past_key_values.{i}.{k}": np.zeros((1, c.n_head_kv, 0, c.head_dim), np.float32)
@@ -80,7 +80,7 @@ def test_padding_mask_hides_keys(ckpt, tmp_path):
 
 
 def test_export_refusals(ckpt, tmp_path):
-    quantized, _ = quantize(ckpt, Request(bits="4", method="rtn"), None)
+    quantized, _, _ = quantize(ckpt, Request(bits="4", method="rtn"), None)
     with pytest.raises(LutlmError, match="--dtype"):
         export(tmp_path / "a", ckpt, quantized, "int8")
     name = "blk.0.ffn_up.weight"

@@ -199,16 +199,16 @@ def test_8bit_scales_stay_on_their_row_grid_and_cost_little():
 def test_compile_refuses_formats_the_kernels_cannot_read(checkpoint):
     from lutlm.package import gpu_tensors
 
-    quantized, _ = quantize(checkpoint, Request(bits="3", group=16, method="rtn"), None)
+    quantized, _, _ = quantize(checkpoint, Request(bits="3", group=16, method="rtn"), None)
     with pytest.raises(LutlmError, match="not q3g16;"):
         gpu_tensors(checkpoint, quantized)
-    quantized, _ = quantize(checkpoint, Request(bits="3", group=16, scale_bits=8, method="rtn"), None)
+    quantized, _, _ = quantize(checkpoint, Request(bits="3", group=16, scale_bits=8, method="rtn"), None)
     with pytest.raises(LutlmError, match="dequantise baseline"):
         gpu_tensors(checkpoint, quantized, decode="dequant")
 
 
 def test_q4_1_requantisation_is_lossless(checkpoint, tmp_path):
-    quantized, info = quantize(checkpoint, Request(bits="4", group=32, method="rtn"), None)
+    quantized, _, info = quantize(checkpoint, Request(bits="4", group=32, method="rtn"), None)
     assert info["bpw_linear"] == 5.0
     store.write(tmp_path / "q4", checkpoint, quantized, info)
     again = load_checkpoint(tmp_path / "q4")
@@ -229,7 +229,7 @@ def test_bits_per_weight_counts_scales_and_minimums(checkpoint):
 
 
 def test_damaged_quantised_checkpoint(checkpoint, tmp_path):
-    quantized, info = quantize(checkpoint, Request(bits="2", group=64, method="rtn"), None)
+    quantized, _, info = quantize(checkpoint, Request(bits="2", group=64, method="rtn"), None)
     store.write(tmp_path / "q", checkpoint, quantized, info)
     manifest = (tmp_path / "q" / "quantized.json")
     manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 99'))

@@ -39,7 +39,7 @@ def test_backward_matches_finite_differences(top_k):
     probs /= probs.sum(1, keepdims=True)
     top = np.argsort(-probs, axis=1)[:, :top_k]
     teacher = Teacher(top, np.take_along_axis(probs, top, 1))
-    names = [n for n in model.w if n.startswith("blk.") and not n.endswith("norm.weight")]
+    names = [n for n in model.w if n != "token_embd.weight"]  # linear layers and norm gains
     _, grads = loss_and_grads(model, ids, teacher, names)
     assert set(grads) == set(names)
     for name in names:
@@ -99,8 +99,9 @@ def test_untrained_groups_rebuild_the_stored_weight(spec):
     np.testing.assert_array_equal(back.minimum, q.minimum)
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(3, 16, scale_bits=8)])
-def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text(spec):
+@pytest.mark.parametrize("spec,norms", [(QuantSpec(3, 32), False), (QuantSpec(3, 16, scale_bits=8), False),
+                                        (QuantSpec(3, 32), True)])
+def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text(spec, norms):
     source = _model()
     rng = np.random.default_rng(3)
     train = [list(rng.integers(0, V, 64)) for _ in range(48)]  # enough tokens not to overfit ~4 K parameters
@@ -108,13 +109,15 @@ def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text(spec):
     quantized = {n: quantize_rtn(w, spec) for n, w in source.w.items()
                  if n.startswith("blk.") and not n.endswith("norm.weight")}
     student = Reference(Checkpoint(CONFIG, dict(source.w) | {n: q.dequantize() for n, q in quantized.items()}, {}))
+    source_norms = {n: w.copy() for n, w in source.w.items() if n.endswith("norm.weight")}
 
     def kl(windows: list[list[int]]) -> float:
         teacher = teacher_probs(source, windows)
         return float(np.mean([loss_and_grads(student, np.asarray(ids), t, [])[0] for ids, t in zip(windows, teacher)]))
 
     before = kl(held_out)
-    tuned, per_epoch = tune(student, quantized, teacher_probs(source, train), train, TuneOptions(epochs=4, lr=1e-2))
+    tuned, gains, per_epoch = tune(student, quantized, teacher_probs(source, train), train,
+                                   TuneOptions(epochs=4, lr=1e-2, norms=norms))
     after = kl(held_out)
     assert after < 0.95 * before  # measured 0.92: random text, so little to generalise from
     assert len(per_epoch) == 4 and per_epoch[-1] < per_epoch[0]
@@ -129,6 +132,11 @@ def test_tuning_brings_outputs_closer_to_the_source_on_unseen_text(spec):
                 codes = values / step.astype(np.float32)
                 np.testing.assert_array_equal(codes, np.clip(np.rint(codes), 0, 255))
         np.testing.assert_array_equal(student.w[name], q.dequantize())  # the model holds what is stored
+    assert set(gains) == (set(source_norms) if norms else set())
+    for name, gain in gains.items():
+        assert student.w[name] is gain and gain.dtype == np.float32 and not np.array_equal(gain, source_norms[name])
+    for name, before_tuning in source_norms.items():  # the source model's arrays, shared with the student, stay
+        np.testing.assert_array_equal(source.w[name], before_tuning)
 
 
 def test_tuning_needs_calibration():

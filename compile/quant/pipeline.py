@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from ..checkpoint import Checkpoint
 from ..errors import LutlmError
 from ..perplexity import windows
@@ -86,13 +88,16 @@ def calibration_windows(texts: dict[str, str], encode: Callable[[str], list[int]
 
 
 def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
-             log: Callable[[str], None] = lambda msg: None) -> tuple[dict[str, QTensor], dict[str, Any]]:
-    """Quantise `ckpt` as requested; its tensors are left untouched. Returns tensors and statistics."""
+             log: Callable[[str], None] = lambda msg: None
+             ) -> tuple[dict[str, QTensor], dict[str, np.ndarray], dict[str, Any]]:
+    """Quantise `ckpt` as requested; its tensors are left untouched. Returns the quantised tensors,
+    the float tensors that changed (the norm gains, when tuning trains them) and statistics."""
     req.validate()
     t0 = time.perf_counter()
     names = linear_names(ckpt)
     model = Reference(Checkpoint(ckpt.config, dict(ckpt.tensors), ckpt.tokenizer))
     out: dict[str, QTensor] = {}
+    gains: dict[str, np.ndarray] = {}
     for name in EMBEDDINGS:
         if name in model.w:
             spec = QuantSpec(8, 32, symmetric=True) if req.embed_bits == 8 else QuantSpec(4, 32)
@@ -124,7 +129,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
             raise LutlmError("tuning needs calibration text")
         log("the source model's outputs on the calibration text")
         teacher = teacher_probs(Reference(ckpt), calib, req.tune.top_k)
-        tuned, kl = tune(model, {n: out[n] for n in names}, teacher, calib, req.tune, progress=log)
+        tuned, gains, kl = tune(model, {n: out[n] for n in names}, teacher, calib, req.tune, progress=log)
         out.update(tuned)
     seconds = time.perf_counter() - t0
     emb = {n: out[n].spec for n in EMBEDDINGS if n in out}
@@ -142,7 +147,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         "mix": {spec.name: sum(1 for s in plan.values() if s == spec) for spec in sorted(set(plan.values()), key=lambda s: s.bpw)},
         "seconds": round(seconds, 1),
     }
-    return out, info
+    return out, gains, info
 
 
 def summary(info: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """End-to-end tuning of group scales and minimums (PEQA, EfficientQAT's E2E-QP): the codes GPTQ
-chose stay fixed, and every group's f16 scale and minimum are trained with Adam so that the
-quantised model's next-token distribution matches the source model's (KL divergence) on
-calibration text.
+chose stay fixed, and every group's scale and minimum, with the RMSNorm gains (Norm Tweaking), are
+trained with Adam so that the quantised model's next-token distribution matches the source model's
+(KL divergence) on calibration text.
 
 GPTQ minimises each layer's own output error; what it cannot see is how errors add up through 30
 blocks. Training the few per-group parameters against the model's output fixes part of that
@@ -33,6 +33,7 @@ class TuneOptions:
     epochs: int = 2
     lr: float = 6e-4  # first Adam step, relative to each tensor's mean |scale|; decays to 0 along a cosine
     top_k: int = 256  # the source model's probabilities kept per position (the rest as one tail)
+    norms: bool = True  # train the RMSNorm gains too (stored as f32, so they cost no bits)
 
 
 @dataclass
@@ -74,6 +75,9 @@ class _Group:
             return [ds - (1 << (self.spec.bits - 1)) * dw.sum(-1)]
         return [ds] if self.spec.ternary else [ds, dw.sum(-1)]
 
+    def unit(self) -> float:
+        return float(np.mean(np.abs(self.scale)))
+
     def params(self) -> list[np.ndarray]:
         """The minimum is tied to the scale in ternary and symmetric groups."""
         return [self.scale] if self.spec.ternary or self.spec.symmetric else [self.scale, self.minimum]
@@ -89,6 +93,26 @@ class _Group:
     def qtensor(self) -> QTensor:
         codes = (self.codes + (1 if self.spec.ternary else 0)).astype(np.uint8).reshape(self.shape[0], -1)
         return QTensor(self.spec, codes, *self.stored(), self.steps)
+
+
+class _Gain:
+    """An RMSNorm's gain vector, trained as it is stored (f32). Gains scale every input column of
+    the layers after the norm, which per-row group scales cannot do (Norm Tweaking, Li et al. 2023)."""
+
+    def __init__(self, gain: np.ndarray):
+        self.gain = gain.astype(np.float32, copy=True)  # a copy: the source checkpoint may share the array
+
+    def unit(self) -> float:
+        return float(np.mean(np.abs(self.gain)))
+
+    def params(self) -> list[np.ndarray]:
+        return [self.gain]
+
+    def grads(self, d: np.ndarray) -> list[np.ndarray]:
+        return [d]
+
+    def weight(self) -> np.ndarray:
+        return self.gain
 
 
 def _rms(x: np.ndarray, eps: float) -> np.ndarray:
@@ -152,7 +176,7 @@ def block_forward(model: Reference, i: int, x: np.ndarray, cos: np.ndarray,
 def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: np.ndarray, sin: np.ndarray,
                    want: set[str], grads: dict[str, np.ndarray]) -> np.ndarray:
     """From the gradient of block `i`'s output, the gradient of its input; the gradients of its
-    linear weights named in `want` go into `grads`."""
+    weights named in `want` (linear layers, norm gains) go into `grads`."""
     c, w, p = model.config, model.w, f"blk.{i}."
     n = len(dx)
     x0, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act = tape
@@ -161,6 +185,10 @@ def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: n
         if name in want:
             grads[name] = dy.T @ xin
 
+    def gain_grad(name: str, dy: np.ndarray, xin: np.ndarray, r: np.ndarray) -> None:
+        if name in want:
+            grads[name] = (dy * xin * r).sum(0)
+
     weight_grad(p + "ffn_down.weight", dx, act)
     dact = dx @ w[p + "ffn_down.weight"]
     dup = dact * gate * sig
@@ -168,6 +196,7 @@ def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: n
     weight_grad(p + "ffn_gate.weight", dgate, h2)
     weight_grad(p + "ffn_up.weight", dup, h2)
     dh2 = dgate @ w[p + "ffn_gate.weight"] + dup @ w[p + "ffn_up.weight"]
+    gain_grad(p + "ffn_norm.weight", dh2, xm, r2)
     dx = dx + _rms_back(xm, r2, w[p + "ffn_norm.weight"], dh2)
     weight_grad(p + "attn_output.weight", dx, att)
     dq, dk, dv = _attention_back(q, k, v, probs, dx @ w[p + "attn_output.weight"])
@@ -178,6 +207,7 @@ def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: n
     weight_grad(p + "attn_k.weight", dk, h)
     weight_grad(p + "attn_v.weight", dv, h)
     dh = dq @ w[p + "attn_q.weight"] + dk @ w[p + "attn_k.weight"] + dv @ w[p + "attn_v.weight"]
+    gain_grad(p + "attn_norm.weight", dh, x0, r1)
     return dx + _rms_back(x0, r1, w[p + "attn_norm.weight"], dh)
 
 
@@ -202,7 +232,7 @@ def _kl(logp: np.ndarray, teacher: Teacher) -> tuple[float, np.ndarray]:
 def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
                    names: list[str]) -> tuple[float, dict[str, np.ndarray]]:
     """KL(teacher || model) per token, averaged over the window, and its gradient with respect to
-    every linear layer's weight in `names`."""
+    every weight in `names` (linear layers, norm gains)."""
     c, w = model.config, model.w
     n = len(ids)
     cos, sin = rope_tables(c, np.arange(n))
@@ -220,7 +250,10 @@ def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
     loss, dlogits = _kl(logp, teacher)
 
     want, grads = set(names), {}
-    dx = _rms_back(x, rf, w["output_norm.weight"], (dlogits / n) @ head)
+    dhf = (dlogits / n) @ head
+    if "output_norm.weight" in want:
+        grads["output_norm.weight"] = (dhf * x * rf).sum(0)
+    dx = _rms_back(x, rf, w["output_norm.weight"], dhf)
     for i in reversed(range(c.n_layer)):
         dx = block_backward(model, i, tapes[i], dx, cos, sin, want, grads)
     return loss, grads
@@ -239,16 +272,19 @@ def teacher_probs(model: Reference, windows: list[list[int]], top_k: int = TuneO
 
 def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[Teacher], windows: list[list[int]],
          options: TuneOptions = TuneOptions(),
-         progress: Progress | None = None) -> tuple[dict[str, QTensor], list[float]]:
-    """Train the scales and minimums of the tensors in `quantized` on `windows` against `teacher`,
-    the source model's probabilities on them. `model.w` ends holding the tuned weights. Returns the
-    tuned tensors and the mean KL per epoch."""
+         progress: Progress | None = None) -> tuple[dict[str, QTensor], dict[str, np.ndarray], list[float]]:
+    """Train the scales and minimums of the tensors in `quantized` (and with `options.norms` the
+    RMSNorm gains) on `windows` against `teacher`, the source model's probabilities on them.
+    `model.w` ends holding the tuned weights. Returns the tuned tensors, the tuned gains (none
+    without `options.norms`) and the mean KL per epoch."""
     if not windows or len(windows) != len(teacher):
         raise LutlmError("tuning needs calibration windows and the source model's outputs on them")
-    groups = {n: _Group(q) for n, q in quantized.items()}
+    groups: dict[str, _Group | _Gain] = {n: _Group(q) for n, q in quantized.items()}
+    if options.norms:
+        groups |= {n: _Gain(model.w[n]) for n in model.config.norm_names()}
     for n, g in groups.items():
         model.w[n] = g.weight()
-    unit = {n: float(np.mean(np.abs(g.scale))) for n, g in groups.items()}
+    unit = {n: g.unit() for n, g in groups.items()}
     moments = {n: [(np.zeros_like(a), np.zeros_like(a)) for a in g.params()] for n, g in groups.items()}
     b1, b2, step, kl = 0.9, 0.999, 0, []
     total = options.epochs * len(windows)
@@ -273,4 +309,5 @@ def tune(model: Reference, quantized: dict[str, QTensor], teacher: list[Teacher]
                 progress(f"tuning epoch {epoch + 1}/{options.epochs}, "
                          f"window {len(losses)}/{len(windows)}: KL {loss:.4f}")
         kl.append(float(np.mean(losses)))
-    return {n: g.qtensor() for n, g in groups.items()}, kl
+    tuned = {n: g.qtensor() for n, g in groups.items() if isinstance(g, _Group)}
+    return tuned, {n: g.gain for n, g in groups.items() if isinstance(g, _Gain)}, kl
