@@ -376,7 +376,7 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
                    help="then train scales, minimums and norm gains end to end against the source model "
                         "(default 0: off)")
     p.add_argument("--tune-lr", type=float, help="tuning's first Adam step, relative to each tensor's scales "
-                                                 "(default 6e-4); it decays to 0 along a cosine")
+                                                 "or norm gains (default 6e-4); it decays to 0 along a cosine")
     p.add_argument("--no-tune-norms", action="store_true", help="tuning leaves the RMSNorm gains as they are")
     p.add_argument("-o", "--output", required=True, help="output folder")
 

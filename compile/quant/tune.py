@@ -31,7 +31,7 @@ LR_SCHEDULE = "cosine from lr to 0 over all steps"  # recorded with the options 
 @dataclass(frozen=True)
 class TuneOptions:
     epochs: int = 2
-    lr: float = 6e-4  # first Adam step, relative to each tensor's mean |scale|; decays to 0 along a cosine
+    lr: float = 6e-4  # first Adam step, relative to each tensor's mean |scale| (a norm's mean |gain|); cosine to 0
     top_k: int = 256  # the source model's probabilities kept per position (the rest as one tail)
     norms: bool = True  # train the RMSNorm gains too (stored as f32, so they cost no bits)
 
@@ -125,6 +125,11 @@ def _rms_back(x: np.ndarray, r: np.ndarray, gain: np.ndarray, dy: np.ndarray) ->
     return r * u - x * (r ** 3) * np.mean(u * x, axis=-1, keepdims=True)
 
 
+def _gain_back(x: np.ndarray, r: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Gradient of y = x * r * gain with respect to the gain, summed over tokens."""
+    return (dy * x * r).sum(0)
+
+
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Causal GQA attention over a whole window, returning the output and the probabilities."""
     n, n_head, d = q.shape
@@ -187,7 +192,7 @@ def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: n
 
     def gain_grad(name: str, dy: np.ndarray, xin: np.ndarray, r: np.ndarray) -> None:
         if name in want:
-            grads[name] = (dy * xin * r).sum(0)
+            grads[name] = _gain_back(xin, r, dy)
 
     weight_grad(p + "ffn_down.weight", dx, act)
     dact = dx @ w[p + "ffn_down.weight"]
@@ -252,7 +257,7 @@ def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
     want, grads = set(names), {}
     dhf = (dlogits / n) @ head
     if "output_norm.weight" in want:
-        grads["output_norm.weight"] = (dhf * x * rf).sum(0)
+        grads["output_norm.weight"] = _gain_back(x, rf, dhf)
     dx = _rms_back(x, rf, w["output_norm.weight"], dhf)
     for i in reversed(range(c.n_layer)):
         dx = block_backward(model, i, tapes[i], dx, cos, sin, want, grads)
