@@ -70,9 +70,8 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_ppl(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from .perplexity import load_text, perplexity, windows
+    from .progress import status
     from .reference import Reference
 
     text = load_text(args.text)
@@ -87,14 +86,9 @@ def cmd_eval_ppl(args: argparse.Namespace) -> None:
     print(f"text {args.text}: {len(tokens)} tokens; {len(chunks)} windows of {args.window} consecutive tokens "
           f"from token 0, no BOS, each from an empty cache, tokens 2..{args.window} of each scored "
           f"({len(chunks) * (args.window - 1)} in all)")
-    bar = tqdm(total=len(chunks), desc="perplexity", unit="window", file=sys.stderr, disable=None)
-
-    def progress(i: int, running: float) -> None:
-        bar.update(1)
-        bar.set_postfix(ppl=f"{running:.3f}")
-
-    result = perplexity(_gpu_nll(llm.engine) if package else Reference(ckpt), chunks, progress)
-    bar.close()
+    with status("perplexity") as report:
+        result = perplexity(_gpu_nll(llm.engine) if package else Reference(ckpt), chunks,
+                            lambda i, running: report(f"window {i + 1}/{len(chunks)}, ppl {running:.3f}"))
     print(f"ppl {result.ppl:.4f}")
 
 

@@ -57,6 +57,7 @@ def test_eval_ppl_last_line_on_a_text_file(tiny_hf, tmp_path):
     last = proc.stdout.strip().splitlines()[-1].split()
     assert last[0] == "ppl" and float(last[1]) > 1.0
     assert "2 windows of 32" in proc.stdout
+    assert "perplexity: 0 s: window 1/2, ppl " in proc.stderr  # progress reaches a log file too
 
 
 def test_generate_ids_are_greedy_and_deterministic(tiny_hf):
