@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+KEEP_NORMS = ["--no-tune-norms"]  # the rows tuned before tuning trained the norm gains
 ROWS: dict[str, list[str]] = {
     "rtn-4": ["--bits", "4", "--method", "rtn"],
     "rtn-3": ["--bits", "3", "--method", "rtn"],
@@ -29,20 +30,25 @@ ROWS: dict[str, list[str]] = {
     "mixed-3.5": ["--bits", "mixed", "--budget", "3.5"],
     "mixed-3.0": ["--bits", "mixed", "--budget", "3.0"],
     "mixed-2.5": ["--bits", "mixed", "--budget", "2.5"],
-    "gptq-3-tune": ["--bits", "3", "--tune", "2"],
-    "gptq-2-tune": ["--bits", "2", "--tune", "2"],
-    "mixed-2.5-tune": ["--bits", "mixed", "--budget", "2.5", "--tune", "2"],
-    "gptq-t-tune": ["--bits", "t", "--tune", "2"],
-    "mixed-3.5-tune": ["--bits", "mixed", "--budget", "3.5", "--tune", "2"],
-    "gptq-3-tune-c128": ["--bits", "3", "--tune", "2", "--calib-windows", "128"],
-    "mixed-2.5-tune-c128": ["--bits", "mixed", "--budget", "2.5", "--tune", "2", "--calib-windows", "128"],
-    "gptq-2-tune-c128": ["--bits", "2", "--tune", "2", "--calib-windows", "128"],
-    "mixed-4.0-tune-c128": ["--bits", "mixed", "--budget", "4.0", "--tune", "2", "--calib-windows", "128"],
+    "gptq-3-tune": ["--bits", "3", "--tune", "2", *KEEP_NORMS],
+    "gptq-2-tune": ["--bits", "2", "--tune", "2", *KEEP_NORMS],
+    "mixed-2.5-tune": ["--bits", "mixed", "--budget", "2.5", "--tune", "2", *KEEP_NORMS],
+    "gptq-t-tune": ["--bits", "t", "--tune", "2", *KEEP_NORMS],
+    "mixed-3.5-tune": ["--bits", "mixed", "--budget", "3.5", "--tune", "2", *KEEP_NORMS],
+    "gptq-3-tune-c128": ["--bits", "3", "--tune", "2", *KEEP_NORMS, "--calib-windows", "128"],
+    "mixed-2.5-tune-c128": ["--bits", "mixed", "--budget", "2.5", "--tune", "2", *KEEP_NORMS, "--calib-windows", "128"],
+    "gptq-2-tune-c128": ["--bits", "2", "--tune", "2", *KEEP_NORMS, "--calib-windows", "128"],
+    "mixed-4.0-tune-c128": ["--bits", "mixed", "--budget", "4.0", "--tune", "2", *KEEP_NORMS, "--calib-windows", "128"],
     "gptq-3-g16": ["--bits", "3", "--group", "16"],
     "gptq-3-g16-d8": ["--bits", "3", "--group", "16", "--scale-bits", "8"],
-    "gptq-3-g16-d8-tune-c128": ["--bits", "3", "--group", "16", "--scale-bits", "8", "--tune", "2", "--calib-windows", "128"],
+    "gptq-3-g16-d8-tune-c128": ["--bits", "3", "--group", "16", "--scale-bits", "8", "--tune", "2", *KEEP_NORMS,
+                                "--calib-windows", "128"],
     "mixed-2.5-d8-tune-c128": ["--bits", "mixed", "--budget", "2.5", "--scale-bits", "8", "--tune", "2",
-                               "--calib-windows", "128"],
+                               "--calib-windows", "128", *KEEP_NORMS],
+    # from here on tuning trains the norm gains too (the default since 2026-12-03)
+    "gptq-2-tune-norms": ["--bits", "2", "--tune", "2"],
+    "mixed-2.5-d8-tune-c256": ["--bits", "mixed", "--budget", "2.5", "--scale-bits", "8", "--tune", "2",
+                               "--calib-windows", "256"],
 }
 EVALS = {"wiki": 40, "tiny": 20}
 LUTLM = [sys.executable, "-m", "lutlm.cli"]
