@@ -127,8 +127,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
     if req.tune is not None:
         if not calib:
             raise LutlmError("tuning needs calibration text")
-        log("the source model's outputs on the calibration text")
-        teacher = teacher_probs(Reference(ckpt), calib, req.tune.top_k)
+        teacher = teacher_probs(Reference(ckpt), calib, req.tune.top_k, progress=log)
         tuned, gains, kl = tune(model, {n: out[n] for n in names}, teacher, calib, req.tune, progress=log)
         out.update(tuned)
     seconds = time.perf_counter() - t0

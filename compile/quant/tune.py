@@ -264,10 +264,13 @@ def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
     return loss, grads
 
 
-def teacher_probs(model: Reference, windows: list[list[int]], top_k: int = TuneOptions.top_k) -> list[Teacher]:
+def teacher_probs(model: Reference, windows: list[list[int]], top_k: int = TuneOptions.top_k,
+                  progress: Progress | None = None) -> list[Teacher]:
     """The source model's top-k next-token probabilities at each position of each window."""
     out = []
-    for ids in windows:
+    for i, ids in enumerate(windows):
+        if progress:
+            progress(f"the source model's outputs, window {i + 1}/{len(windows)}")
         probs = softmax(model.forward(ids, model.new_cache(len(ids)), all_logits=True))
         k = min(top_k, probs.shape[-1])
         top = np.argpartition(-probs, k - 1, axis=-1)[:, :k].astype(np.int32)
