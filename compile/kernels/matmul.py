@@ -160,7 +160,12 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) 
         e = T.Cast("int32", (idx ^ (top * T.uint32(mask))) & T.uint32(entries - 1))
         return T.Select(top != T.uint32(0), T.float32(-(1 << j)), T.float32(1 << j)) * T.Cast("float32", table[base + e])
 
-    span = GEMV_ROWS * GEMV_TILE  # rows per workgroup; invocation tx owns rows tx, tx + GEMV_ROWS, ...
+    span = GEMV_ROWS * GEMV_TILE  # rows per workgroup
+
+    def row(bx: Any, tx: Any, t: int) -> Any:
+        """Row t of invocation tx of workgroup bx: an invocation's rows are GEMV_ROWS apart, so
+        neighbouring invocations still read neighbouring words."""
+        return bx * span + t * GEMV_ROWS + tx
 
     @T.prim_func
     def f(table_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32, y0: T.int32):
@@ -182,8 +187,8 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) 
                     for v in range(k // 32):
                         for t in T.unroll(GEMV_TILE):
                             for j in T.unroll(planes):
-                                words[j] = w[v, j, T.min(bx * span + t * GEMV_ROWS + tx, n - 1)]
-                            smw[0] = sm[v, T.min(bx * span + t * GEMV_ROWS + tx, n - 1)]
+                                words[j] = w[v, j, T.min(row(bx, tx, t), n - 1)]
+                            smw[0] = sm[v, T.min(row(bx, tx, t), n - 1)]
                             for h in T.unroll(2):
                                 part[0] = T.float32(0)
                                 xsum[0] = T.Cast("float32", table[tables * entries + v * 2 + h])
@@ -203,25 +208,25 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) 
                                 for i in T.unroll(spans):
                                     xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + (g * gw + v) * spans + i])
                                 for j in T.unroll(planes):
-                                    words[j] = w[g * gw + v, j, T.min(bx * span + t * GEMV_ROWS + tx, n - 1)]
+                                    words[j] = w[g * gw + v, j, T.min(row(bx, tx, t), n - 1)]
                                 for j in T.unroll(planes):
                                     for s in T.unroll(per):
                                         part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries, words[j], s, j)
                             if d8:
-                                smw[0] = sm[g // 2, T.min(bx * span + t * GEMV_ROWS + tx, n - 1)] >> T.Cast("uint32", g % 2 * 16)
+                                smw[0] = sm[g // 2, T.min(row(bx, tx, t), n - 1)] >> T.Cast("uint32", g % 2 * 16)
                                 acc[2 * t] = acc[2 * t] + _byte(smw[0], 0) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0])
                                 acc[2 * t + 1] = acc[2 * t + 1] + _byte(smw[0], 1) * xsum[0]
                             else:
-                                smw[0] = sm[g, T.min(bx * span + t * GEMV_ROWS + tx, n - 1)]
+                                smw[0] = sm[g, T.min(row(bx, tx, t), n - 1)]
                                 acc[2 * t] = acc[2 * t] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
                                     + _f16(smw[0], high=True) * xsum[0]
                 for t in T.unroll(GEMV_TILE):
-                    if bx * span + t * GEMV_ROWS + tx < n:
+                    if row(bx, tx, t) < n:
                         if d8:
-                            smw[0] = sm[sm_rows(k, group, scale_bits) - 1, bx * span + t * GEMV_ROWS + tx]
-                            y[y0 + bx * span + t * GEMV_ROWS + tx] = _f16(smw[0]) * acc[2 * t] - _f16(smw[0], high=True) * acc[2 * t + 1]
+                            smw[0] = sm[sm_rows(k, group, scale_bits) - 1, row(bx, tx, t)]
+                            y[y0 + row(bx, tx, t)] = _f16(smw[0]) * acc[2 * t] - _f16(smw[0], high=True) * acc[2 * t + 1]
                         else:
-                            y[y0 + bx * span + t * GEMV_ROWS + tx] = acc[2 * t]
+                            y[y0 + row(bx, tx, t)] = acc[2 * t]
     return f
 
 
