@@ -24,14 +24,15 @@ from tvm.script import tirx as T
 
 ROWS = 64  # invocations per workgroup, one output row each
 # The LUT GEMV: GEMV_ROWS invocations per workgroup, each owning GEMV_TILE rows (tx, tx + GEMV_ROWS,
-# ...) that it works through group by group, so a group's 4 KiB of tables serves all of them while
-# likely still in the L1 cache (a row at a time sweeps the whole 74 KiB table of k=576, more than
-# the 32 KiB L1 of this machine's cores). Ablations in Chromium: without the table loads the GEMV
-# took half the time, with the weights read from a cache-resident copy the same: the lookups are
-# the cost. 2-bit package, `lutlm bench step --rounds 7`, k=576 GEMVs (90 dispatches), ms, three
-# alternating runs (2026-12-03): 8 x 4 79.0-105.7, 4 x 4 78.2-99.6, 16 x 1 88.5-101.1; lavapipe 8 x 4 112, 16 x 1
-# 123-144. 16 rows of one had beaten 64 (2026-12-03, `lutlm bench model`: Chromium 4.08 / 3.61
-# and 3.94 / 3.01 tok/s in two runs of opposite order, lavapipe 3.51 / 2.85).
+# ...) that it works through group by group, so a group's tables (4 KiB for 32 inputs) serve all
+# of them while likely still in the L1 cache (a row at a time sweeps the whole 74 KiB table of
+# k=576, more than the 32 KiB L1 of this machine's cores). Ablations in Chromium: without the table
+# loads the GEMV took half the time, with the weights read from a cache-resident copy the same: the
+# lookups are the cost. 2-bit package, `lutlm bench step --rounds 7`, k=576 GEMVs (90 dispatches),
+# ms, three alternating runs (2026-12-03): 8 x 4 79.0-105.7, 4 x 4 78.2-99.6, 16 x 1 88.5-101.1;
+# lavapipe 8 x 4 112, 16 x 1 123-144. 16 rows of one had beaten 64 (2026-12-03, `lutlm bench
+# model`: Chromium 4.08 / 3.61 and 3.94 / 3.01 tok/s in two runs of opposite order, lavapipe 3.51 /
+# 2.85).
 GEMV_ROWS = 8
 GEMV_TILE = 4
 TOKENS = 16  # tokens per invocation in the prefill GEMM (weights decoded once, used 16 times)
@@ -137,7 +138,7 @@ def lut_table(k: int, tab: Table) -> Any:
 def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) -> Any:
     """y[n] = W x by table lookup over `planes` bit-planes; n (output rows) is a runtime size.
     Each invocation owns GEMV_TILE rows and takes them in turn within each group, so the group's
-    tables are looked up for all of them together (rows past n read row n - 1 and are not stored).
+    tables are looked up for all of them together; the group's activation sum is read once for all.
     Each weight word and scale/min pair is loaded once into a local: TVM's WGSL repeats a load at
     every use, and neither Tint nor SwiftShader merges them (each is a gather on SwiftShader)."""
     width, entries, tables = tab.width, tab.entries, k // tab.width
@@ -167,6 +168,10 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) 
         neighbouring invocations still read neighbouring words."""
         return bx * span + t * GEMV_ROWS + tx
 
+    def src(bx: Any, tx: Any, t: int, n: Any) -> Any:
+        """The row that row t reads: past the last row, the last row (its result is not stored)."""
+        return T.min(row(bx, tx, t), n - 1)
+
     @T.prim_func
     def f(table_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, n: T.int32, y0: T.int32):
         T.func_attr({"tirx.noalias": True})
@@ -178,46 +183,48 @@ def lut_gemv(k: int, planes: int, group: int, tab: Table, scale_bits: int = 16) 
             for tx in T.thread_binding(GEMV_ROWS, thread="threadIdx.x"):
                 acc = T.alloc_buffer((2 * GEMV_TILE,), "float32", scope="local")  # d8: code-weighted parts, sums
                 part = T.alloc_buffer((1,), "float32", scope="local")
-                xsum = T.alloc_buffer((1,), "float32", scope="local")
+                xsum = T.alloc_buffer((2,), "float32", scope="local")  # a group's activation sum (g16: two)
                 words = T.alloc_buffer((planes,), "uint32", scope="local")
                 smw = T.alloc_buffer((1,), "uint32", scope="local")
                 for t in T.unroll(2 * GEMV_TILE):
                     acc[t] = T.float32(0)
                 if group == 16:
                     for v in range(k // 32):
+                        for h in T.unroll(2):
+                            xsum[h] = T.Cast("float32", table[tables * entries + v * 2 + h])
                         for t in T.unroll(GEMV_TILE):
                             for j in T.unroll(planes):
-                                words[j] = w[v, j, T.min(row(bx, tx, t), n - 1)]
-                            smw[0] = sm[v, T.min(row(bx, tx, t), n - 1)]
+                                words[j] = w[v, j, src(bx, tx, t, n)]
+                            smw[0] = sm[v, src(bx, tx, t, n)]
                             for h in T.unroll(2):
                                 part[0] = T.float32(0)
-                                xsum[0] = T.Cast("float32", table[tables * entries + v * 2 + h])
                                 for j in T.unroll(planes):
                                     for s in T.unroll(per // 2):
                                         part[0] = part[0] + lookup(table, (v * per + h * (per // 2) + s) * entries,
                                                                    words[j] >> T.Cast("uint32", h * (per // 2) * width), s, j)
                                 acc[2 * t] = acc[2 * t] + _byte(smw[0] >> T.Cast("uint32", h * 16), 0) * (
-                                    T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0])
-                                acc[2 * t + 1] = acc[2 * t + 1] + _byte(smw[0] >> T.Cast("uint32", h * 16), 1) * xsum[0]
+                                    T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[h])
+                                acc[2 * t + 1] = acc[2 * t + 1] + _byte(smw[0] >> T.Cast("uint32", h * 16), 1) * xsum[h]
                 else:
                     for g in range(k // group):
+                        xsum[0] = T.float32(0)
+                        for v in range(gw):
+                            for i in T.unroll(spans):
+                                xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + (g * gw + v) * spans + i])
                         for t in T.unroll(GEMV_TILE):
                             part[0] = T.float32(0)
-                            xsum[0] = T.float32(0)
                             for v in range(gw):
-                                for i in T.unroll(spans):
-                                    xsum[0] = xsum[0] + T.Cast("float32", table[tables * entries + (g * gw + v) * spans + i])
                                 for j in T.unroll(planes):
-                                    words[j] = w[g * gw + v, j, T.min(row(bx, tx, t), n - 1)]
+                                    words[j] = w[g * gw + v, j, src(bx, tx, t, n)]
                                 for j in T.unroll(planes):
                                     for s in T.unroll(per):
                                         part[0] = part[0] + lookup(table, ((g * gw + v) * per + s) * entries, words[j], s, j)
                             if d8:
-                                smw[0] = sm[g // 2, T.min(row(bx, tx, t), n - 1)] >> T.Cast("uint32", g % 2 * 16)
+                                smw[0] = sm[g // 2, src(bx, tx, t, n)] >> T.Cast("uint32", g % 2 * 16)
                                 acc[2 * t] = acc[2 * t] + _byte(smw[0], 0) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0])
                                 acc[2 * t + 1] = acc[2 * t + 1] + _byte(smw[0], 1) * xsum[0]
                             else:
-                                smw[0] = sm[g, T.min(row(bx, tx, t), n - 1)]
+                                smw[0] = sm[g, src(bx, tx, t, n)]
                                 acc[2 * t] = acc[2 * t] + _f16(smw[0]) * (T.float32(part_weight) * part[0] + T.float32(xs_weight) * xsum[0]) \
                                     + _f16(smw[0], high=True) * xsum[0]
                 for t in T.unroll(GEMV_TILE):
