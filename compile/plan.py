@@ -207,7 +207,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
 
     # the last token's logits (x0 picks its row of h), then the next id into ids[0]
     p.gemv("head", head, "h", "logits", 0, f"(m - 1) * {e}", table_ready=False)
-    p.step("penalty", p.kernel("penalize", sampling.penalize), {"logits": "logits", "seen": "seen"},
+    p.step("penalty", p.kernel("penalize", sampling.penalize), {"logits": "logits", "seen": "seen", "ids": "ids"},
            {"n": c.n_vocab, "count": "seen_count", "penalty": "penalty"})
     p.step("greedy", p.kernel("argmax", sampling.argmax), {"logits": "logits", "out": "ids"}, {"n": c.n_vocab})
     p.step("sample", p.kernel("sample", sampling.sample), {"logits": "logits", "probs": "probs", "out": "ids"},

@@ -5,6 +5,7 @@ KV cache for the chosen context, one pipeline per kernel and one bound call (wit
 uniform buffer) per plan step. A decode step then rewrites only the uniforms that changed (the
 position), submits the decode, head and sampling plans as one command buffer, and reads back the
 4-byte id the sampler left in ids[0], which is also the next step's input: nothing else crosses.
+So the next step is queued before that id arrives, and the GPU runs it meanwhile.
 
 The cache holds `history`: the tokens whose keys and values it has. A new prompt that starts
 with part of the history (the earlier turns of a chat) only prefills what is new.
@@ -76,11 +77,16 @@ class Engine:
             self.buffers[name] = backend.create_buffer(size)
         self._fill_rope(manifest["rope"]["theta"], manifest["rope"]["pairs"], cfg["n_rot"])
         kernels = {kid: {**meta, "name": kid, "wgsl": wgsl[kid]} for kid, meta in manifest["kernels"].items()}
-        self.plans: dict[str, list[tuple[Call, dict[str, Any], list]]] = {
-            name: [(backend.bind(kernels[st["kernel"]], [self.buffers[b] for b in st["bind"]]), st["sizes"], [None])
+        # per step: its call, its constant uniforms, those that are expressions (of pos, m, ...)
+        # and the values last written; a decode step rewrites only the ~90 calls that have any
+        self.plans: dict[str, list[tuple[Call, dict[str, Any], dict[str, str], list]]] = {
+            name: [(backend.bind(kernels[st["kernel"]], [self.buffers[b] for b in st["bind"]]),
+                    {k: v for k, v in st["sizes"].items() if isinstance(v, (int, float))},
+                    {k: v for k, v in st["sizes"].items() if not isinstance(v, (int, float))}, [None])
                    for st in steps]
             for name, steps in manifest["plans"].items()}
         self.history: list[int] = []
+        self._pending: list[Any] = []  # queued readbacks of decode steps, oldest first
         self.eos = set(manifest["eos_ids"])
 
     @classmethod
@@ -107,18 +113,28 @@ class Engine:
     def _calls(self, plans: Sequence[str], variables: dict[str, Any]) -> list[Call]:
         calls = []
         for plan in plans:
-            for call, sizes, last in self.plans[plan]:
-                values = {k: v if isinstance(v, (int, float)) else
-                          variables[v] if v in variables else evaluate(v, variables) for k, v in sizes.items()}
-                if values != last[0]:  # only uniforms that changed are rewritten
-                    call.set(self.backend, values)
-                    last[0] = values
+            for call, fixed, exprs, last in self.plans[plan]:
+                if exprs or last[0] is None:
+                    values = {**fixed, **{k: variables[v] if v in variables else evaluate(v, variables)
+                                          for k, v in exprs.items()}}
+                    if values != last[0]:  # only uniforms that changed are rewritten
+                        call.set(self.backend, values)
+                        last[0] = values
                 calls.append(call)
         return calls
 
-    async def _run(self, plans: Sequence[str], variables: dict[str, Any]) -> int:
+    def _submit(self, plans: Sequence[str], variables: dict[str, Any]) -> Any:
+        """Queue the plans and the readback of the id they leave in ids[0]; `_id` awaits it."""
         self.backend.submit(self._calls(plans, variables))
-        return struct.unpack("<i", await self.backend.read(self.buffers["ids"], 4))[0]
+        return self.backend.read_later(self.buffers["ids"], 4)
+
+    async def _id(self, pending: Any) -> int:
+        return struct.unpack("<i", await self.backend.wait(pending))[0]
+
+    async def _settle(self) -> None:
+        """Collect the readbacks a stopped generation left queued (their steps' ids are unused)."""
+        while self._pending:
+            await self.backend.wait(self._pending.pop(0))
 
     def _variables(self, m: int, pos: int, sampling: Sampling, step: int) -> dict[str, Any]:
         return {"m": m, "pos": pos, "ctx": self.ctx, "temperature": float(sampling.temperature or 1.0),
@@ -144,7 +160,7 @@ class Engine:
             self.backend.write_buffer(self.buffers["ids"], array("i", part).tobytes())
             variables.update(m=len(part), pos=pos + start)
             final = start + self.chunk >= len(tokens)
-            nxt = await self._run(["prefill"] + (last if final else []), variables)
+            nxt = await self._id(self._submit(["prefill"] + (last if final else []), variables))
         return nxt
 
     async def generate(self, prompt: list[int], max_tokens: int, sampling: Sampling = Sampling(),
@@ -160,6 +176,7 @@ class Engine:
         if len(prompt) >= self.ctx:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; the context holds {self.ctx} "
                                   f"(at least one more is needed to answer)")
+        await self._settle()
         keep = self._reuse(prompt)
         self.history = prompt[:keep]
         pick = ["head", "greedy" if sampling.temperature == 0 else "sample"]
@@ -174,25 +191,40 @@ class Engine:
             variables["seen_count"] = len(seen)
         token = await self._prefill(prompt[keep:], keep, pick, variables)
         self.history = list(prompt)
+        # The step that runs a token is queued before the token is read back (the sampler leaves
+        # it in ids[0], the next step's input), so the GPU never waits for the host: while the
+        # host reads and hands out one token, the step after it runs. A step queued after the
+        # last token is wasted (its position in the cache lies past the history); the penalty
+        # kernel covers the token a step runs, which `seen` may not hold yet.
+        inflight = self._pending  # what a stopped generation leaves here, the next one settles
+        if len(self.history) < self.ctx and max_tokens > 1:
+            inflight.append(self._step(pick, variables, len(self.history), 1))
         for step in range(max_tokens):
             if token in self.eos:
                 return
             yield token
-            if step + 1 == max_tokens or len(self.history) >= self.ctx or cancelled():
+            if not inflight or cancelled():
                 return
             if sampling.repetition_penalty != 1 and token not in seen:
                 self.backend.write_buffer(self.buffers["seen"], array("i", [token]).tobytes(), 4 * len(seen))
                 seen[token] = None
                 variables["seen_count"] = len(seen)
-            variables.update(m=1, pos=len(self.history), step=step + 1)
-            nxt = await self._run(["decode"] + pick, variables)  # runs `token`, already in ids[0]
+            if step + 2 < max_tokens and len(self.history) + 1 < self.ctx:
+                inflight.append(self._step(pick, variables, len(self.history) + 1, step + 2))
+            nxt = await self._id(inflight.pop(0))
             self.history.append(token)
             token = nxt
+
+    def _step(self, pick: list[str], variables: dict[str, Any], pos: int, step: int) -> Any:
+        """Queue the decode step at `pos` (the sampler's `step`-th draw) on whatever ids[0] holds."""
+        variables.update(m=1, pos=pos, step=step)
+        return self._submit(["decode"] + pick, variables)
 
     async def score(self, tokens: list[int]) -> list[float]:
         """Negative log-likelihood of tokens[1:] given what precedes each, from an empty cache."""
         if not 2 <= len(tokens) <= self.ctx:
             raise GenerationError(f"scoring needs 2..{self.ctx} tokens, got {len(tokens)}")
+        await self._settle()
         self.history = []
         nll: list[float] = []
         variables = self._variables(1, 0, Sampling(), 0)
@@ -203,6 +235,6 @@ class Engine:
             self.backend.write_buffer(self.buffers["targets"], array("i", targets + [0] * (len(part) - len(targets))).tobytes())
             variables.update(m=len(part), pos=start)
             self.backend.submit(self._calls(["prefill", "score"], variables))
-            values = array("f", await self.backend.read(self.buffers["nll"], 4 * len(part)))
+            values = array("f", await self.backend.wait(self.backend.read_later(self.buffers["nll"], 4 * len(part))))
             nll.extend(values[:len(targets)])
         return nll

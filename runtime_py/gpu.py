@@ -1,7 +1,9 @@
 """The GPU backend protocol (implemented natively in `gpu_wgpu`; the browser one uses `js`).
 
 A backend creates buffers and pipelines once, binds a kernel's buffers once (a `Call`), and then
-only rewrites small uniform structs and submits lists of calls in a single command buffer. Kernel
+only rewrites small uniform structs and submits lists of calls in a single command buffer.
+`read_later` queues a copy of a buffer's bytes as they are once the work submitted so far is
+done, and `wait` gets them: work submitted in between keeps the GPU busy meanwhile. Kernel
 metadata is the package's description of a WGSL shader: `wgsl`, `entry`, `bindings` (name,
 access, dtype), `uniforms` ((field, type) pairs; TVM appends `packGridDimX`), `workgroup` and
 `grid` (expressions over the uniform fields and any extra sizes the caller names).
@@ -33,6 +35,7 @@ class Call:
     uniform: Any
     grid: tuple[int, int, int] = (0, 0, 0)
     slot: int = -1  # the browser backend's index of this call in its JavaScript table
+    item: bytes = b""  # (slot, x, y, z) as int32s for the browser backend's encoder; none if the grid is empty
 
     def set(self, backend: "Backend", sizes: dict[str, int | float]) -> "Call":
         gx, gy, gz = (evaluate(e, sizes) for e in self.kernel["grid"])
@@ -49,6 +52,7 @@ class Call:
         fmt = "<" + "".join(_PACK[kind] for _, kind in self.kernel["uniforms"])
         backend.write_buffer(self.uniform, struct.pack(fmt, *values))
         self.grid = (gx, gy, gz)
+        self.item = struct.pack("<4i", self.slot, gx, gy, gz) if gx and gy and gz else b""
         return self
 
 
@@ -63,7 +67,8 @@ class Backend(Protocol):
     def write_buffer(self, buf: Any, data: bytes, offset: int = 0) -> None: ...
     def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call: ...
     def submit(self, calls: Sequence[Call]) -> None: ...
-    async def read(self, buf: Any, size: int, offset: int = 0) -> bytes: ...
+    def read_later(self, buf: Any, size: int, offset: int = 0) -> Any: ...
+    async def wait(self, pending: Any) -> bytes: ...
 
 
 def buffer_bytes(size: int, limit: int) -> int:

@@ -2,12 +2,11 @@
 
 Runs inside the Web Worker that hosts Pyodide (`navigator.gpu` exists in workers). Reading a
 buffer back is the one await per decode step: a copy into a mappable staging buffer, then
-`mapAsync`, whose promise Pyodide's event loop awaits.
+`mapAsync`, whose promise Pyodide's event loop awaits while the next step already runs.
 """
 
 from __future__ import annotations
 
-from array import array
 from typing import Any, Sequence
 
 import js  # type: ignore[import-not-found]
@@ -59,7 +58,7 @@ class JsBackend:
         self.limits = {"max-storage-buffer-binding-size": int(device.limits.maxStorageBufferBindingSize),
                        "max-buffer-size": int(device.limits.maxBufferSize)}
         self._pipelines: dict[tuple[str, str, str], Any] = {}
-        self._staging: dict[int, Any] = {}
+        self._staging: dict[int, list[Any]] = {}  # free mappable buffers by size, for read_later
         self.allocated = {"buffers": 0, "bytes": 0}
         self._table = js.Array.new()  # [pipeline, bind group] of every bound call, at its Call.slot
         self._encode = run_js(_ENCODE)
@@ -115,23 +114,22 @@ class JsBackend:
         return Call(kernel, pipeline, group, uniform, slot=self._table.length - 1)
 
     def submit(self, calls: Sequence[Call]) -> None:
-        items = array("i")
-        for call in calls:
-            if 0 not in call.grid:
-                items.append(call.slot)
-                items.extend(call.grid)
-        self._encode(self.device, self._table, to_js(items.tobytes()))
+        self._encode(self.device, self._table, to_js(b"".join(call.item for call in calls)))
 
-    async def read(self, buf: Any, size: int, offset: int = 0) -> bytes:
+    def read_later(self, buf: Any, size: int, offset: int = 0) -> tuple[Any, int, int, Any]:
         n = -(-size // 4) * 4
-        staging = self._staging.get(n)
-        if staging is None:
-            staging = self.device.createBuffer(_js({"size": n, "usage": js.GPUBufferUsage.MAP_READ | js.GPUBufferUsage.COPY_DST}))
-            self._staging[n] = staging
+        free = self._staging.setdefault(n, [])
+        staging = free.pop() if free else self.device.createBuffer(
+            _js({"size": n, "usage": js.GPUBufferUsage.MAP_READ | js.GPUBufferUsage.COPY_DST}))
         encoder = self.device.createCommandEncoder()
         encoder.copyBufferToBuffer(buf, offset, staging, 0, n)
         self.device.queue.submit(_js([encoder.finish()]))
-        await staging.mapAsync(js.GPUMapMode.READ)
+        return staging, n, size, staging.mapAsync(js.GPUMapMode.READ)
+
+    async def wait(self, pending: tuple[Any, int, int, Any]) -> bytes:
+        staging, n, size, mapped = pending
+        await mapped
         data = bytes(js.Uint8Array.new(staging.getMappedRange()).to_py())
         staging.unmap()
+        self._staging[n].append(staging)
         return data[:size]

@@ -39,6 +39,7 @@ class WgpuBackend:
         self.device = adapter.request_device_sync(required_features=sorted(self.features),
                                                   required_limits=dict(self.limits))
         self._pipelines: dict[tuple[str, str, str], Any] = {}
+        self._staging: dict[int, list[Any]] = {}  # free mappable buffers by size, for read_later
         self.allocated = {"buffers": 0, "bytes": 0}  # every buffer this backend created (soak tests)
 
     def create_buffer(self, size: int, data: bytes | None = None) -> Any:
@@ -89,8 +90,23 @@ class WgpuBackend:
         compute.end()
         self.device.queue.submit([encoder.finish()])
 
-    async def read(self, buf: Any, size: int, offset: int = 0) -> bytes:
-        return self.read_sync(buf, size, offset)
+    def read_later(self, buf: Any, size: int, offset: int = 0) -> tuple[Any, int]:
+        n = -(-size // 4) * 4
+        free = self._staging.setdefault(n, [])
+        usage = self._wgpu.BufferUsage
+        staging = free.pop() if free else self.device.create_buffer(size=n, usage=usage.MAP_READ | usage.COPY_DST)
+        encoder = self.device.create_command_encoder()
+        encoder.copy_buffer_to_buffer(buf, offset, staging, 0, n)
+        self.device.queue.submit([encoder.finish()])
+        return staging, size
+
+    async def wait(self, pending: tuple[Any, int]) -> bytes:
+        staging, size = pending
+        staging.map_sync("READ")
+        data = bytes(staging.read_mapped())[:size]
+        staging.unmap()
+        self._staging[staging.size].append(staging)
+        return data
 
     def read_sync(self, buf: Any, size: int, offset: int = 0) -> bytes:
         """Blocking read (also the sync point: queue.on_submitted_work_done is broken, wgpu-py#834)."""

@@ -107,6 +107,32 @@ def test_multi_turn_reuses_the_cache(tiny):
     assert reused == collect(fresh, turn2, 12)
 
 
+def test_a_stopped_generation_spoils_nothing(tiny):
+    """Each decode step is queued before the token it runs is read back, so a generation that
+    stops (at an end-of-sequence id, or cancelled) leaves one step behind; the next turn, which
+    reuses the cache, must still match a fresh engine."""
+    ckpt, root, refs = tiny
+    fresh = engine(root / "pkg4", ctx=128)
+    fresh.eos = set()
+    want = collect(fresh, PROMPTS[1], 8)
+    eng = engine(root / "pkg4", ctx=128)
+    eng.eos = {want[4]}
+    got = collect(eng, PROMPTS[1], 20)
+    assert got == want[:want.index(want[4])]
+    eng.eos = set()
+    out: list[int] = []
+
+    async def cancelled_after_three(prompt):
+        async for t in eng.generate(prompt, 20, cancelled=lambda: len(out) >= 3):
+            out.append(t)
+    turn2 = PROMPTS[1] + got + [7, 8, 9]
+    asyncio.run(cancelled_after_three(turn2))
+    turn3 = turn2 + out + [10]
+    assert len(out) == 3 and eng._reuse(turn3) == len(turn2) + 2
+    fresh.reset()
+    assert collect(eng, turn3, 6) == collect(fresh, turn3, 6)
+
+
 def test_sampling_is_seeded_and_stays_in_vocabulary(tiny):
     ckpt, root, refs = tiny
     eng = engine(root / "pkg4", ctx=128)

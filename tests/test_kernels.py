@@ -331,5 +331,11 @@ def test_emitted_metadata_describes_the_wgsl():
 def test_repetition_penalty():
     logits = np.array([2.0, -2.0, 0.5, 3.0, -1.0], np.float32)
     seen = np.array([0, 1, 4], np.int32)
-    got = run(kernel(sampling.penalize), {"logits": logits, "seen": seen}, {"n": 5, "count": 3, "penalty": 1.25})["logits"]
-    np.testing.assert_allclose(got, [1.6, -2.5, 0.5, 3.0, -1.25], rtol=1e-6)
+    want = [1.6, -2.5, 0.5, 3.0, -1.25]
+    for current, adjust in ((3, 3), (1, None), (7, None)):  # the running token: new, already seen, out of range
+        expect = np.array(want, np.float32)
+        if adjust is not None:
+            expect[adjust] /= 1.25
+        got = run(kernel(sampling.penalize), {"logits": logits, "seen": seen, "ids": np.array([current], np.int32)},
+                  {"n": 5, "count": 3, "penalty": 1.25})["logits"]
+        np.testing.assert_allclose(got, expect, rtol=1e-6)

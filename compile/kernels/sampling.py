@@ -197,17 +197,29 @@ def nll() -> Any:
 
 def penalize() -> Any:
     """Repetition penalty (as in Hugging Face / CTRL): each distinct id in seen[0:count] gets its
-    logit divided by `penalty` if positive, multiplied if not. The runtime keeps `seen` distinct."""
+    logit divided by `penalty` if positive, multiplied if not. The runtime keeps `seen` distinct.
+    So does ids[0], the token this step runs, unless it is among them: the runtime submits a
+    decode step before it has read back the token the step before chose, so `seen` can lack it."""
 
     @T.prim_func
-    def f(logits_h: T.handle, seen_h: T.handle, n: T.int32, count: T.int32, penalty: T.float32):
+    def f(logits_h: T.handle, seen_h: T.handle, ids_h: T.handle, n: T.int32, count: T.int32, penalty: T.float32):
         T.func_attr({"tirx.noalias": True})
         logits = T.match_buffer(logits_h, (n,), "float32")
         seen = T.match_buffer(seen_h, (count,), "int32")
-        for bx in T.thread_binding((count + WG - 1) // WG, thread="blockIdx.x"):
+        ids = T.match_buffer(ids_h, (1,), "int32")
+        for bx in T.thread_binding((count + WG) // WG, thread="blockIdx.x"):  # count + 1 ids
             for tid in T.thread_binding(WG, thread="threadIdx.x"):
                 i = bx * WG + tid
-                if i < count and seen[i] >= 0 and seen[i] < n:
-                    logits[seen[i]] = T.Select(logits[seen[i]] > T.float32(0), logits[seen[i]] / penalty,
-                                               logits[seen[i]] * penalty)
+                tok = T.alloc_buffer((1,), "int32", scope="local")
+                tok[0] = -1
+                if i < count:
+                    tok[0] = seen[i]
+                elif i == count:
+                    tok[0] = ids[0]
+                    for j in range(count):
+                        if seen[j] == ids[0]:
+                            tok[0] = -1
+                if tok[0] >= 0 and tok[0] < n:
+                    logits[tok[0]] = T.Select(logits[tok[0]] > T.float32(0), logits[tok[0]] / penalty,
+                                              logits[tok[0]] * penalty)
     return f
