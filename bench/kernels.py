@@ -173,7 +173,7 @@ def run_native(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict
         if set(case["features"]) - be.features:
             cases.append([])
             continue
-        calls = [be.bind(wl.kernels[c["kernel"]], [bufs[b] for b in c["buffers"]]).set(be, c["sizes"])
+        calls = [be.bind(wl.kernels[c["kernel"]], [bufs[b] for b in c["buffers"]]).set(c["sizes"])
                  for c in case["calls"]]
         cases.append(calls)
     probe = bufs[next(iter(bufs))]

@@ -118,7 +118,7 @@ class Engine:
                     values = {**fixed, **{k: variables[v] if v in variables else evaluate(v, variables)
                                           for k, v in exprs.items()}}
                     if values != last[0]:  # only uniforms that changed are rewritten
-                        call.set(self.backend, values)
+                        call.set(values)
                         last[0] = values
                 calls.append(call)
         return calls

@@ -27,7 +27,9 @@ class GPUError(RuntimeError):
 
 @dataclass
 class Call:
-    """One kernel with its buffers bound; `set` fills the uniform struct and works out the grid."""
+    """One kernel with its buffers bound; `set` packs the uniform struct and works out the grid.
+    The struct reaches the GPU with the next submit that includes the call: the browser backend
+    sends every changed struct of a decode step (about 90) in the crossing that encodes it."""
 
     kernel: dict[str, Any]
     pipeline: Any
@@ -36,8 +38,10 @@ class Call:
     grid: tuple[int, int, int] = (0, 0, 0)
     slot: int = -1  # the browser backend's index of this call in its JavaScript table
     item: bytes = b""  # (slot, x, y, z) as int32s for the browser backend's encoder; none if the grid is empty
+    data: bytes = b""  # the packed uniform struct
+    dirty: bool = False  # `data` not yet written to `uniform`
 
-    def set(self, backend: "Backend", sizes: dict[str, int | float]) -> "Call":
+    def set(self, sizes: dict[str, int | float]) -> "Call":
         gx, gy, gz = (evaluate(e, sizes) for e in self.kernel["grid"])
         if min(gx, gy, gz) < 0 or max(gx, gy, gz) > MAX_GRID:
             raise GPUError(f"{self.kernel['name']}: grid {gx}x{gy}x{gz} outside 0..{MAX_GRID}")
@@ -50,7 +54,7 @@ class Call:
             else:
                 raise GPUError(f"{self.kernel['name']}: no value for uniform {field!r}")
         fmt = "<" + "".join(_PACK[kind] for _, kind in self.kernel["uniforms"])
-        backend.write_buffer(self.uniform, struct.pack(fmt, *values))
+        self.data, self.dirty = struct.pack(fmt, *values), True
         self.grid = (gx, gy, gz)
         self.item = struct.pack("<4i", self.slot, gx, gy, gz) if gx and gy and gz else b""
         return self
@@ -66,7 +70,7 @@ class Backend(Protocol):
     def create_buffer(self, size: int, data: bytes | None = None) -> Any: ...
     def write_buffer(self, buf: Any, data: bytes, offset: int = 0) -> None: ...
     def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call: ...
-    def submit(self, calls: Sequence[Call]) -> None: ...
+    def submit(self, calls: Sequence[Call]) -> None: ...  # writes the calls' changed uniforms first
     def read_later(self, buf: Any, size: int, offset: int = 0) -> Any: ...
     async def wait(self, pending: Any) -> bytes: ...
 

@@ -7,6 +7,7 @@ buffer back is the one await per decode step: a copy into a mappable staging buf
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Sequence
 
 import js  # type: ignore[import-not-found]
@@ -20,10 +21,14 @@ LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupSt
 
 
 # Encoding call by call crossed from Python into JavaScript three times per dispatch (about 1300
-# times for a SmolLM2 decode step); this encodes a whole list, given as (slot, x, y, z) int32s
-# indexing the [pipeline, bind group] table, in one crossing.
-_ENCODE = """(device, table, bytes) => {
-  const items = new Int32Array(bytes.slice().buffer);  // a copy: aligned, whatever bytes views
+# times for a SmolLM2 decode step), and each uniform write once more; this writes the changed
+# uniform structs (`data`, whose (slot, byte offset, bytes) int32 triples are `writes`) and
+# encodes a whole list, given as (slot, x, y, z) int32s indexing the [pipeline, bind group,
+# uniform] table, in one crossing.
+_ENCODE = """(device, table, bytes, writes, data) => {
+  const w = new Int32Array(writes.slice().buffer);  // copies: aligned, whatever the bytes view
+  for (let i = 0; i < w.length; i += 3) device.queue.writeBuffer(table[w[i]][2], 0, data, w[i + 1], w[i + 2]);
+  const items = new Int32Array(bytes.slice().buffer);
   const encoder = device.createCommandEncoder();
   const pass = encoder.beginComputePass();
   for (let i = 0; i < items.length; i += 4) {
@@ -60,7 +65,7 @@ class JsBackend:
         self._pipelines: dict[tuple[str, str, str], Any] = {}
         self._staging: dict[int, list[Any]] = {}  # free mappable buffers by size, for read_later
         self.allocated = {"buffers": 0, "bytes": 0}
-        self._table = js.Array.new()  # [pipeline, bind group] of every bound call, at its Call.slot
+        self._table = js.Array.new()  # [pipeline, bind group, uniform] of every bound call, at its Call.slot
         self._encode = run_js(_ENCODE)
 
     @classmethod
@@ -110,11 +115,18 @@ class JsBackend:
         entries = [{"binding": i, "resource": {"buffer": b}} for i, b in enumerate(buffers)]
         entries.append({"binding": len(buffers), "resource": {"buffer": uniform}})
         group = self.device.createBindGroup(_js({"layout": pipeline.getBindGroupLayout(0), "entries": entries}))
-        self._table.push(to_js([pipeline, group]))
+        self._table.push(to_js([pipeline, group, uniform]))
         return Call(kernel, pipeline, group, uniform, slot=self._table.length - 1)
 
     def submit(self, calls: Sequence[Call]) -> None:
-        self._encode(self.device, self._table, to_js(b"".join(call.item for call in calls)))
+        writes, data = array("i"), bytearray()
+        for call in calls:
+            if call.dirty:
+                writes.extend((call.slot, len(data), len(call.data)))
+                data += call.data
+                call.dirty = False
+        self._encode(self.device, self._table, to_js(b"".join(call.item for call in calls)),
+                     to_js(writes.tobytes()), to_js(bytes(data)))
 
     def read_later(self, buf: Any, size: int, offset: int = 0) -> tuple[Any, int, int, Any]:
         n = -(-size // 4) * 4

@@ -79,6 +79,10 @@ class WgpuBackend:
         return Call(kernel, pipeline, group, uniform)
 
     def submit(self, calls: Sequence[Call]) -> None:
+        for call in calls:
+            if call.dirty:
+                self.write_buffer(call.uniform, call.data)
+                call.dirty = False
         encoder = self.device.create_command_encoder()
         compute = encoder.begin_compute_pass()
         for call in calls:

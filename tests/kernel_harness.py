@@ -40,7 +40,7 @@ def run(meta: dict[str, Any], arrays: dict[str, np.ndarray], sizes: dict[str, in
             nbytes = int(value) * np.dtype(_DTYPES[b["dtype"]]).itemsize
             bufs.append(be.create_buffer(nbytes, bytes(nbytes)))
             shapes[b["name"]] = (int(value),)
-    call = be.bind(meta, bufs).set(be, sizes)
+    call = be.bind(meta, bufs).set(sizes)
     be.submit([call] * repeat)
     out = {}
     for b, buf in zip(meta["bindings"], bufs):
