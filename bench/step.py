@@ -1,6 +1,7 @@
 """`lutlm bench step PACKAGE`: where a decode step's time goes, per kernel, natively and in Chromium.
 
-The package's own decode, head and greedy plans (its WGSL, buffers and dispatch grids at position
+The package's own decode, head and greedy plans (with `--prefill M`: its prefill and head plans for
+a chunk of M prompt tokens) (its WGSL, buffers and dispatch grids at position
 `pos`, the cache sized for `ctx` tokens: by default what the app and the terminal chat give a
 session, since a kernel's speed can depend on it) become a `kernels` workload: weights and the
 residual stream hold random values, caches and other activations zeros. Each kernel's dispatches
@@ -23,16 +24,21 @@ from runtime_py.package import MAX_BYTES, buffer_sizes, parse_manifest
 
 from .kernels import Workload, measure
 
-PLANS = ("decode", "head", "greedy")
+DECODE = ("decode", "head", "greedy")
+PREFILL = ("prefill", "head")
 
 
-def workload(package: Path, pos: int, ctx: int | None = None) -> tuple[Workload, list[str], int]:
-    """The step at position `pos` with a cache of `ctx` tokens (default: a session's) as case 0,
-    then one case per kernel; also returns the context used."""
+def workload(package: Path, pos: int, ctx: int | None = None, m: int = 1,
+             plans: tuple[str, ...] = DECODE) -> tuple[Workload, list[str], int]:
+    """The step of `m` tokens from position `pos` with a cache of `ctx` tokens (default: a
+    session's) as case 0, then one case per kernel; also returns the context used."""
     manifest = parse_manifest((package / "manifest.json").read_bytes())  # PackageError if invalid
     ctx = ctx or default_ctx(manifest)
-    if not pos < ctx <= manifest["max_ctx"]:
-        raise LutlmError(f"--ctx {ctx} must be above --pos {pos} and at most the model's {manifest['max_ctx']}")
+    if not 1 <= m <= manifest["chunk"]:
+        raise LutlmError(f"--prefill {m}: a prefill chunk holds 1 to {manifest['chunk']} tokens")
+    if not pos + m <= ctx <= manifest["max_ctx"]:
+        raise LutlmError(f"--ctx {ctx} must be above --pos {pos} plus the tokens of the step and at most "
+                         f"the model's {manifest['max_ctx']}")
     wl = Workload()
     for name, size in buffer_sizes(manifest, ctx, MAX_BYTES).items():  # activations and caches; x and h hold values
         wl.buffer(name, size, "f32" if name in ("x", "h") else "zero")
@@ -42,9 +48,9 @@ def workload(package: Path, pos: int, ctx: int | None = None) -> tuple[Workload,
     for name, k in manifest["kernels"].items():
         ids[name] = len(wl.kernels)
         wl.kernels.append({**k, "name": name, "wgsl": (package / k["file"]).read_text()})
-    variables = {"m": 1, "pos": pos, "ctx": ctx}
+    variables = {"m": m, "pos": pos, "ctx": ctx}
     calls, kinds = [], []
-    for plan in PLANS:
+    for plan in plans:
         for step in manifest["plans"][plan]:
             sizes = {f: v if isinstance(v, (int, float)) else evaluate(v, variables) for f, v in step["sizes"].items()}
             call = wl.call(ids[step["kernel"]], dict(zip((b["name"] for b in wl.kernels[ids[step["kernel"]]]["bindings"]),
@@ -65,13 +71,13 @@ def workload(package: Path, pos: int, ctx: int | None = None) -> tuple[Workload,
 
 
 def rows(info: dict[str, Any], names: list[str], wl: Workload, samples: list[list[float]], pos: int,
-         ctx: int) -> list[dict[str, Any]]:
+         ctx: int, m: int = 1) -> list[dict[str, Any]]:
     out = []
     step_ms = statistics.median(samples[0])
     for name, case, s in zip(names, wl.cases, samples):
         ms = statistics.median(s)
         n = len(case["calls"])
-        out.append({**info, "pos": pos, "ctx": ctx, "kernel": name, "dispatches": n, "ms": round(ms, 3),
+        out.append({**info, "pos": pos, "ctx": ctx, "tokens": m, "kernel": name, "dispatches": n, "ms": round(ms, 3),
                     "ms_per_dispatch": round(ms / n, 4), "share": round(ms / step_ms, 4),
                     "samples": [round(v, 3) for v in s]})
     return out
@@ -91,9 +97,13 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None, ctx: int | None = None) -> None:
-    wl, names, ctx = workload(package, pos, ctx)
-    print(f"{package.name}: decode step at position {pos} of a {ctx}-token context, {len(wl.cases[0]['calls'])} "
+def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None, ctx: int | None = None,
+         prefill: int = 0) -> None:
+    """Time a decode step, or with `prefill` > 0 a prefill chunk of that many tokens."""
+    m, plans = (prefill, PREFILL) if prefill else (1, DECODE)
+    wl, names, ctx = workload(package, pos, ctx, m, plans)
+    what = f"prefill of {m} tokens from" if prefill else "decode step at"
+    print(f"{package.name}: {what} position {pos} of a {ctx}-token context, {len(wl.cases[0]['calls'])} "
           f"dispatches of {len(names) - 1} kernels", file=sys.stderr)
-    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos, ctx),
+    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos, ctx, m),
                            json_path)))

@@ -346,9 +346,9 @@ def cmd_bench_step(args: argparse.Namespace) -> None:
     if not pkg:
         raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
     where = _where(args)
-    if args.rounds < 1 or args.pos < 0 or (args.ctx is not None and args.ctx < 1):
-        raise LutlmError("--rounds and --ctx must be at least 1 and --pos at least 0")
-    step.main(pkg, where, args.pos, args.rounds, args.json, args.ctx)
+    if args.rounds < 1 or args.pos < 0 or args.prefill < 0 or (args.ctx is not None and args.ctx < 1):
+        raise LutlmError("--rounds and --ctx must be at least 1, --pos and --prefill at least 0")
+    step.main(pkg, where, args.pos, args.rounds, args.json, args.ctx, args.prefill)
 
 
 def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -578,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", metavar="PACKAGE")
     p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
     p.add_argument("--pos", type=int, default=48, help="position of the decoded token (default 48)")
+    p.add_argument("--prefill", type=int, default=0, metavar="M",
+                   help="time a prefill chunk of M prompt tokens from --pos instead of a decode step")
     p.add_argument("--ctx", type=int, help="context the cache is sized for (default: what a chat session gets)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case; rows give the median (default 5)")
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")

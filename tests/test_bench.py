@@ -161,7 +161,8 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
 def test_bench_step_on_a_tiny_package(tmp_path, capsys):
     """`lutlm bench step`: the package's decode step as one command buffer, then each kernel's
     dispatches of that step on their own, natively and in Chromium, with the cache sized as a chat
-    session's (a context that cannot hold the position, or exceeds the model's, is an error)."""
+    session's (a context that cannot hold the position, or exceeds the model's, is an error); with
+    --prefill M the same for a prefill chunk of M tokens."""
     from runtime_py.engine import default_ctx
     from engine_fixtures import compile_package, tiny_checkpoint
 
@@ -183,3 +184,14 @@ def test_bench_step_on_a_tiny_package(tmp_path, capsys):
         assert {r["ctx"] for r in mine} == {default_ctx(manifest)}
     table = capsys.readouterr().out
     assert table.count("\n| ") == len(rows) and "whole step, one command buffer" in table
+
+    # --prefill M: the prefill and head plans for a chunk of M prompt tokens, no larger than a chunk
+    assert main(["bench", "step", str(pkg), "--prefill", str(manifest["chunk"] + 1), "--where", "native"]) == 2
+    assert f"a prefill chunk holds 1 to {manifest['chunk']} tokens" in capsys.readouterr().err
+    plan = [s["kernel"] for p in ("prefill", "head") for s in manifest["plans"][p]]
+    assert main(["bench", "step", str(pkg), "--prefill", "5", "--pos", "0", "--where", "native", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["kernel"] == "step" and rows[0]["dispatches"] == len(plan)
+    assert {r["kernel"]: r["dispatches"] for r in rows[1:]} == {k: plan.count(k) for k in plan}
+    assert all(r["tokens"] == 5 and r["ms"] > 0 for r in rows)
