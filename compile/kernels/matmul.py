@@ -35,8 +35,17 @@ ROWS = 64  # invocations per workgroup, one output row each
 # 2.85).
 GEMV_ROWS = 8
 GEMV_TILE = 4
-TOKENS = 16  # tokens per invocation in the prefill GEMM (weights decoded once, used 16 times)
-ROW_TILE = 8  # rows per invocation in the prefill GEMM (activations loaded once, used 8 times)
+# The prefill GEMM: GEMM_ROWS invocations per workgroup, each a tile of ROW_TILE rows x TOKENS
+# tokens. Per input column an invocation loads TOKENS activations (SwiftShader pays a load per
+# lane, more than a code's decode costs) and decodes ROW_TILE codes. A 42-token prefill of the 2-bit
+# package in Chromium (`lutlm bench step --prefill 42 --pos 0 --rounds 3`, whole chunk, ms, three
+# alternating runs, 2026-12-04): 16 tokens x 8 rows x 64 invocations 6646-7061; 8 x 16 x 16
+# 4046-4626; 8 x 24 x 8 4113-4442; 8 x 32 x 8 4221-5302; 4 x 32 x 8 4910-8607; 4 x 16 x 16
+# 6074-6269; 16 x 8 x 16 5724-6108. Fewer invocations per workgroup also waste fewer rows at
+# n = 576 (512 rows per workgroup left 448 of 1024 idle).
+TOKENS = 8
+ROW_TILE = 16
+GEMM_ROWS = 16
 
 
 def sm_rows(k: int, group: int, scale_bits: int = 16) -> int:
@@ -326,7 +335,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
             i = q * 8 + s
             return (words[r * planes + i // per] >> T.Cast("uint32", i % per * planes)) & T.uint32((1 << planes) - 1)
         return (nib[r] >> T.Cast("uint32", s * 4)) & T.uint32(15)
-    rows_per_group = ROWS * ROW_TILE
+    rows_per_group = GEMM_ROWS * ROW_TILE
 
     @T.prim_func
     def f(x_h: T.handle, w_h: T.handle, sm_h: T.handle, y_h: T.handle, m: T.int32, n: T.int32,
@@ -338,7 +347,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
         y = T.match_buffer(y_h, (m * ldy,), "float32")  # token t's rows land at y[t*ldy + y0 : ... + n]
         for by in T.thread_binding((m + TOKENS - 1) // TOKENS, thread="blockIdx.y"):
             for bx in T.thread_binding((n + rows_per_group - 1) // rows_per_group, thread="blockIdx.x"):
-                for tx in T.thread_binding(ROWS, thread="threadIdx.x"):
+                for tx in T.thread_binding(GEMM_ROWS, thread="threadIdx.x"):
                     acc = T.alloc_buffer((ROW_TILE * TOKENS,), "float32", scope="local")
                     words = T.alloc_buffer((ROW_TILE * planes,), "uint32", scope="local")
                     scale = T.alloc_buffer((ROW_TILE * 2,), "float32", scope="local")
@@ -351,24 +360,24 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
                         acc[a] = T.float32(0)
                     if d8:
                         for r in T.unroll(ROW_TILE):
-                            smw[r] = sm[sm_rows(k, group, 8) - 1, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                            smw[r] = sm[sm_rows(k, group, 8) - 1, T.min(bx * rows_per_group + r * GEMM_ROWS + tx, n - 1)]
                             steps[2 * r] = _f16(smw[r])
                             steps[2 * r + 1] = -_f16(smw[r], high=True)
                     for g in range(k // (gw * 32)):
                         for r in T.unroll(ROW_TILE):
                             if group == 16:  # two groups' codes; the scales are taken per eight inputs
-                                smw[r] = sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                                smw[r] = sm[g, T.min(bx * rows_per_group + r * GEMM_ROWS + tx, n - 1)]
                             elif d8:
-                                smw[r] = sm[g // 2, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)] >> T.Cast("uint32", g % 2 * 16)
+                                smw[r] = sm[g // 2, T.min(bx * rows_per_group + r * GEMM_ROWS + tx, n - 1)] >> T.Cast("uint32", g % 2 * 16)
                                 scale[2 * r] = _byte(smw[r], 0) * steps[2 * r]
                                 scale[2 * r + 1] = _byte(smw[r], 1) * steps[2 * r + 1]
                             else:
-                                scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)])
-                                scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)], high=True)
+                                scale[2 * r] = _f16(sm[g, T.min(bx * rows_per_group + r * GEMM_ROWS + tx, n - 1)])
+                                scale[2 * r + 1] = _f16(sm[g, T.min(bx * rows_per_group + r * GEMM_ROWS + tx, n - 1)], high=True)
                         for v in range(gw):
                             for r in T.unroll(ROW_TILE):
                                 for j in T.unroll(planes):
-                                    words[r * planes + j] = w[g * gw + v, j, T.min(bx * rows_per_group + r * ROWS + tx, n - 1)]
+                                    words[r * planes + j] = w[g * gw + v, j, T.min(bx * rows_per_group + r * GEMM_ROWS + tx, n - 1)]
                             for q in range(4):  # eight inputs at a time
                                 if group == 16:
                                     for r in T.unroll(ROW_TILE):
@@ -388,8 +397,8 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
                                             acc[r * TOKENS + t] = acc[r * TOKENS + t] + wv[r] * xv[t]
                     for r in T.unroll(ROW_TILE):
                         for t in T.unroll(TOKENS):
-                            if by * TOKENS + t < m and bx * rows_per_group + r * ROWS + tx < n:
-                                y[(by * TOKENS + t) * ldy + y0 + bx * rows_per_group + r * ROWS + tx] = acc[r * TOKENS + t]
+                            if by * TOKENS + t < m and bx * rows_per_group + r * GEMM_ROWS + tx < n:
+                                y[(by * TOKENS + t) * ldy + y0 + bx * rows_per_group + r * GEMM_ROWS + tx] = acc[r * TOKENS + t]
     return f
 
 
