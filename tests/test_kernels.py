@@ -210,14 +210,14 @@ def attention_reference(q, kcache, vcache, pos):
     return out
 
 
-ATTENTION_CASES = [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300), (1, 130, 131)]
+ATTENTION_CASES = [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100, 300), (1, 130, 131), (20, 3, 40)]
 
 
 @pytest.mark.parametrize("decode,m,pos,ctx", [(False, *c) for c in ATTENTION_CASES]
                          + [(True, *c) for c in ATTENTION_CASES if c[0] == 1])
 def test_cache_append_and_attention(m, pos, ctx, decode):
-    """Both attention paths: one invocation per (head, token) for prefill; for decode (one
-    token), scores then softmax and values."""
+    """Both attention paths: one invocation per (kv head, token) for prefill (20 tokens span two
+    workgroups); for decode (one token), scores then softmax and values."""
     heads, kvh, d = 9, 3, 64
     stride = (heads + 2 * kvh) * d
     old_k, old_v = rng.standard_normal((2, pos, kvh, d)).astype(np.float32)
