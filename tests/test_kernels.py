@@ -324,7 +324,8 @@ def test_emitted_metadata_describes_the_wgsl():
 
     assert [evaluate(e, {"n": 1537}) for e in meta["grid"]] == [-(-1537 // (matmul.GEMV_ROWS * matmul.GEMV_TILE)), 1, 1]
     attn = kernel(attention.attention, 9, 3, 64, 960)
-    assert [evaluate(e, {"m": m}) for m in (5, 130) for e in attn["grid"]] == [1, 9, 1, 3, 9, 1]
+    assert [evaluate(e, {"m": m}) for m in (5, 130) for e in attn["grid"]] == [
+        v for m in (5, 130) for v in (-(-m // attention.PREFILL_WG), 3, 1)]  # (token blocks, kv heads, 1)
     assert "storageBarrier(); workgroupBarrier();" in kernel(sampling.argmax)["wgsl"]
 
 
