@@ -1,9 +1,9 @@
-"""`lutlm bench step PACKAGE`: where a decode step's time goes, per kernel, natively and in Chromium.
+"""`lutlm bench step PACKAGE`: where a decode step's (or prefill chunk's) time goes, per kernel.
 
-The package's own decode, head and greedy plans (with `--prefill M`: its prefill and head plans for
-a chunk of M prompt tokens) (its WGSL, buffers and dispatch grids at position
-`pos`, the cache sized for `ctx` tokens: by default what the app and the terminal chat give a
-session, since a kernel's speed can depend on it) become a `kernels` workload: weights and the
+The package's own decode, head and greedy plans (with `--prefill M`, its prefill and head plans
+for a chunk of M prompt tokens): its WGSL, buffers and dispatch grids at position `pos`, the cache
+sized for `ctx` tokens (by default what the app and the terminal chat give a session, since a
+kernel's speed can depend on it), become a `kernels` workload: weights and the
 residual stream hold random values, caches and other activations zeros. Each kernel's dispatches
 of one step run as a case of their own, next to the whole step as one command buffer. What the step leaves out is the host's share of a
 real decode: building the calls, the uniform writes and the 4-byte readback (a decode row of

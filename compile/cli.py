@@ -574,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--quick", action="store_true", help="layer shape only, fewer cases (for tests)")
     p.set_defaults(func=cmd_bench_kernels)
-    p = benches.add_parser("step", help="a package's decode step per kernel, natively and in Chromium")
+    p = benches.add_parser("step", help="a package's decode step (or prefill chunk) per kernel, natively and in Chromium")
     p.add_argument("package", metavar="PACKAGE")
     p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
     p.add_argument("--pos", type=int, default=48, help="position of the decoded token (default 48)")
