@@ -3,11 +3,11 @@
 The package's own decode, head and greedy plans (with `--prefill M`, its prefill and head plans
 for a chunk of M prompt tokens): its WGSL, buffers and dispatch grids at position `pos`, the cache
 sized for `ctx` tokens (by default what the app and the terminal chat give a session, since a
-kernel's speed can depend on it), become a `kernels` workload: weights and the
-residual stream hold random values, caches and other activations zeros. Each kernel's dispatches
-of one step run as a case of their own, next to the whole step as one command buffer. What the step leaves out is the host's share of a
-real decode: building the calls, the uniform writes and the 4-byte readback (a decode row of
-`lutlm bench model` minus this step's time).
+kernel's speed can depend on it), become a `kernels` workload: weights and the residual stream
+hold random values, caches and other activations zeros. Each kernel's dispatches of one step run
+as a case of their own, next to the whole step as one command buffer. What the step leaves out is
+the host's share of a real decode: building the calls, the uniform writes and the 4-byte readback
+(a decode row of `lutlm bench model` minus this step's time).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ DECODE = ("decode", "head", "greedy")
 PREFILL = ("prefill", "head")
 
 
-def workload(package: Path, pos: int, ctx: int | None = None, m: int = 1,
-             plans: tuple[str, ...] = DECODE) -> tuple[Workload, list[str], int]:
-    """The step of `m` tokens from position `pos` with a cache of `ctx` tokens (default: a
-    session's) as case 0, then one case per kernel; also returns the context used."""
+def workload(package: Path, pos: int, ctx: int | None = None, prefill: int = 0) -> tuple[Workload, list[str], int]:
+    """The decode step at position `pos` (or with `prefill` > 0 the prefill chunk of that many
+    tokens from there) with a cache of `ctx` tokens (default: a session's) as case 0, then one case
+    per kernel; also returns the context used."""
     manifest = parse_manifest((package / "manifest.json").read_bytes())  # PackageError if invalid
     ctx = ctx or default_ctx(manifest)
-    if not 1 <= m <= manifest["chunk"]:
-        raise LutlmError(f"--prefill {m}: a prefill chunk holds 1 to {manifest['chunk']} tokens")
+    if prefill > manifest["chunk"]:
+        raise LutlmError(f"--prefill {prefill}: a prefill chunk holds 1 to {manifest['chunk']} tokens")
+    m, plans = (prefill, PREFILL) if prefill else (1, DECODE)
     if not pos + m <= ctx <= manifest["max_ctx"]:
         raise LutlmError(f"--ctx {ctx} must be above --pos {pos} plus the tokens of the step and at most "
                          f"the model's {manifest['max_ctx']}")
@@ -100,8 +101,8 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
 def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None, ctx: int | None = None,
          prefill: int = 0) -> None:
     """Time a decode step, or with `prefill` > 0 a prefill chunk of that many tokens."""
-    m, plans = (prefill, PREFILL) if prefill else (1, DECODE)
-    wl, names, ctx = workload(package, pos, ctx, m, plans)
+    wl, names, ctx = workload(package, pos, ctx, prefill)
+    m = prefill or 1
     what = f"prefill of {m} tokens from" if prefill else "decode step at"
     print(f"{package.name}: {what} position {pos} of a {ctx}-token context, {len(wl.cases[0]['calls'])} "
           f"dispatches of {len(names) - 1} kernels", file=sys.stderr)

@@ -2,12 +2,11 @@
 
 Prefill (`attention`, m tokens at positions pos..pos+m-1, each seeing positions up to its own):
 one invocation per (kv head, token) for the query heads sharing that kv head, with no workgroup
-memory and no barriers. It walks the
-positions once with an online softmax (running maximum and sum, FlashAttention's rescaling),
-holding its queries and output rows in registers. Invocations of a workgroup are consecutive
-tokens of one kv head, so they read the same key and value at each step. The workgroup-per-head
-design with tree reductions it replaced spent 6.8 s per 64-token prefill chunk at position 384
-on lavapipe, more than the chunk's GEMMs.
+memory and no barriers. It walks the positions once with an online softmax (running maximum and
+sum, FlashAttention's rescaling), holding its queries and output rows in registers. Invocations of
+a workgroup are consecutive tokens of one kv head, so they read the same key and value at each
+step. The workgroup-per-head design with tree reductions it replaced spent 6.8 s per 64-token
+prefill chunk at position 384 on lavapipe, more than the chunk's GEMMs.
 
 Decode (one token) would keep only one invocation per head busy with that kernel, walking the
 whole cache alone: on software WebGPU a load costs about the same for one SIMD lane as for four,
