@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lutlm.kernels import matmul
 from lutlm.kernels.emit import emit
@@ -152,6 +152,7 @@ def run_native(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict
     """Time every case on the wgpu-py adapter; returns adapter info and per-case samples (ms)."""
     import numpy as np
 
+    from runtime_py.gpu import usable
     from runtime_py.gpu_wgpu import WgpuBackend
 
     be = WgpuBackend()
@@ -163,18 +164,21 @@ def run_native(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict
             data = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
         elif b["fill"] == "f32":
             data = rng.uniform(-1, 1, n).astype(np.float32)
+        elif b["fill"] == "iota":  # token ids 0, 1, 2, ...
+            data = np.arange(n, dtype=np.uint32)
         elif b["fill"] == "f16pair":  # scale 0.01, minimum -0.05
             data = np.full(n, np.array([0.01, -0.05], np.float16).view(np.uint32)[0], np.uint32)
         else:
             data = np.zeros(n, np.uint32)
         bufs[name] = be.create_buffer(4 * n, data.tobytes())
+    by_name = {k["name"]: k for k in wl.kernels}
     cases = []
     for case in wl.cases:
         if set(case["features"]) - be.features:
             cases.append([])
             continue
-        calls = [be.bind(wl.kernels[c["kernel"]], [bufs[b] for b in c["buffers"]]).set(c["sizes"])
-                 for c in case["calls"]]
+        calls = [be.bind(by_name[usable(by_name, wl.kernels[c["kernel"]]["name"], be.features)],
+                         [bufs[b] for b in c["buffers"]]).set(c["sizes"]) for c in case["calls"]]
         cases.append(calls)
     probe = bufs[next(iter(bufs))]
 
@@ -195,15 +199,33 @@ def run_native(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict
     return {"adapter": adapter, "where": "native"}, samples
 
 
-def run_browser(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict[str, Any], list[list[float]]]:
-    """The same workload in headless Chromium (SwiftShader WebGPU), via the bench page."""
+def run_browser(wl: Workload, rounds: int, target_ms: float = 40.0,
+                without: Sequence[str] = ()) -> tuple[dict[str, Any], list[list[float]]]:
+    """The same workload in headless Chromium (SwiftShader WebGPU), via the bench page; kernels
+    that need a feature in `without` run as their fallbacks."""
     from .browser import serve_and_open
 
     with serve_and_open(Path(__file__).parent / "web", "kernels.html", {"workload.json": json.dumps(wl.to_json())}) as page:
-        result = page.evaluate("([rounds, target]) => window.runKernelBench(rounds, target)", [rounds, target_ms])
+        result = page.evaluate("([rounds, target, without]) => window.runKernelBench(rounds, target, without)",
+                               [rounds, target_ms, list(without)])
     if "error" in result:
         raise RuntimeError(f"browser kernel bench: {result['error']}")
     return {"adapter": result["adapter"], "where": "browser"}, result["samples"]
+
+
+def browser_outputs(wl: Workload, case: int, names: Sequence[str],
+                    without: Sequence[str] = ()) -> tuple[dict[str, list[float]], list[str]]:
+    """Case `case` of `wl` run once in headless Chromium on the filled buffers; the named buffers'
+    contents as f32 (a kernel and its fallback compared on the same inputs) and the features the
+    device had."""
+    from .browser import serve_and_open
+
+    with serve_and_open(Path(__file__).parent / "web", "kernels.html", {"workload.json": json.dumps(wl.to_json())}) as page:
+        result = page.evaluate("([c, names, without]) => window.runKernelOutputs(c, names, without)",
+                               [case, list(names), list(without)])
+    if "error" in result:
+        raise RuntimeError(f"browser kernel run: {result['error']}")
+    return result["outputs"], result["features"]
 
 
 def rows(wl: Workload, info: dict[str, Any], samples: list[list[float]]) -> list[dict[str, Any]]:
@@ -238,14 +260,15 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
 
 def measure(wl: Workload, where: list[str], rounds: int,
             to_rows: Callable[[dict[str, Any], list[list[float]]], list[dict[str, Any]]],
-            json_path: str | None) -> list[dict[str, Any]]:
+            json_path: str | None, without: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run `wl` on each executor in `where` (one that cannot run is reported and skipped), turn
-    each one's samples into rows, and write them all to `json_path` if given."""
+    each one's samples into rows, and write them all to `json_path` if given. `without`: browser
+    adapter features left unused (natively only shader-f16 and timestamp-query are ever asked for)."""
     all_rows = []
     for w in where:
         t0 = time.time()
         try:
-            info, samples = (run_native if w == "native" else run_browser)(wl, rounds)
+            info, samples = run_native(wl, rounds) if w == "native" else run_browser(wl, rounds, without=without)
         except Exception as exc:  # an adapter that cannot run is reported and skipped
             print(f"{w}: skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
             continue

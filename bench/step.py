@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lutlm.errors import LutlmError
 from runtime_py.engine import default_ctx
@@ -41,8 +41,9 @@ def workload(package: Path, pos: int, ctx: int | None = None, prefill: int = 0) 
         raise LutlmError(f"--ctx {ctx} must be above --pos {pos} plus the tokens of the step and at most "
                          f"the model's {manifest['max_ctx']}")
     wl = Workload()
-    for name, size in buffer_sizes(manifest, ctx, MAX_BYTES).items():  # activations and caches; x and h hold values
-        wl.buffer(name, size, "f32" if name in ("x", "h") else "zero")
+    # activations and caches; x and h hold values, ids distinct tokens (a prefill's rows differ)
+    for name, size in buffer_sizes(manifest, ctx, MAX_BYTES).items():
+        wl.buffer(name, size, "f32" if name in ("x", "h") else "iota" if name == "ids" else "zero")
     for name, t in manifest["tensors"].items():
         wl.buffer(name, t["bytes"], "f16pair" if name.endswith(".sm") else "f32" if t["dtype"] == "f32" else "u32")
     ids = {}
@@ -61,7 +62,8 @@ def workload(package: Path, pos: int, ctx: int | None = None, prefill: int = 0) 
 
     def case(name: str, group: list[dict[str, Any]]) -> None:
         wl.cases.append({"kernel": name, "variant": "", "bits": 0, "shape": "step", "weight_bytes": 0,
-                         "features": sorted({f for c in group for f in wl.kernels[c["kernel"]]["features"]}),
+                         "features": sorted({f for c in group for f in wl.kernels[c["kernel"]]["features"]
+                                             if "fallback" not in wl.kernels[c["kernel"]]}),
                          "calls": group})
 
     case("step", calls)
@@ -99,12 +101,13 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
 
 
 def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None, ctx: int | None = None,
-         prefill: int = 0) -> None:
-    """Time a decode step, or with `prefill` > 0 a prefill chunk of that many tokens."""
+         prefill: int = 0, without: Sequence[str] = ()) -> None:
+    """Time a decode step, or with `prefill` > 0 a prefill chunk of that many tokens; `without`
+    names browser features to leave unused (their kernels' fallbacks run), for A/B runs."""
     wl, names, ctx = workload(package, pos, ctx, prefill)
     m = prefill or 1
     what = f"prefill of {m} tokens from" if prefill else "decode step at"
     print(f"{package.name}: {what} position {pos} of a {ctx}-token context, {len(wl.cases[0]['calls'])} "
           f"dispatches of {len(names) - 1} kernels", file=sys.stderr)
     print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos, ctx, m),
-                           json_path)))
+                           json_path, without)))

@@ -348,7 +348,10 @@ def cmd_bench_step(args: argparse.Namespace) -> None:
     where = _where(args)
     if args.rounds < 1 or args.pos < 0 or args.prefill < 0 or (args.ctx is not None and args.ctx < 1):
         raise LutlmError("--rounds and --ctx must be at least 1, --pos and --prefill at least 0")
-    step.main(pkg, where, args.pos, args.rounds, args.json, args.ctx, args.prefill)
+    without = [f for f in args.without.split(",") if f]
+    if set(without) - {"subgroups", "shader-f16"}:
+        raise LutlmError(f"--without {args.without}: the features are subgroups and shader-f16")
+    step.main(pkg, where, args.pos, args.rounds, args.json, args.ctx, args.prefill, without)
 
 
 def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -583,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, help="context the cache is sized for (default: what a chat session gets)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case; rows give the median (default 5)")
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
+    p.add_argument("--without", default="", metavar="FEATURES",
+                   help="browser adapter features to leave unused (subgroups, shader-f16), so that kernels needing "
+                        "them run as their fallbacks: the A side of an A/B run")
     p.set_defaults(func=cmd_bench_step)
     p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")

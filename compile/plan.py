@@ -66,6 +66,15 @@ class Plan:
             self.kernels[name] = emit(builder(*args), name).to_json()
         return name
 
+    def subgroup_kernel(self, name: str, builder: Callable[..., Any], *args: Any) -> str:
+        """`builder`'s subgroup variant as NAME_sg, with the plain kernel NAME as its `fallback`,
+        which a runtime whose adapter lacks the `subgroups` feature binds instead."""
+        base = self.kernel(name, builder, *args)
+        fast = name + "_sg"
+        if fast not in self.kernels:
+            self.kernels[fast] = {**emit(builder(*args, subgroups=True), fast).to_json(), "fallback": base}
+        return fast
+
     @property
     def _span(self) -> str:
         """Kernel-name suffix of the table's activation sums (none for the usual 32)."""
@@ -92,8 +101,8 @@ class Plan:
         spec, (n, k) = self.specs[weight], self.shapes[weight]
         if plan == "prefill" or plan == "score":
             codes = stored(spec)
-            kid = self.kernel(f"gemm_k{k}_{codes[0]}{spec.bits}_g{spec.group}{_d8(spec)}", matmul.gemm, k, spec.bits,
-                              spec.group, codes == "dense", spec.scale_bits)
+            kid = self.subgroup_kernel(f"gemm_k{k}_{codes[0]}{spec.bits}_g{spec.group}{_d8(spec)}", matmul.gemm, k,
+                                       spec.bits, spec.group, codes == "dense", spec.scale_bits)
             self.step(plan, kid, {"w": f"{weight}.{codes}", "sm": weight + ".sm", "x": x, "y": y},
                       {"m": "m", "n": n, "ldy": ldy, "y0": y0})
         else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from .expr import evaluate
-from .gpu import Backend, Call
+from .gpu import Backend, Call, usable
 from .package import Manifest, PackageError, buffer_sizes, load_tensors, parse_manifest
 
 
@@ -76,11 +76,12 @@ class Engine:
         for name, size in buffer_sizes(manifest, self.ctx, limit).items():
             self.buffers[name] = backend.create_buffer(size)
         self._fill_rope(manifest["rope"]["theta"], manifest["rope"]["pairs"], cfg["n_rot"])
-        kernels = {kid: {**meta, "name": kid, "wgsl": wgsl[kid]} for kid, meta in manifest["kernels"].items()}
+        kernels = {kid: {**manifest["kernels"][kid], "name": kid, "wgsl": text} for kid, text in wgsl.items()}
+        use = {kid: usable(manifest["kernels"], kid, backend.features) for kid in manifest["kernels"]}
         # per step: its call, its constant uniforms, those that are expressions (of pos, m, ...)
         # and the values last written; a decode step rewrites only the ~90 calls that have any
         self.plans: dict[str, list[tuple[Call, dict[str, Any], dict[str, str], list]]] = {
-            name: [(backend.bind(kernels[st["kernel"]], [self.buffers[b] for b in st["bind"]]),
+            name: [(backend.bind(kernels[use[st["kernel"]]], [self.buffers[b] for b in st["bind"]]),
                     {k: v for k, v in st["sizes"].items() if isinstance(v, (int, float))},
                     {k: v for k, v in st["sizes"].items() if not isinstance(v, (int, float))}, [None])
                    for st in steps]
@@ -91,10 +92,13 @@ class Engine:
 
     @classmethod
     def from_files(cls, read: Callable[[str], bytes], backend: Backend, ctx: int | None = None) -> "Engine":
-        """`read(relative_path)` gives a file of the package (a folder natively, fetches in a browser)."""
+        """`read(relative_path)` gives a file of the package (a folder natively, fetches in a browser);
+        of the kernels, only those this backend will bind are read."""
         manifest = parse_manifest(read("manifest.json"))
         wgsl = {}
-        for kid, k in manifest["kernels"].items():
+        for kid in sorted({usable(manifest["kernels"], st["kernel"], backend.features)
+                           for steps in manifest["plans"].values() for st in steps}):
+            k = manifest["kernels"][kid]
             try:
                 wgsl[kid] = read(k["file"]).decode("utf-8")
             except (OSError, UnicodeDecodeError) as exc:

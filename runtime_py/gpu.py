@@ -83,6 +83,15 @@ def buffer_bytes(size: int, limit: int) -> int:
     return size
 
 
+def usable(kernels: dict[str, dict[str, Any]], kid: str, features: set[str]) -> str:
+    """The kernel to bind for plan kernel `kid` on an adapter with `features`: `kid` itself, or
+    its `fallback` (the same bindings and uniforms) where `kid` needs a feature the adapter lacks."""
+    kernel = kernels[kid]
+    if set(kernel.get("features", [])) - features and "fallback" in kernel:
+        return kernel["fallback"]
+    return kid
+
+
 def check_kernel(kernel: dict[str, Any], buffers: Sequence[Any], features: set[str]) -> int:
     """Refuse a binding count or a feature the kernel cannot have; returns its uniform buffer size."""
     if len(buffers) != len(kernel["bindings"]):

@@ -58,7 +58,7 @@ class JsBackend:
         info = getattr(adapter, "info", None)
         self.info = {"backend": "webgpu", "vendor": getattr(info, "vendor", ""), "device": getattr(info, "device", ""),
                      "description": getattr(info, "architecture", ""), "adapter_type": ""}
-        self.features = {f for f in ("shader-f16", "timestamp-query") if device.features.has(f)}
+        self.features = {f for f in ("shader-f16", "subgroups", "timestamp-query") if device.features.has(f)}
         # the protocol's limit names are wgpu-py's (kebab-case)
         self.limits = {"max-storage-buffer-binding-size": int(device.limits.maxStorageBufferBindingSize),
                        "max-buffer-size": int(device.limits.maxBufferSize)}
@@ -78,7 +78,7 @@ class JsBackend:
         if adapter is None:
             raise GPUError("WebGPU is present but offers no adapter")
         limits = {name: getattr(adapter.limits, name) for name in LIMITS}
-        features = [f for f in ("shader-f16",) if adapter.features.has(f)]
+        features = [f for f in ("shader-f16", "subgroups") if adapter.features.has(f)]
         device = await adapter.requestDevice(_js({"requiredLimits": limits, "requiredFeatures": features}))
         device.lost.then(create_proxy(_device_lost))
         return cls(adapter, device)

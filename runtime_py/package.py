@@ -117,6 +117,14 @@ def parse_manifest(text: bytes | str) -> Manifest:
             except ExprError as exc:
                 raise PackageError(f"manifest: kernel {kid} grid: {exc}") from None
         _check(isinstance(k.get("features", []), list), f"manifest: kernel {kid} features")
+    for kid, k in kernels.items():  # a fallback stands in for its kernel: same bindings and uniforms, no features
+        if "fallback" in k:
+            fb = kernels.get(k["fallback"]) if isinstance(k["fallback"], str) else None
+            _check(fb is not None and not fb.get("features") and "fallback" not in fb
+                   and [(b.get("name"), b["access"], b["dtype"]) for b in fb["bindings"]]
+                   == [(b.get("name"), b["access"], b["dtype"]) for b in k["bindings"]] and fb["uniforms"] == k["uniforms"],
+                   f"manifest: kernel {kid} fallback {k['fallback']!r} is not a kernel with the same bindings and "
+                   "uniforms that needs no adapter feature")
     buffers = data.get("buffers")
     _check(isinstance(buffers, dict) and all(bool(_NAME.fullmatch(n)) and isinstance(e, str) for n, e in buffers.items()),
            "manifest: buffers must map names to size expressions")

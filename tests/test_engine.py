@@ -188,6 +188,10 @@ def corrupt(root, src, dst, edit):
     return root / dst
 
 
+def _subgroup_kernel(manifest: dict) -> str:
+    return next(kid for kid, k in manifest["kernels"].items() if "fallback" in k)
+
+
 def test_damaged_packages(tiny):
     ckpt, root, refs = tiny
 
@@ -222,6 +226,8 @@ def test_damaged_packages(tiny):
         (lambda m: m["tensors"]["output_norm.weight"].update(offset=10**9), "past the end of its shard"),
         (lambda m: m["plans"]["decode"][0].update(kernel="nope"), "names no known kernel"),
         (lambda m: m["kernels"]["attention"].update(grid=["__import__('os')", "1", "1"]), "unexpected"),
+        (lambda m: m["kernels"][_subgroup_kernel(m)].update(fallback="nope"), "fallback 'nope' is not a kernel"),
+        (lambda m: m["kernels"][_subgroup_kernel(m)].update(fallback="attention"), "with the same bindings"),
     ]
     for i, (change, message) in enumerate(cases):
         with pytest.raises(PackageError, match=message):

@@ -16,7 +16,10 @@ from lutlm.kernels import attention, layers, layout, matmul, sampling
 from lutlm.quant.format import QuantSpec, quantize_rtn
 from lutlm.reference import apply_rope, rms_norm, rope_tables, silu, softmax
 
+from engine_fixtures import compile_package, tiny_checkpoint
 from kernel_harness import backend, kernel, run
+from lutlm_bench import step
+from lutlm_bench.kernels import browser_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 rng = np.random.default_rng(1234)
@@ -340,3 +343,21 @@ def test_repetition_penalty():
         got = run(kernel(sampling.penalize), {"logits": logits, "seen": seen, "ids": np.array([current], np.int32)},
                   {"n": 5, "count": 3, "penalty": 1.25})["logits"]
         np.testing.assert_allclose(got, expect, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits,group,scale_bits", [("2", 32, 16), ("3", 16, 8)])
+def test_subgroup_gemm_equals_its_fallback_in_chromium(tmp_path, bits, group, scale_bits):
+    """Subgroup GEMMs run only in a browser (Naga takes no `enable subgroups;`), so they are checked
+    there against their fallbacks (checked against numpy above) on the same random inputs: a
+    13-token prefill chunk of a tiny model, every layer's GEMMs, then the last token's logits."""
+    package = tmp_path / "pkg"
+    compile_package(tiny_checkpoint(tmp_path / "hf"), package, bits, group=group, scale_bits=scale_bits)
+    wl, names, _ = step.workload(package, pos=0, prefill=13)
+    assert [n for n in names if n.startswith("gemm")] and all(n.endswith("_sg") for n in names if n.startswith("gemm"))
+    fast, features = browser_outputs(wl, 0, ["x", "logits"])
+    plain, without = browser_outputs(wl, 0, ["x", "logits"], without=["subgroups"])
+    assert "subgroups" in features and "subgroups" not in without
+    for name in ("x", "logits"):
+        got, want = np.array(fast[name]), np.array(plain[name])
+        assert np.isfinite(want).all() and np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

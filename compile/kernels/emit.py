@@ -94,6 +94,18 @@ def _grid(func: Any) -> tuple[str, str, str]:
     return extents["blockIdx.x"], extents["blockIdx.y"], extents["blockIdx.z"]
 
 
+def _subgroup_lane(wgsl: str, name: str) -> str:
+    """Define `lutlm_lane()`, the invocation's subgroup_invocation_id, for kernels that call it:
+    only the entry point can receive a builtin, so it is copied into a private variable as the
+    entry point's first statement."""
+    head, brace, body = wgsl.partition(") {\n")
+    if not brace or not _ENTRY.search(head):
+        raise LutlmError(f"kernel {name}: no entry point signature to add the subgroup builtin to")
+    head = head.rstrip() + ",\n  @builtin(subgroup_invocation_id) lutlm_sid_in : u32\n"
+    return ("enable subgroups;\nvar<private> lutlm_sid : u32;\n" + head + brace + "  lutlm_sid = lutlm_sid_in;\n"
+            + body + "\nfn lutlm_lane() -> i32 { return i32(lutlm_sid); }\n")
+
+
 def emit(func: Any, name: str) -> Kernel:
     """Build `func` for the webgpu target and read its launch metadata off the WGSL."""
     import tvm
@@ -107,6 +119,8 @@ def emit(func: Any, name: str) -> Kernel:
     # pass values through storage buffers between barriers also need storageBarrier.
     wgsl = rt.imports[0].inspect_source().replace("workgroupBarrier();", "storageBarrier(); workgroupBarrier();")
     wgsl += "".join("\n" + d for n, d in _HELPERS.items() if n + "(" in wgsl)  # after any `enable`
+    if "lutlm_lane(" in wgsl:
+        wgsl = _subgroup_lane(wgsl, name)
     entries = _ENTRY.findall(wgsl)
     if len(entries) != 1:
         raise LutlmError(f"kernel {name}: expected one entry point in TVM's WGSL, found {entries}")
@@ -120,5 +134,6 @@ def emit(func: Any, name: str) -> Kernel:
     params = {p.name for p in func.params} | {"packGridDimX"}
     if any(f not in params for f, _ in uniforms):
         raise LutlmError(f"kernel {name}: uniforms {uniforms} are not all scalar arguments")
-    features = ["shader-f16"] if "enable f16;" in wgsl else []
+    features = [f for f, directive in (("shader-f16", "enable f16;"), ("subgroups", "enable subgroups;"))
+                if directive in wgsl]
     return Kernel(name, wgsl, entries[0], bindings, uniforms, wg, _grid(func), features)

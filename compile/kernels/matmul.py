@@ -73,6 +73,23 @@ def _f16(h: Any, high: bool = False) -> Any:
     return T.call_pure_extern("float32", "lutlm_f16_hi" if high else "lutlm_f16_lo", h)
 
 
+# Subgroup variants (WebGPU's `subgroups` feature; the runtime falls back to the plain kernel
+# without it): activations every lane of a subgroup needs are loaded by SHARE lanes, each a
+# different one, and handed round with subgroupBroadcast. On SwiftShader a load costs per lane
+# even where all lanes read the same address; a broadcast between its 4 lanes is a register move.
+SHARE = 4  # WebGPU's smallest subgroup size
+
+
+def _lane() -> Any:
+    """This invocation's subgroup_invocation_id modulo SHARE (`emit` wires in the builtin)."""
+    return T.call_pure_extern("int32", "lutlm_lane")
+
+
+def _broadcast(value: Any, lane: Any) -> Any:
+    """`value` as lane `lane` of the subgroup holds it; `lane` must fold to a constant."""
+    return T.call_pure_extern("float32", "subgroupBroadcast", value, T.Cast("uint32", lane))
+
+
 @dataclass(frozen=True)
 class Table:
     """How activations are tabulated: `width` activations per table (4 is T-MAC's classic choice;
@@ -259,7 +276,10 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     `tile` > 1 gives each invocation that many rows, so each activation load serves `tile` rows.
     A word's products are added as a tree before they reach the row's sum, and codes become
     floats through i32 (one instruction where Subzero's u32 conversion takes six): the 8-bit
-    head took 57.1 instead of 69.3 ms in Chromium (SwiftShader), the same on lavapipe."""
+    head took 57.1 instead of 69.3 ms in Chromium (SwiftShader), the same on lavapipe.
+    Activations shared through subgroups as in `gemm` did not help here (the head 39.3 and 37.4 ms
+    without, 39.8 and 35.9 with, alternating in Chromium, 2026-12-04): each of a word's loads already
+    serves `tile` rows."""
     per = 32 // bits
     mask = (1 << bits) - 1
     span = ROWS * tile
@@ -303,7 +323,7 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     return f
 
 
-def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int = 16) -> Any:
+def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int = 16, subgroups: bool = False) -> Any:
     """Prefill: y[m, n] = x[m, :] . W[n, :] for m tokens. Each invocation owns a register tile of
     ROW_TILE rows x TOKENS tokens: per input column it loads TOKENS activations and decodes
     ROW_TILE weights for ROW_TILE * TOKENS multiply-adds. (Software WebGPU pays per load per
@@ -315,7 +335,10 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
     dearly (the 64-token GEMM took 11-18% longer as a loop of eight; lavapipe is indifferent).
     Codes become floats through i32, as in `dequant_gemv`: a 64-token prefill of a 2-bit block took
     247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged). 8-bit scale
-    codes become a scale and minimum once per group, in groups of 16 afresh for each eight inputs."""
+    codes become a scale and minimum once per group, in groups of 16 afresh for each eight inputs.
+    `subgroups`: each of SHARE lanes loads TOKENS / SHARE of a column's activations and broadcasts
+    them (see SHARE): a 42-token prefill chunk of the 2-bit package in Chromium took 3.0-3.2
+    instead of 4.0-4.5 s (a hand-edited shader, 2026-12-04)."""
     if planes > 4 and not dense:
         raise ValueError(f"the prefill GEMM reads at most 4 bit-planes, not {planes}: wider codes are stored dense")
     d8 = _check_scales(group, scale_bits)
@@ -356,6 +379,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
                     wv = T.alloc_buffer((ROW_TILE,), "float32", scope="local")
                     nib = T.alloc_buffer((ROW_TILE,), "uint32", scope="local")  # 8 codes in 4-bit fields
                     xv = T.alloc_buffer((TOKENS,), "float32", scope="local")
+                    own = T.alloc_buffer((TOKENS // SHARE,), "float32", scope="local")  # subgroups: this lane's loads
                     for a in T.unroll(ROW_TILE * TOKENS):
                         acc[a] = T.float32(0)
                     if d8:
@@ -389,8 +413,15 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
                                         for j in T.unroll(planes):
                                             nib[r] = nib[r] | (spread(words[r * planes + j] >> T.Cast("uint32", q * 8)) << T.uint32(j))
                                 for s in T.unroll(8):
-                                    for t in T.unroll(TOKENS):
-                                        xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + q * 8 + s]
+                                    if subgroups:
+                                        for h in T.unroll(TOKENS // SHARE):
+                                            own[h] = x[T.min(by * TOKENS + h * SHARE + _lane() % SHARE, m - 1),
+                                                       (g * gw + v) * 32 + q * 8 + s]
+                                        for t in T.unroll(TOKENS):
+                                            xv[t] = _broadcast(own[t // SHARE], t % SHARE)
+                                    else:
+                                        for t in T.unroll(TOKENS):
+                                            xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + q * 8 + s]
                                     for r in T.unroll(ROW_TILE):
                                         wv[r] = T.Cast("float32", T.Cast("int32", code(words, nib, r, q, s))) * scale[2 * r] + scale[2 * r + 1]
                                         for t in T.unroll(TOKENS):
