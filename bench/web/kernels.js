@@ -106,9 +106,8 @@ window.runKernelBench = async function (rounds, targetMs, without = []) {
   }
 };
 
-// Case `index` run once on the filled buffers; returns {outputs: {name: [f32 ...]}} for `names`
-// and the device's features
-// (so that a kernel and its fallback can be compared on the same inputs), or {error}.
+// Case `index` run once on the filled buffers, so that a kernel and its fallback can be compared
+// on the same inputs; returns {outputs: {name: [f32 ...]} for `names`, features of the device} or {error}.
 window.runKernelOutputs = async function (index, names, without = []) {
   try {
     const { device, bufs, cases, errors, once } = await prepare(without);

@@ -81,7 +81,7 @@ SHARE = 4  # WebGPU's smallest subgroup size
 
 
 def _lane() -> Any:
-    """This invocation's subgroup_invocation_id modulo SHARE (`emit` wires in the builtin)."""
+    """This invocation's subgroup_invocation_id, as i32 (`emit` wires in the builtin)."""
     return T.call_pure_extern("int32", "lutlm_lane")
 
 
