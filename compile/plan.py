@@ -177,9 +177,11 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                      specs[emb].bits, specs[emb].group, codes == "dense")
     norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
     rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
-    # prefill: one invocation per (head, token); decode: scores, then softmax and values (four
-    # dimensions per load, so head_dim % 4 == 0; otherwise the prefill kernel serves decode too)
-    attends = {"prefill": [p.kernel("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)]}
+    # prefill: one invocation per (kv head, token), a subgroup variant where head_dim % 4 == 0; decode:
+    # scores, then softmax and values (four dimensions per load, so head_dim % 4 == 0; otherwise the
+    # prefill kernel serves decode too)
+    prefill_attention = p.kernel if hd % matmul.SHARE else p.subgroup_kernel
+    attends = {"prefill": [prefill_attention("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)]}
     attends["decode"] = attends["prefill"] if hd % 4 else [
         p.kernel(f"attention_scores_q{c.n_head}_k{c.n_head_kv}", attention.scores, c.n_head, c.n_head_kv, hd, qkv_w),
         p.kernel(f"attention_values_q{c.n_head}_k{c.n_head_kv}", attention.attend, c.n_head, c.n_head_kv, hd)]

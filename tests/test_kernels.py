@@ -346,14 +346,16 @@ def test_repetition_penalty():
 
 
 @pytest.mark.parametrize("bits,group,scale_bits", [("2", 32, 16), ("3", 16, 8)])
-def test_subgroup_gemm_equals_its_fallback_in_chromium(tmp_path, bits, group, scale_bits):
-    """Subgroup GEMMs run only in a browser (Naga takes no `enable subgroups;`), so they are checked
-    there against their fallbacks (checked against numpy above) on the same random inputs: a
-    13-token prefill chunk of a tiny model, every layer's GEMMs, then the last token's logits."""
+def test_subgroup_kernels_equal_their_fallbacks_in_chromium(tmp_path, bits, group, scale_bits):
+    """Subgroup GEMMs and prefill attention run only in a browser (Naga takes no `enable
+    subgroups;`), so they are checked there against their fallbacks (checked against numpy above)
+    on the same random inputs: a 13-token prefill chunk of a tiny model from position 5, every
+    layer's GEMMs and attention, then the last token's logits."""
     package = tmp_path / "pkg"
     compile_package(tiny_checkpoint(tmp_path / "hf"), package, bits, group=group, scale_bits=scale_bits)
-    wl, names, _ = step.workload(package, pos=0, prefill=13)
-    assert [n for n in names if n.startswith("gemm")] and all(n.endswith("_sg") for n in names if n.startswith("gemm"))
+    wl, names, _ = step.workload(package, pos=5, prefill=13)
+    assert "attention_sg" in names and [n for n in names if n.startswith("gemm")]
+    assert all(n.endswith("_sg") for n in names if n.startswith("gemm"))
     fast, features = browser_outputs(wl, 0, ["x", "logits"])
     plain, without = browser_outputs(wl, 0, ["x", "logits"], without=["subgroups"])
     assert "subgroups" in features and "subgroups" not in without

@@ -24,17 +24,30 @@ from typing import Any
 
 from tvm.script import tirx as T
 
+from .matmul import SHARE, _broadcast, _lane
+
 WG = 64
 PREFILL_WG = 16  # tokens per workgroup in prefill attention: with few kv heads, enough workgroups for every core
 
 
-def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
+def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups: bool = False) -> Any:
     """Token t's query heads start at q[t*q_stride] (the front of a fused qkv row); the output is
     (m, heads * head_dim). An invocation takes one token's query heads that share a kv head, so
     each key and value it loads serves all of them (software WebGPU pays per load per lane: with
-    an invocation per query head, a 64-token chunk at position 380 spent 20% of its time here)."""
+    an invocation per query head, a 64-token chunk at position 380 spent 20% of its time here).
+    `subgroups`: every lane of a workgroup reads the same key and value, so each of SHARE lanes
+    loads a quarter of their dimensions and broadcasts them; broadcasts need the whole subgroup, so
+    every lane walks as far as the workgroup's last token (its own updates masked beyond its own
+    position) and lanes past the chunk's end compute the last token without storing it."""
+    if subgroups and head_dim % SHARE:
+        raise ValueError(f"subgroup attention shares {SHARE} dimensions at a time, not a multiple of {head_dim}")
     group = heads // kv_heads
     scale = 1.0 / math.sqrt(head_dim)
+    share = head_dim // SHARE
+
+    def masked(valid: Any, value: Any, otherwise: Any) -> Any:
+        """`value` where this lane's token sees the position (always, without subgroups)."""
+        return T.Select(valid, value, otherwise) if subgroups else value
 
     @T.prim_func
     def f(q_h: T.handle, kc_h: T.handle, vc_h: T.handle, o_h: T.handle, m: T.int32, pos: T.int32, ctx: T.int32):
@@ -51,33 +64,43 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
                     # per query head: score, running max, running sum, rescale
                     st = T.alloc_buffer((group * 4,), "float32", scope="local")
                     kv = T.alloc_buffer((1,), "float32", scope="local")  # a key or value element, loaded once
-                    t = bx * PREFILL_WG + tx
-                    if t < m:
+                    own = T.alloc_buffer((share,), "float32", scope="local")  # subgroups: this lane's loads
+                    t = T.min(bx * PREFILL_WG + tx, m - 1) if subgroups else bx * PREFILL_WG + tx
+                    # the positions walked: the token's own, or with subgroups the workgroup's last token's
+                    last = T.min(bx * PREFILL_WG + PREFILL_WG - 1, m - 1) if subgroups else t
+                    if subgroups or t < m:
                         for j in T.unroll(group):
                             for d in T.unroll(head_dim):
                                 qv[j * head_dim + d] = q[t * q_stride + (hk * group + j) * head_dim + d] * T.float32(scale)
                                 acc[j * head_dim + d] = T.float32(0)
                             st[j * 4 + 1] = T.float32(-3.0e38)
                             st[j * 4 + 2] = T.float32(0)
-                        for i in range(T.min(pos + t + 1, ctx)):  # the positions this token sees
+                        for i in range(T.min(pos + last + 1, ctx)):
                             for j in T.unroll(group):
                                 st[j * 4] = T.float32(0)
+                            if subgroups:
+                                for e in T.unroll(share):
+                                    own[e] = kc[hk, e * SHARE + _lane() % SHARE, i]
                             for d in T.unroll(head_dim):
-                                kv[0] = kc[hk, d, i]
+                                kv[0] = _broadcast(own[d // SHARE], d % SHARE) if subgroups else kc[hk, d, i]
                                 for j in T.unroll(group):
                                     st[j * 4] = st[j * 4] + qv[j * head_dim + d] * kv[0]
-                            for j in T.unroll(group):
-                                st[j * 4 + 3] = T.exp(st[j * 4 + 1] - T.max(st[j * 4 + 1], st[j * 4]))
-                                st[j * 4 + 1] = T.max(st[j * 4 + 1], st[j * 4])
-                                st[j * 4] = T.exp(st[j * 4] - st[j * 4 + 1])
+                            for j in T.unroll(group):  # past its own position a lane keeps max, sum and acc
+                                st[j * 4 + 3] = T.exp(st[j * 4 + 1] - masked(i <= pos + t, T.max(st[j * 4 + 1], st[j * 4]), st[j * 4 + 1]))
+                                st[j * 4 + 1] = masked(i <= pos + t, T.max(st[j * 4 + 1], st[j * 4]), st[j * 4 + 1])
+                                st[j * 4] = masked(i <= pos + t, T.exp(st[j * 4] - st[j * 4 + 1]), T.float32(0))
                                 st[j * 4 + 2] = st[j * 4 + 2] * st[j * 4 + 3] + st[j * 4]
+                            if subgroups:
+                                for e in T.unroll(share):
+                                    own[e] = vc[hk, i, e * SHARE + _lane() % SHARE]
                             for d in T.unroll(head_dim):
-                                kv[0] = vc[hk, i, d]
+                                kv[0] = _broadcast(own[d // SHARE], d % SHARE) if subgroups else vc[hk, i, d]
                                 for j in T.unroll(group):
                                     acc[j * head_dim + d] = acc[j * head_dim + d] * st[j * 4 + 3] + st[j * 4] * kv[0]
-                        for j in T.unroll(group):
-                            for d in T.unroll(head_dim):
-                                out[(t * heads + hk * group + j) * head_dim + d] = acc[j * head_dim + d] / st[j * 4 + 2]
+                        if bx * PREFILL_WG + tx < m:
+                            for j in T.unroll(group):
+                                for d in T.unroll(head_dim):
+                                    out[(t * heads + hk * group + j) * head_dim + d] = acc[j * head_dim + d] / st[j * 4 + 2]
     return f
 
 
