@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--without", default="", metavar="FEATURES",
                    help="browser adapter features to leave unused (subgroups, shader-f16), so that kernels needing "
-                        "them run as their fallbacks: the A side of an A/B run")
+                        "them run as their fallbacks (the rows keep the plan's kernel names): the A side of an A/B run")
     p.set_defaults(func=cmd_bench_step)
     p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")

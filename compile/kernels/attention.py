@@ -40,7 +40,7 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups
     every lane walks as far as the workgroup's last token (its own updates masked beyond its own
     position) and lanes past the chunk's end compute the last token without storing it."""
     if subgroups and head_dim % SHARE:
-        raise ValueError(f"subgroup attention shares {SHARE} dimensions at a time, not a multiple of {head_dim}")
+        raise ValueError(f"subgroup attention shares head dimensions {SHARE} at a time; {head_dim} is not a multiple")
     group = heads // kv_heads
     scale = 1.0 / math.sqrt(head_dim)
     share = head_dim // SHARE
