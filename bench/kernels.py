@@ -199,17 +199,23 @@ def run_native(wl: Workload, rounds: int, target_ms: float = 40.0) -> tuple[dict
     return {"adapter": adapter, "where": "native"}, samples
 
 
+def _on_bench_page(wl: Workload, call: str, args: list[Any], what: str) -> dict[str, Any]:
+    """`window.CALL(...args)` on the bench page serving `wl` in headless Chromium; its result, or
+    a RuntimeError with the page's error."""
+    from .browser import serve_and_open
+
+    with serve_and_open(Path(__file__).parent / "web", "kernels.html", {"workload.json": json.dumps(wl.to_json())}) as page:
+        result = page.evaluate(f"(args) => window.{call}(...args)", args)
+    if "error" in result:
+        raise RuntimeError(f"browser kernel {what}: {result['error']}")
+    return result
+
+
 def run_browser(wl: Workload, rounds: int, target_ms: float = 40.0,
                 without: Sequence[str] = ()) -> tuple[dict[str, Any], list[list[float]]]:
     """The same workload in headless Chromium (SwiftShader WebGPU), via the bench page; kernels
     that need a feature in `without` run as their fallbacks."""
-    from .browser import serve_and_open
-
-    with serve_and_open(Path(__file__).parent / "web", "kernels.html", {"workload.json": json.dumps(wl.to_json())}) as page:
-        result = page.evaluate("([rounds, target, without]) => window.runKernelBench(rounds, target, without)",
-                               [rounds, target_ms, list(without)])
-    if "error" in result:
-        raise RuntimeError(f"browser kernel bench: {result['error']}")
+    result = _on_bench_page(wl, "runKernelBench", [rounds, target_ms, list(without)], "bench")
     return {"adapter": result["adapter"], "where": "browser"}, result["samples"]
 
 
@@ -218,13 +224,7 @@ def browser_outputs(wl: Workload, case: int, names: Sequence[str],
     """Case `case` of `wl` run once in headless Chromium on the filled buffers; the named buffers'
     contents as f32 (a kernel and its fallback compared on the same inputs) and the features the
     device had."""
-    from .browser import serve_and_open
-
-    with serve_and_open(Path(__file__).parent / "web", "kernels.html", {"workload.json": json.dumps(wl.to_json())}) as page:
-        result = page.evaluate("([c, names, without]) => window.runKernelOutputs(c, names, without)",
-                               [case, list(names), list(without)])
-    if "error" in result:
-        raise RuntimeError(f"browser kernel run: {result['error']}")
+    result = _on_bench_page(wl, "runKernelOutputs", [case, list(names), list(without)], "run")
     return result["outputs"], result["features"]
 
 

@@ -77,11 +77,11 @@ class Engine:
             self.buffers[name] = backend.create_buffer(size)
         self._fill_rope(manifest["rope"]["theta"], manifest["rope"]["pairs"], cfg["n_rot"])
         kernels = {kid: {**manifest["kernels"][kid], "name": kid, "wgsl": text} for kid, text in wgsl.items()}
-        use = {kid: usable(manifest["kernels"], kid, backend.features) for kid in manifest["kernels"]}
         # per step: its call, its constant uniforms, those that are expressions (of pos, m, ...)
         # and the values last written; a decode step rewrites only the ~90 calls that have any
         self.plans: dict[str, list[tuple[Call, dict[str, Any], dict[str, str], list]]] = {
-            name: [(backend.bind(kernels[use[st["kernel"]]], [self.buffers[b] for b in st["bind"]]),
+            name: [(backend.bind(kernels[usable(manifest["kernels"], st["kernel"], backend.features)],
+                                 [self.buffers[b] for b in st["bind"]]),
                     {k: v for k, v in st["sizes"].items() if isinstance(v, (int, float))},
                     {k: v for k, v in st["sizes"].items() if not isinstance(v, (int, float))}, [None])
                    for st in steps]
