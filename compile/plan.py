@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .checkpoint import ModelConfig
-from .kernels import attention, layers, matmul, sampling
+from .kernels import attention, layers, matmul, sampling, subgroups
 from .kernels.emit import emit
 from .quant.format import QuantSpec
 
@@ -180,7 +180,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     # prefill: one invocation per (kv head, token), a subgroup variant where head_dim % 4 == 0; decode:
     # scores, then softmax and values (four dimensions per load, so head_dim % 4 == 0; otherwise the
     # prefill kernel serves decode too)
-    prefill_attention = p.kernel if hd % matmul.SHARE else p.subgroup_kernel
+    prefill_attention = p.kernel if hd % subgroups.SHARE else p.subgroup_kernel
     attends = {"prefill": [prefill_attention("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)]}
     attends["decode"] = attends["prefill"] if hd % 4 else [
         p.kernel(f"attention_scores_q{c.n_head}_k{c.n_head_kv}", attention.scores, c.n_head, c.n_head_kv, hd, qkv_w),

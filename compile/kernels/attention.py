@@ -24,7 +24,7 @@ from typing import Any
 
 from tvm.script import tirx as T
 
-from .matmul import SHARE, _broadcast, _lane
+from .subgroups import SHARE, broadcast, slot
 
 WG = 64
 PREFILL_WG = 16  # tokens per workgroup in prefill attention: with few kv heads, enough workgroups for every core
@@ -80,9 +80,9 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups
                                 st[j * 4] = T.float32(0)
                             if subgroups:
                                 for e in T.unroll(share):
-                                    own[e] = kc[hk, e * SHARE + _lane() % SHARE, i]
+                                    own[e] = kc[hk, e * SHARE + slot(), i]
                             for d in T.unroll(head_dim):
-                                kv[0] = _broadcast(own[d // SHARE], d % SHARE) if subgroups else kc[hk, d, i]
+                                kv[0] = broadcast(own[d // SHARE], d % SHARE) if subgroups else kc[hk, d, i]
                                 for j in T.unroll(group):
                                     st[j * 4] = st[j * 4] + qv[j * head_dim + d] * kv[0]
                             for j in T.unroll(group):  # past its own position a lane keeps max, sum and acc
@@ -92,9 +92,9 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups
                                 st[j * 4 + 2] = st[j * 4 + 2] * st[j * 4 + 3] + st[j * 4]
                             if subgroups:
                                 for e in T.unroll(share):
-                                    own[e] = vc[hk, i, e * SHARE + _lane() % SHARE]
+                                    own[e] = vc[hk, i, e * SHARE + slot()]
                             for d in T.unroll(head_dim):
-                                kv[0] = _broadcast(own[d // SHARE], d % SHARE) if subgroups else vc[hk, i, d]
+                                kv[0] = broadcast(own[d // SHARE], d % SHARE) if subgroups else vc[hk, i, d]
                                 for j in T.unroll(group):
                                     acc[j * head_dim + d] = acc[j * head_dim + d] * st[j * 4 + 3] + st[j * 4] * kv[0]
                         if bx * PREFILL_WG + tx < m:

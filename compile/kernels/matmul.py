@@ -22,6 +22,8 @@ from typing import Any
 
 from tvm.script import tirx as T
 
+from .subgroups import SHARE, broadcast, slot
+
 ROWS = 64  # invocations per workgroup, one output row each
 # The LUT GEMV: GEMV_ROWS invocations per workgroup, each owning GEMV_TILE rows (tx, tx + GEMV_ROWS,
 # ...) that it works through group by group, so a group's tables (4 KiB for 32 inputs) serve all
@@ -71,23 +73,6 @@ def _f16(h: Any, high: bool = False) -> Any:
     shader-f16 needed), one conversion instruction where bit manipulation took about fifteen.
     TVM has no such intrinsic, so the call names a helper that `emit` defines."""
     return T.call_pure_extern("float32", "lutlm_f16_hi" if high else "lutlm_f16_lo", h)
-
-
-# Subgroup variants (WebGPU's `subgroups` feature; the runtime falls back to the plain kernel
-# without it): activations every lane of a subgroup needs are loaded by SHARE lanes, each a
-# different one, and handed round with subgroupBroadcast. On SwiftShader a load costs per lane
-# even where all lanes read the same address; a broadcast between its 4 lanes is a register move.
-SHARE = 4  # WebGPU's smallest subgroup size
-
-
-def _lane() -> Any:
-    """This invocation's subgroup_invocation_id, as i32 (`emit` wires in the builtin)."""
-    return T.call_pure_extern("int32", "lutlm_lane")
-
-
-def _broadcast(value: Any, lane: Any) -> Any:
-    """`value` as lane `lane` of the subgroup holds it; `lane` must fold to a constant."""
-    return T.call_pure_extern("float32", "subgroupBroadcast", value, T.Cast("uint32", lane))
 
 
 @dataclass(frozen=True)
@@ -337,7 +322,7 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
     247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged). 8-bit scale
     codes become a scale and minimum once per group, in groups of 16 afresh for each eight inputs.
     `subgroups`: each of SHARE lanes loads TOKENS / SHARE of a column's activations and broadcasts
-    them (see SHARE): a 42-token prefill chunk of the 2-bit package in Chromium took 3.0-3.2
+    them (see `subgroups`): a 42-token prefill chunk of the 2-bit package in Chromium took 3.0-3.2
     instead of 4.0-4.5 s (a hand-edited shader, 2026-12-04)."""
     if planes > 4 and not dense:
         raise ValueError(f"the prefill GEMM reads at most 4 bit-planes, not {planes}: wider codes are stored dense")
@@ -415,10 +400,10 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
                                 for s in T.unroll(8):
                                     if subgroups:
                                         for h in T.unroll(TOKENS // SHARE):
-                                            own[h] = x[T.min(by * TOKENS + h * SHARE + _lane() % SHARE, m - 1),
+                                            own[h] = x[T.min(by * TOKENS + h * SHARE + slot(), m - 1),
                                                        (g * gw + v) * 32 + q * 8 + s]
                                         for t in T.unroll(TOKENS):
-                                            xv[t] = _broadcast(own[t // SHARE], t % SHARE)
+                                            xv[t] = broadcast(own[t // SHARE], t % SHARE)
                                     else:
                                         for t in T.unroll(TOKENS):
                                             xv[t] = x[T.min(by * TOKENS + t, m - 1), (g * gw + v) * 32 + q * 8 + s]
