@@ -156,6 +156,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     e, ff, hd, kvd = c.n_embd, c.n_ff, c.head_dim, c.n_head_kv * c.head_dim
     qd = c.n_head * hd
     qkv_w = qd + 2 * kvd
+    splits = f"((ctx + {attention.SPLIT - 1}) // {attention.SPLIT})"  # decode attention's splits of the cache
     p = Plan(c, specs, shapes=shapes, decode=decode,
              tab=TABLE16 if any(s.group == 16 for s in specs.values()) else TABLE)
     p.buffers = {
@@ -163,7 +164,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         "x": f"4 * chunk * {e}", "h": f"4 * chunk * {e}", "o": f"4 * chunk * {e}",
         "attn": f"4 * chunk * {qd}", "qkv": f"4 * chunk * {qkv_w}", "gu": f"4 * chunk * {2 * ff}",
         "act": f"4 * chunk * {ff}",
-        "logits": f"4 * chunk * {c.n_vocab}", "scores": f"4 * {c.n_head} * ctx", "probs": f"4 * {c.n_vocab}",
+        "logits": f"4 * chunk * {c.n_vocab}", "part": f"4 * {c.n_head * hd} * {splits}", "stat": f"8 * {c.n_head} * {splits}",
+        "probs": f"4 * {c.n_vocab}",
         "rope": f"4 * ctx * {c.n_rot // 2} * 2", "seen": "4 * ctx",
     }
     for k in sorted({shape[1] for shape in shapes.values()}):
@@ -178,13 +180,13 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
     rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
     # prefill: one invocation per (kv head, token), a subgroup variant where head_dim % 4 == 0; decode:
-    # scores, then softmax and values (four dimensions per load, so head_dim % 4 == 0; otherwise the
-    # prefill kernel serves decode too)
+    # splits of the cache, then their merge (four dimensions per load, so head_dim % 4 == 0; otherwise
+    # the prefill kernel serves decode too)
     prefill_attention = p.kernel if hd % subgroups.SHARE else p.subgroup_kernel
     attends = {"prefill": [prefill_attention("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)]}
     attends["decode"] = attends["prefill"] if hd % 4 else [
-        p.kernel(f"attention_scores_q{c.n_head}_k{c.n_head_kv}", attention.scores, c.n_head, c.n_head_kv, hd, qkv_w),
-        p.kernel(f"attention_values_q{c.n_head}_k{c.n_head_kv}", attention.attend, c.n_head, c.n_head_kv, hd)]
+        p.kernel(f"attention_split_q{c.n_head}_k{c.n_head_kv}", attention.split, c.n_head, c.n_head_kv, hd, qkv_w),
+        p.kernel(f"attention_merge_q{c.n_head}", attention.merge, c.n_head, hd)]
     glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
     add_norm = p.kernel(f"add_rms_norm_d{e}", layers.rms_norm, e, True)
     eps = float(c.rms_eps)
@@ -203,7 +205,8 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
             sizes = {**run, "m": m}
             p.step(plan, rope, {"qkv": "qkv", "cs": "rope", "kc": f"kc.{layer}", "vc": f"vc.{layer}"}, sizes)
             for kid in attends[plan]:
-                p.step(plan, kid, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "sc": "scores", "out": "attn"},
+                p.step(plan, kid, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "part": "part", "stat": "stat",
+                                  "out": "attn"},
                        sizes)
             p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
             p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})

@@ -220,7 +220,7 @@ ATTENTION_CASES = [(1, 0, 1), (1, 37, 64), (7, 3, 16), (1, 8191, 8192), (5, 100,
                          + [(True, *c) for c in ATTENTION_CASES if c[0] == 1])
 def test_cache_append_and_attention(m, pos, ctx, decode):
     """Both attention paths: one invocation per (kv head, token) for prefill (20 tokens span two
-    workgroups); for decode (one token), scores then softmax and values."""
+    workgroups); for decode (one token), splits of SPLIT positions, then their merge."""
     heads, kvh, d = 9, 3, 64
     stride = (heads + 2 * kvh) * d
     old_k, old_v = rng.standard_normal((2, pos, kvh, d)).astype(np.float32)
@@ -233,9 +233,10 @@ def test_cache_append_and_attention(m, pos, ctx, decode):
     identity = np.stack([np.ones((ctx, d // 2)), np.zeros((ctx, d // 2))], -1).astype(np.float32)  # no rotation
     _, kc, vc = rope_append(heads, kvh, d, d, qkv, identity, kc, vc, m, pos, ctx)
     if decode:
-        sc = run(kernel(attention.scores, heads, kvh, d, stride), {"q": qkv, "kc": kc, "sc": heads * ctx},
-                 {"pos": pos, "ctx": ctx})["sc"]
-        got = run(kernel(attention.attend, heads, kvh, d), {"sc": sc, "vc": vc, "out": heads * d},
+        rows = heads * attention.splits(ctx)
+        parts = run(kernel(attention.split, heads, kvh, d, stride),
+                    {"q": qkv, "kc": kc, "vc": vc, "part": rows * d, "stat": rows * 2}, {"pos": pos, "ctx": ctx})
+        got = run(kernel(attention.merge, heads, d), {"part": parts["part"], "stat": parts["stat"], "out": heads * d},
                   {"pos": pos, "ctx": ctx})["out"].reshape(m, heads, d)
     else:
         got = run(kernel(attention.attention, heads, kvh, d, stride), {"q": qkv, "kc": kc, "vc": vc, "out": m * heads * d},

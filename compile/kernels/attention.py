@@ -8,11 +8,11 @@ a workgroup are consecutive tokens of one kv head, so they read the same key and
 step. The workgroup-per-head design with tree reductions it replaced spent 6.8 s per 64-token
 prefill chunk at position 384 on lavapipe, more than the chunk's GEMMs.
 
-Decode (one token) would keep only one invocation per head busy with that kernel, walking the
-whole cache alone: on software WebGPU a load costs about the same for one SIMD lane as for four,
-so decode runs two barrier-free kernels whose lanes all load: `scores` (an invocation per kv head
-and position) and `attend` (an invocation per four head dimensions of a query head). They need
-head_dim % 4 == 0 (values, queries and the output are read four floats per load).
+Decode (one token) would keep only one invocation per kv head busy with that kernel, walking the
+whole cache alone, so decode splits the cache: `split` (an invocation per kv head and SPLIT
+positions, an online softmax over them) and `merge` (an invocation per four head dimensions of a
+query head, combining the splits). They need head_dim % 4 == 0 (values, queries and the output
+are read four floats per load).
 
 The cache layouts are those `layers.rope_append` writes.
 """
@@ -104,68 +104,107 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups
     return f
 
 
-def scores(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
-    """Decode (one token at position pos), part 1: scores[h, i] = q_h . k_i / sqrt(head_dim) for
-    every position i <= pos. One invocation per (kv head, position) computes the scores of all
-    query heads sharing that kv head, so each key is loaded once; neighbouring invocations read
-    neighbouring positions of the transposed key cache (one vector load for the SIMD lanes of a
-    software GPU), and the query is read four dimensions per load."""
+# Decode: positions per invocation of `split`. Split + merge of a 2-bit decode step in Chromium
+# (`lutlm bench step --rounds 10 --pos P`, ms, two alternating runs, 2026-12-04), P = 476 / 60:
+# SPLIT 8: 28.9, 28.4 / 5.8, 6.5; 16: 22.9, 21.3 / 7.2, 4.7; 32: 19.9, 20.2 / 8.3, 8.4; the
+# scores + values kernels they replaced took 57.3, 58.1 / 10.2, 9.1 (whole step 195-210 against
+# 161-175 ms at 476).
+SPLIT = 16
+SPLIT_WG = 4  # decode: invocations per workgroup of `split` (one SIMD batch of a software GPU)
+
+
+def splits(ctx: Any) -> Any:
+    """Rows of `split`'s output per query head: one per SPLIT positions of the cache."""
+    return (ctx + SPLIT - 1) // SPLIT
+
+
+def split(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
+    """Decode (one token at position pos), part 1: an invocation per (kv head, SPLIT consecutive
+    positions) walks them once with an online softmax for the query heads sharing that kv head
+    (FlashDecoding's split of the cache), each key and value loaded once for all of them and the
+    queries once per SPLIT positions. It leaves per query head and split the unnormalised output
+    in `part` and the running maximum and sum in `stat`. Software WebGPU pays per load per lane:
+    the kernels this replaced, scores with an invocation per position then an invocation per
+    four output dimensions, loaded the query at every position and the scores and values once per
+    four dimensions, about 3.9x the loads."""
     group = heads // kv_heads
+    lanes = head_dim // 4
     scale = 1.0 / math.sqrt(head_dim)
 
     @T.prim_func
-    def f(q_h: T.handle, kc_h: T.handle, s_h: T.handle, pos: T.int32, ctx: T.int32):
+    def f(q_h: T.handle, kc_h: T.handle, vc_h: T.handle, p_h: T.handle, s_h: T.handle, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
         q = T.match_buffer(q_h, (q_stride // 4,), "float32x4")
         kc = T.match_buffer(kc_h, (kv_heads, head_dim, ctx), "float32")
-        sc = T.match_buffer(s_h, (heads, ctx), "float32")
+        vc = T.match_buffer(vc_h, (kv_heads, ctx, lanes), "float32x4")
+        part = T.match_buffer(p_h, (heads * splits(ctx) * lanes,), "float32x4")
+        stat = T.match_buffer(s_h, (heads * splits(ctx) * 2,), "float32")
         for kvh in T.thread_binding(kv_heads, thread="blockIdx.y"):
-            for bx in T.thread_binding((T.min(pos + 1, ctx) + WG - 1) // WG, thread="blockIdx.x"):
-                for tx in T.thread_binding(WG, thread="threadIdx.x"):
-                    acc = T.alloc_buffer((group,), "float32", scope="local")
-                    qv = T.alloc_buffer((group,), "float32x4", scope="local")
+            for bx in T.thread_binding((splits(T.min(pos + 1, ctx)) + SPLIT_WG - 1) // SPLIT_WG, thread="blockIdx.x"):
+                for tx in T.thread_binding(SPLIT_WG, thread="threadIdx.x"):
+                    qv = T.alloc_buffer((group * lanes,), "float32x4", scope="local")
+                    acc = T.alloc_buffer((group * lanes,), "float32x4", scope="local")
+                    st = T.alloc_buffer((group * 4,), "float32", scope="local")  # per query head: score, max, sum, rescale
                     kv = T.alloc_buffer((1,), "float32", scope="local")
-                    i = bx * WG + tx
-                    if i < T.min(pos + 1, ctx):
+                    vv = T.alloc_buffer((1,), "float32x4", scope="local")
+                    sp = bx * SPLIT_WG + tx
+                    if sp * SPLIT < T.min(pos + 1, ctx):
                         for g in T.unroll(group):
-                            acc[g] = T.float32(0)
-                        for d4 in T.unroll(head_dim // 4):
+                            for d4 in T.unroll(lanes):
+                                qv[g * lanes + d4] = q[(kvh * group + g) * lanes + d4] * T.Broadcast(T.float32(scale), 4)
+                                acc[g * lanes + d4] = T.Broadcast(T.float32(0), 4)
+                            st[g * 4 + 1] = T.float32(-3.0e38)
+                            st[g * 4 + 2] = T.float32(0)
+                        for i in range(sp * SPLIT, T.min(sp * SPLIT + SPLIT, T.min(pos + 1, ctx))):
                             for g in T.unroll(group):
-                                qv[g] = q[(kvh * group + g) * (head_dim // 4) + d4]
-                            for j in T.unroll(4):
-                                kv[0] = kc[kvh, d4 * 4 + j, i]
+                                st[g * 4] = T.float32(0)
+                            for d4 in T.unroll(lanes):
+                                for j in T.unroll(4):
+                                    kv[0] = kc[kvh, d4 * 4 + j, i]
+                                    for g in T.unroll(group):
+                                        st[g * 4] = st[g * 4] + T.Shuffle([qv[g * lanes + d4]], [j]) * kv[0]
+                            for g in T.unroll(group):
+                                st[g * 4 + 3] = T.exp(st[g * 4 + 1] - T.max(st[g * 4 + 1], st[g * 4]))
+                                st[g * 4 + 1] = T.max(st[g * 4 + 1], st[g * 4])
+                                st[g * 4] = T.exp(st[g * 4] - st[g * 4 + 1])
+                                st[g * 4 + 2] = st[g * 4 + 2] * st[g * 4 + 3] + st[g * 4]
+                            for d4 in T.unroll(lanes):
+                                vv[0] = vc[kvh, i, d4]
                                 for g in T.unroll(group):
-                                    acc[g] = acc[g] + T.Shuffle([qv[g]], [j]) * kv[0]
+                                    acc[g * lanes + d4] = acc[g * lanes + d4] * T.Broadcast(st[g * 4 + 3], 4) \
+                                        + T.Broadcast(st[g * 4], 4) * vv[0]
                         for g in T.unroll(group):
-                            sc[kvh * group + g, i] = acc[g] * T.float32(scale)
+                            for d4 in T.unroll(lanes):
+                                part[((kvh * group + g) * splits(ctx) + sp) * lanes + d4] = acc[g * lanes + d4]
+                            stat[((kvh * group + g) * splits(ctx) + sp) * 2] = st[g * 4 + 1]
+                            stat[((kvh * group + g) * splits(ctx) + sp) * 2 + 1] = st[g * 4 + 2]
     return f
 
 
-def attend(heads: int, kv_heads: int, head_dim: int) -> Any:
-    """Decode, part 2: out_h = softmax(scores[h, :pos+1]) . V. A workgroup per query head, an
-    invocation per four head dimensions: each walks the scores twice (maximum, then weights;
-    every lane reads the same score) and accumulates four value dimensions per load."""
-    group = heads // kv_heads
+def merge(heads: int, head_dim: int) -> Any:
+    """Decode, part 2: out_h = the splits' outputs weighted by exp(their maximum - the overall
+    maximum), over the same weighting of their sums. A workgroup per query head, an invocation
+    per four output dimensions."""
     lanes = head_dim // 4
 
     @T.prim_func
-    def f(s_h: T.handle, vc_h: T.handle, o_h: T.handle, pos: T.int32, ctx: T.int32):
+    def f(p_h: T.handle, s_h: T.handle, o_h: T.handle, pos: T.int32, ctx: T.int32):
         T.func_attr({"tirx.noalias": True})
-        sc = T.match_buffer(s_h, (heads, ctx), "float32")
-        vc = T.match_buffer(vc_h, (kv_heads, ctx, lanes), "float32x4")
+        part = T.match_buffer(p_h, (heads * splits(ctx) * lanes,), "float32x4")
+        stat = T.match_buffer(s_h, (heads * splits(ctx) * 2,), "float32")
         out = T.match_buffer(o_h, (heads * lanes,), "float32x4")
         for h in T.thread_binding(heads, thread="blockIdx.x"):
             for tx in T.thread_binding(lanes, thread="threadIdx.x"):
                 acc = T.alloc_buffer((1,), "float32x4", scope="local")
                 st = T.alloc_buffer((3,), "float32", scope="local")  # maximum, sum, weight
                 st[0] = T.float32(-3.0e38)
-                for i in range(T.min(pos + 1, ctx)):
-                    st[0] = T.max(st[0], sc[h, i])
+                for sp in range(splits(T.min(pos + 1, ctx))):
+                    st[0] = T.max(st[0], stat[(h * splits(ctx) + sp) * 2])
                 st[1] = T.float32(0)
                 acc[0] = T.Broadcast(T.float32(0), 4)
-                for i in range(T.min(pos + 1, ctx)):
-                    st[2] = T.exp(sc[h, i] - st[0])
-                    st[1] = st[1] + st[2]
-                    acc[0] = acc[0] + T.Broadcast(st[2], 4) * vc[h // group, i, tx]
+                for sp in range(splits(T.min(pos + 1, ctx))):
+                    st[2] = T.exp(stat[(h * splits(ctx) + sp) * 2] - st[0])
+                    st[1] = st[1] + st[2] * stat[(h * splits(ctx) + sp) * 2 + 1]
+                    acc[0] = acc[0] + T.Broadcast(st[2], 4) * part[(h * splits(ctx) + sp) * lanes + tx]
                 out[h * lanes + tx] = acc[0] / T.Broadcast(st[1], 4)
     return f
