@@ -156,7 +156,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     e, ff, hd, kvd = c.n_embd, c.n_ff, c.head_dim, c.n_head_kv * c.head_dim
     qd = c.n_head * hd
     qkv_w = qd + 2 * kvd
-    splits = f"((ctx + {attention.SPLIT - 1}) // {attention.SPLIT})"  # decode attention's splits of the cache
+    splits = attention.splits("ctx")  # decode attention's splits of the cache
     p = Plan(c, specs, shapes=shapes, decode=decode,
              tab=TABLE16 if any(s.group == 16 for s in specs.values()) else TABLE)
     p.buffers = {

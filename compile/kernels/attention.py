@@ -114,7 +114,10 @@ SPLIT_WG = 4  # decode: invocations per workgroup of `split` (one SIMD batch of 
 
 
 def splits(ctx: Any) -> Any:
-    """Rows of `split`'s output per query head: one per SPLIT positions of the cache."""
+    """Rows of `split`'s output per query head: one per SPLIT positions of the cache. `ctx` is a
+    number, a TIR expression or (for the plan's buffer sizes) the text of a package expression."""
+    if isinstance(ctx, str):
+        return f"(({ctx} + {SPLIT - 1}) // {SPLIT})"
     return (ctx + SPLIT - 1) // SPLIT
 
 
