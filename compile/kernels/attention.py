@@ -26,7 +26,6 @@ from tvm.script import tirx as T
 
 from .subgroups import SHARE, broadcast, slot
 
-WG = 64
 PREFILL_WG = 16  # tokens per workgroup in prefill attention: with few kv heads, enough workgroups for every core
 
 
@@ -129,7 +128,7 @@ def split(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
     in `part` and the running maximum and sum in `stat`. Software WebGPU pays per load per lane:
     the kernels this replaced, scores with an invocation per position then an invocation per
     four output dimensions, loaded the query at every position and the scores and values once per
-    four dimensions, about 3.9x the loads."""
+    four dimensions: counted per position, 3.9x the loads."""
     group = heads // kv_heads
     lanes = head_dim // 4
     scale = 1.0 / math.sqrt(head_dim)
