@@ -150,14 +150,15 @@ def split(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
                     kv = T.alloc_buffer((1,), "float32", scope="local")
                     vv = T.alloc_buffer((1,), "float32x4", scope="local")
                     sp = bx * SPLIT_WG + tx
-                    if sp * SPLIT < T.min(pos + 1, ctx):
+                    n = T.min(pos + 1, ctx)  # positions in the cache
+                    if sp * SPLIT < n:
                         for g in T.unroll(group):
                             for d4 in T.unroll(lanes):
                                 qv[g * lanes + d4] = q[(kvh * group + g) * lanes + d4] * T.Broadcast(T.float32(scale), 4)
                                 acc[g * lanes + d4] = T.Broadcast(T.float32(0), 4)
                             st[g * 4 + 1] = T.float32(-3.0e38)
                             st[g * 4 + 2] = T.float32(0)
-                        for i in range(sp * SPLIT, T.min(sp * SPLIT + SPLIT, T.min(pos + 1, ctx))):
+                        for i in range(sp * SPLIT, T.min(sp * SPLIT + SPLIT, n)):
                             for g in T.unroll(group):
                                 st[g * 4] = T.float32(0)
                             for d4 in T.unroll(lanes):
@@ -176,10 +177,11 @@ def split(heads: int, kv_heads: int, head_dim: int, q_stride: int) -> Any:
                                     acc[g * lanes + d4] = acc[g * lanes + d4] * T.Broadcast(st[g * 4 + 3], 4) \
                                         + T.Broadcast(st[g * 4], 4) * vv[0]
                         for g in T.unroll(group):
+                            row = (kvh * group + g) * splits(ctx) + sp  # this query head's row for the split
                             for d4 in T.unroll(lanes):
-                                part[((kvh * group + g) * splits(ctx) + sp) * lanes + d4] = acc[g * lanes + d4]
-                            stat[((kvh * group + g) * splits(ctx) + sp) * 2] = st[g * 4 + 1]
-                            stat[((kvh * group + g) * splits(ctx) + sp) * 2 + 1] = st[g * 4 + 2]
+                                part[row * lanes + d4] = acc[g * lanes + d4]
+                            stat[row * 2] = st[g * 4 + 1]
+                            stat[row * 2 + 1] = st[g * 4 + 2]
     return f
 
 
@@ -199,14 +201,16 @@ def merge(heads: int, head_dim: int) -> Any:
             for tx in T.thread_binding(lanes, thread="threadIdx.x"):
                 acc = T.alloc_buffer((1,), "float32x4", scope="local")
                 st = T.alloc_buffer((3,), "float32", scope="local")  # maximum, sum, weight
+                used = splits(T.min(pos + 1, ctx))  # the splits `split` wrote for this step
                 st[0] = T.float32(-3.0e38)
-                for sp in range(splits(T.min(pos + 1, ctx))):
+                for sp in range(used):
                     st[0] = T.max(st[0], stat[(h * splits(ctx) + sp) * 2])
                 st[1] = T.float32(0)
                 acc[0] = T.Broadcast(T.float32(0), 4)
-                for sp in range(splits(T.min(pos + 1, ctx))):
-                    st[2] = T.exp(stat[(h * splits(ctx) + sp) * 2] - st[0])
-                    st[1] = st[1] + st[2] * stat[(h * splits(ctx) + sp) * 2 + 1]
-                    acc[0] = acc[0] + T.Broadcast(st[2], 4) * part[(h * splits(ctx) + sp) * lanes + tx]
+                for sp in range(used):
+                    row = h * splits(ctx) + sp
+                    st[2] = T.exp(stat[row * 2] - st[0])
+                    st[1] = st[1] + st[2] * stat[row * 2 + 1]
+                    acc[0] = acc[0] + T.Broadcast(st[2], 4) * part[row * lanes + tx]
                 out[h * lanes + tx] = acc[0] / T.Broadcast(st[1], 4)
     return f
