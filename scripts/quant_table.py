@@ -5,6 +5,12 @@ Usage: .venv/bin/python scripts/quant_table.py [--model NAME] [--out DIR] [--row
 Runs `lutlm quantize` and `lutlm eval ppl` (wiki: 40 windows, tiny: 20 windows of 512 tokens) as
 subprocesses, one row at a time, and prints a Markdown table; rows already measured (their
 results JSON exists in DIR) are reused, so an interrupted run resumes.
+
+Rows named `llama-TYPE` (e.g. llama-Q3_K_S) requantise the model's GGUF with llama.cpp's own
+quantiser instead (llama-cpp-python, the optional `llamacpp` extra; no importance matrix, which
+llama-cpp-python cannot compute) and measure the file it writes by the same windows, through the
+same reference (`lutlm eval ppl` dequantises any GGUF block type). Their bpw counts the linear
+layers' bytes as llama.cpp stored them, with whatever types it fell back to.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 KEEP_NORMS = ["--no-tune-norms"]  # the rows tuned before tuning trained the norm gains
@@ -60,6 +67,30 @@ def ppl(source: str, text: str, windows: int) -> float:
     return float(proc.stdout.strip().splitlines()[-1].split()[1])
 
 
+LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def llama_quantize(model: str, ftype: str, target: Path) -> dict:
+    """Requantise MODEL's GGUF to llama.cpp's `ftype` at `target`; the linear layers' bits per
+    weight and block types as written, and the seconds it took."""
+    import llama_cpp
+    from gguf import GGUFReader
+
+    from lutlm.assets import resolve_source
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.allow_requantize = True  # the source is already quantised (Q4_1)
+    t0 = time.perf_counter()
+    if llama_cpp.llama_model_quantize(str(resolve_source(model)).encode(), str(target).encode(), params) != 0:
+        raise SystemExit(f"llama.cpp could not quantise {model} to {ftype}")
+    seconds = time.perf_counter() - t0
+    linear = [t for t in GGUFReader(target).tensors if t.name.split(".")[-2] in LINEAR]
+    bits = sum(int(t.n_bytes) * 8 for t in linear) / sum(int(t.n_elements) for t in linear)
+    types = Counter(t.tensor_type.name for t in linear)
+    return {"bpw_linear": bits, "types": dict(types), "seconds": seconds}
+
+
 def measure(model: str, row: str, out: Path) -> dict:
     result_file = out / f"{row}.json"
     if result_file.exists():
@@ -67,6 +98,9 @@ def measure(model: str, row: str, out: Path) -> dict:
     if row == "source":
         result = {"row": row, "bpw_linear": None, "seconds": 0.0, "source": model}
         target = model
+    elif row.startswith("llama-"):
+        target = str(out / f"{row}.gguf")
+        result = {"row": row, **llama_quantize(model, row.removeprefix("llama-"), Path(target))}
     else:
         target = str(out / row)
         t0 = time.perf_counter()
@@ -84,7 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--out", default="results/quant")
-    parser.add_argument("--rows", nargs="*", default=["source", *ROWS])
+    parser.add_argument("--rows", nargs="*", default=["source", *ROWS],
+                        help="rows of the table, or llama-TYPE for llama.cpp's quantiser (e.g. llama-Q2_K)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +128,8 @@ def main() -> None:
     for row in args.rows:
         r = measure(args.model, row, out)
         bpw = "5.00 (shipped Q4_1)" if row == "source" else f"{r['bpw_linear']:.3f}"
+        if "types" in r:
+            bpw += " (" + ", ".join(f"{n} {t}" for t, n in sorted(r["types"].items())) + ")"
         secs = "" if row == "source" else f"{r['seconds']:.0f} s"
         print(f"| {row} | {bpw} | {r['wiki']:.2f} | {r['tiny']:.2f} | {secs} |", flush=True)
 
