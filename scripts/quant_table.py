@@ -91,6 +91,25 @@ def llama_quantize(model: str, ftype: str, target: Path) -> dict:
     return {"bpw_linear": bits, "types": dict(types), "seconds": seconds}
 
 
+def check_rows(rows: list[str]) -> None:
+    """Every row known before the first one runs (a row can take an hour), llama-TYPE rows only
+    with llama-cpp-python installed and TYPE one of its file types."""
+    llama = [r.removeprefix("llama-") for r in rows if r.startswith("llama-")]
+    unknown = [r for r in rows if r != "source" and r not in ROWS and not r.startswith("llama-")]
+    if unknown:
+        raise SystemExit(f"unknown rows: {', '.join(unknown)} (known: source, {', '.join(ROWS)}, llama-TYPE)")
+    if not llama:
+        return
+    try:
+        import llama_cpp
+    except ImportError:
+        raise SystemExit("llama-TYPE rows need llama-cpp-python: .venv/bin/pip install -e '.[llamacpp]'") from None
+    types = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_") for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+    bad = [t for t in llama if t not in types]
+    if bad:
+        raise SystemExit(f"unknown llama.cpp types: {', '.join(bad)} (known: {', '.join(types)})")
+
+
 def measure(model: str, row: str, out: Path) -> dict:
     result_file = out / f"{row}.json"
     if result_file.exists():
@@ -121,6 +140,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", default=["source", *ROWS],
                         help="rows of the table, or llama-TYPE for llama.cpp's quantiser (e.g. llama-Q2_K)")
     args = parser.parse_args()
+    check_rows(args.rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("| variant | bpw (linear) | wiki (40) | tiny (20) | quantisation time |")

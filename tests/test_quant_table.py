@@ -43,3 +43,13 @@ def test_llama_cpp_q4_0_counts_its_bits_and_reads_back_as_ggml_rounds(tmp_path):
                                   gguf.GGMLQuantizationType.Q4_0)
     np.testing.assert_array_equal(got, ggml)
     assert not np.array_equal(got, want)
+
+
+def test_rows_are_checked_before_any_runs():
+    """A misspelt row or llama.cpp type stops the script at once with the names it knows."""
+    check = _quant_table().check_rows
+    with pytest.raises(SystemExit, match="unknown llama.cpp types: Q9 .*Q3_K_S"):
+        check(["source", "llama-Q3_K_S", "llama-Q9"])
+    with pytest.raises(SystemExit, match="unknown rows: gptq-9 .*llama-TYPE"):
+        check(["gptq-9"])
+    check(["source", "gptq-3", "llama-Q2_K"])
