@@ -67,9 +67,6 @@ def ppl(source: str, text: str, windows: int) -> float:
     return float(proc.stdout.strip().splitlines()[-1].split()[1])
 
 
-LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
 def llama_quantize(model: str, ftype: str, target: Path) -> dict:
     """Requantise MODEL's GGUF to llama.cpp's `ftype` at `target`; the linear layers' bits per
     weight and block types as written, and the seconds it took."""
@@ -77,6 +74,7 @@ def llama_quantize(model: str, ftype: str, target: Path) -> dict:
     from gguf import GGUFReader
 
     from lutlm.assets import resolve_source
+    from lutlm.quant.pipeline import LINEAR
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
