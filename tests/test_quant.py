@@ -145,6 +145,10 @@ def test_mixed_allocation_counts_the_row_steps_of_8_bit_scales():
     ({"bits": "3", "scale_bits": 7}, "scale bits must be"),
     ({"bits": "t", "scale_bits": 8}, "asymmetric groups"),
     ({"bits": "mixed", "budget": 3.0, "scale_bits": 7}, "scale bits must be"),
+    ({"bits": "mixed", "budget": -1.0}, "positive number of bits"),
+    ({"bits": "mixed", "budget": float("nan")}, "positive number of bits"),
+    ({"bits": "3", "gptq": GPTQOptions(damp=-0.01)}, "--damp must be"),
+    ({"bits": "3", "tune": TuneOptions(lr=float("nan"))}, "positive learning rate"),
 ])
 def test_bad_requests(kwargs, message):
     with pytest.raises(LutlmError, match=message):
@@ -154,6 +158,18 @@ def test_bad_requests(kwargs, message):
 def test_group_must_divide_the_dimension(checkpoint):
     with pytest.raises(LutlmError, match="multiple of the group size 128"):
         quantize(checkpoint, Request(bits="3", group=128, method="rtn"), None)
+
+
+def test_unaffordable_budget_fails_before_measuring(checkpoint, monkeypatch):
+    """Measuring sensitivity takes minutes on a real model: a budget below the cheapest mix must stop first."""
+    import lutlm.quant.pipeline as pipeline
+
+    def measure(*args, **kwargs):
+        raise AssertionError("sensitivity measured for a budget that cannot be met")
+
+    monkeypatch.setattr(pipeline, "measure", measure)
+    with pytest.raises(LutlmError, match=r"below the cheapest mix \(2\.\d+\)"):
+        quantize(checkpoint, Request(bits="mixed", budget=2.0, method="rtn"), [[1, 2, 3, 4]])
 
 
 def test_empty_calibration_text():

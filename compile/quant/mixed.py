@@ -30,9 +30,27 @@ def options_of(scale_bits: int) -> tuple[QuantSpec, ...]:
     return OPTIONS_D8 if scale_bits == 8 else OPTIONS
 
 
-def options_for(shape: tuple[int, ...], options: tuple[QuantSpec, ...] = OPTIONS) -> list[QuantSpec]:
+def options_for(name: str, shape: tuple[int, ...], options: tuple[QuantSpec, ...] = OPTIONS) -> list[QuantSpec]:
     """The options whose group size divides the tensor's input dimension."""
-    return [spec for spec in options if shape[1] % spec.group == 0]
+    valid = [spec for spec in options if shape[1] % spec.group == 0]
+    if not valid:
+        raise LutlmError(f"{name}: no group size among the options divides {shape[1]}")
+    return valid
+
+
+def check_budget(budget_bpw: float, shapes: dict[str, tuple[int, ...]],
+                 options: tuple[QuantSpec, ...] = OPTIONS) -> None:
+    """Fail unless the budget affords every tensor its cheapest option: checked from the shapes
+    alone, before the minutes that measuring sensitivity takes."""
+    total = sum(rows * cols for rows, cols in shapes.values())
+    bits = sum(min(s.bpw_for(shape[1]) for s in options_for(n, shape, options)) * shape[0] * shape[1]
+               for n, shape in shapes.items())
+    _affordable(budget_bpw, bits, total)
+
+
+def _affordable(budget_bpw: float, bits: float, total: int) -> None:
+    if bits > budget_bpw * total + 1e-9:
+        raise LutlmError(f"a budget of {budget_bpw} bits per weight is below the cheapest mix ({bits / total:.3f})")
 
 
 @dataclass
@@ -67,9 +85,7 @@ def measure(model: Reference, names: list[str], window: list[int], budget_bpw: f
     for k, name in enumerate(names):
         layer = int(name.split(".")[1])
         original = model.w[name]
-        valid = options_for(original.shape, options)
-        if not valid:
-            raise LutlmError(f"{name}: no group size among the options divides {original.shape[1]}")
+        valid = options_for(name, original.shape, options)
         probe = min(valid, key=lambda s: (abs(s.bpw - budget_bpw), s.bpw))
         errors = {}
         for spec in valid:
@@ -95,8 +111,7 @@ def allocate(sensitivities: list[Sensitivity], budget_bpw: float) -> dict[str, Q
     total = sum(s.size for s in sensitivities)
     choice = {s.name: min(s.kl, key=s.bpw) for s in sensitivities}
     spent = sum(s.size * s.bpw(choice[s.name]) for s in sensitivities)
-    if spent > budget_bpw * total + 1e-9:
-        raise LutlmError(f"a budget of {budget_bpw} bits per weight is below the cheapest mix ({spent / total:.3f})")
+    _affordable(budget_bpw, spent, total)
     by_name = {s.name: s for s in sensitivities}
     while True:
         best = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from ..reference import Reference
 from .calibration import gptq_model
 from .format import QTensor, QuantSpec, quantize_rtn
 from .gptq import GPTQOptions
-from .mixed import allocate, measure, options_of
+from .mixed import allocate, check_budget, measure, options_of
 from .tune import LR_SCHEDULE, TuneOptions, teacher_probs, tune
 
 LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -43,16 +44,20 @@ class Request:
             QuantSpec.parse(2, 32, self.scale_bits)  # a clear error for scale bits other than 16 and 8
             if self.budget is None:
                 raise LutlmError("--bits mixed needs --budget BPW (bits per weight, scales included)")
+            if not math.isfinite(self.budget) or self.budget <= 0:
+                raise LutlmError(f"--budget must be a positive number of bits per weight, not {self.budget}")
         elif self.budget is not None:
             raise LutlmError("--budget applies to --bits mixed only")
         else:
             QuantSpec.parse(self.bits, self.group, self.scale_bits)
         if self.embed_bits not in (4, 8):
             raise LutlmError(f"--embed-bits must be 4 or 8, not {self.embed_bits}")
+        if not math.isfinite(self.gptq.damp) or self.gptq.damp < 0:
+            raise LutlmError(f"--damp must be a fraction of at least 0, not {self.gptq.damp}")
         if self.calib_windows < 1:
             raise LutlmError("--calib-windows must be at least 1")
         if self.tune is not None:
-            if self.tune.epochs < 1 or self.tune.lr <= 0:
+            if self.tune.epochs < 1 or not self.tune.lr > 0 or not math.isfinite(self.tune.lr):
                 raise LutlmError("--tune needs at least 1 epoch and a positive learning rate")
             if self.tune.top_k < 1:
                 raise LutlmError("tuning needs the source model's top k probabilities for some k >= 1")
@@ -107,9 +112,10 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
     if req.bits == "mixed":
         if not calib:
             raise LutlmError("mixed precision needs calibration text to measure sensitivity")
+        options = options_of(req.scale_bits)
+        check_budget(req.budget, {name: model.w[name].shape for name in names}, options)  # before minutes of measuring
         log("measuring the sensitivity of each tensor")
-        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], req.budget, options_of(req.scale_bits),
-                       progress=log)
+        sens = measure(model, names, calib[0][: min(256, len(calib[0]))], req.budget, options, progress=log)
         plan = allocate(sens, req.budget)
     else:
         spec = QuantSpec.parse(req.bits, req.group, req.scale_bits)
