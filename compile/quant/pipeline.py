@@ -44,7 +44,7 @@ class Request:
             QuantSpec.parse(2, 32, self.scale_bits)  # a clear error for scale bits other than 16 and 8
             if self.budget is None:
                 raise LutlmError("--bits mixed needs --budget BPW (bits per weight, scales included)")
-            if not math.isfinite(self.budget) or self.budget <= 0:
+            if not 0 < self.budget < math.inf:  # also NaN
                 raise LutlmError(f"--budget must be a positive number of bits per weight, not {self.budget}")
         elif self.budget is not None:
             raise LutlmError("--budget applies to --bits mixed only")
@@ -52,12 +52,12 @@ class Request:
             QuantSpec.parse(self.bits, self.group, self.scale_bits)
         if self.embed_bits not in (4, 8):
             raise LutlmError(f"--embed-bits must be 4 or 8, not {self.embed_bits}")
-        if not math.isfinite(self.gptq.damp) or self.gptq.damp < 0:
+        if not 0 <= self.gptq.damp < math.inf:
             raise LutlmError(f"--damp must be a fraction of at least 0, not {self.gptq.damp}")
         if self.calib_windows < 1:
             raise LutlmError("--calib-windows must be at least 1")
         if self.tune is not None:
-            if self.tune.epochs < 1 or not self.tune.lr > 0 or not math.isfinite(self.tune.lr):
+            if self.tune.epochs < 1 or not 0 < self.tune.lr < math.inf:
                 raise LutlmError("--tune needs at least 1 epoch and a positive learning rate")
             if self.tune.top_k < 1:
                 raise LutlmError("tuning needs the source model's top k probabilities for some k >= 1")
