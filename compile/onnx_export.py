@@ -21,13 +21,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .atomic import replacing
+from .atomic import OutputKind
 from .checkpoint import Checkpoint
 from .errors import LutlmError
 from .package import compiler_digest
 from .quant.format import QTensor
 
 DTYPES = {"q4": "model_q4.onnx", "fp32": "model.onnx"}
+EXPORT_FORMAT = "lutlm-onnx-export"
+OUTPUT = OutputKind("ONNX export", "lutlm-export.json", EXPORT_FORMAT,
+                    frozenset({"onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                               "lutlm-export.json"}))
 # what runtime_py's chat template does for a model without one
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -208,13 +212,12 @@ def export(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: st
     """Write config.json, generation_config.json, tokenizer files and onnx/<model> atomically."""
     import onnx
 
-    if out.exists() and not (out.is_dir() and ((out / "lutlm-export.json").is_file() or not any(out.iterdir()))):
-        raise LutlmError(f"{out} exists and is not an ONNX export; refusing to overwrite it")
+    OUTPUT.check_output(out)
     progress("building the graph")
     model = build_model(ckpt, quantized, dtype)
     vocab = ckpt.tokenizer.get("added_tokens", [])
     token = {t["id"]: t["content"] for t in vocab}
-    with replacing(out) as tmp:
+    with OUTPUT.replacing(out) as tmp:
         (tmp / "onnx").mkdir(parents=True)
         progress("writing")
         onnx.save_model(model, str(tmp / "onnx" / DTYPES[dtype]))
@@ -226,5 +229,5 @@ def export(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: st
                    "bos_token": token.get(ckpt.config.bos_id), "eos_token": token.get(ckpt.config.eos_id),
                    "chat_template": ckpt.chat_template or CHATML, "model_max_length": ckpt.config.n_ctx}
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False, indent=1))
-        (tmp / "lutlm-export.json").write_text(json.dumps({"source": ckpt.source, "dtype": dtype, "compiler": compiler_digest()}))
+        (tmp / "lutlm-export.json").write_text(json.dumps({"format": EXPORT_FORMAT, "source": ckpt.source, "dtype": dtype, "compiler": compiler_digest()}))
     return out

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .atomic import replacing
+from .atomic import OutputKind
 from .checkpoint import Checkpoint
 from .errors import LutlmError
 from .kernels import layout
@@ -33,6 +33,7 @@ from .quant.format import QTensor
 FORMAT = "lutlm-package"
 VERSION = 1
 SHARD_BYTES = 32 << 20
+OUTPUT = OutputKind("model package", "manifest.json", FORMAT, frozenset({"manifest.json", "tokenizer.json", "kernels", "shards"}))
 
 
 def _fuse(parts: list[QTensor]) -> QTensor:
@@ -89,21 +90,16 @@ def compiler_digest() -> str:
     return h.hexdigest()
 
 
-def check_output(out: Path) -> None:
-    if out.exists() and not (out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))):
-        raise LutlmError(f"{out} exists and is not a model package; refusing to overwrite it")
-
-
 def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict[str, Any],
           progress: Callable[[str], None] = lambda msg: None, decode: str = "lut") -> dict[str, Any]:
     out = Path(out)
-    check_output(out)
+    OUTPUT.check_output(out)
     if decode not in DECODE:
         raise LutlmError(f"decode matmul must be one of {', '.join(DECODE)}, not {decode!r}")
     progress("generating kernels")
     arrays, specs, shapes, head = gpu_tensors(ckpt, quantized, decode)
     plan = build(ckpt.config, specs, shapes, head, decode)
-    with replacing(out) as tmp:
+    with OUTPUT.replacing(out) as tmp:
         (tmp / "kernels").mkdir()
         (tmp / "shards").mkdir()
         kernels = {}

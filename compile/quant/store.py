@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import replacing
+from ..atomic import OutputKind
 from ..checkpoint import Checkpoint, ModelConfig
 from ..errors import LutlmError
 from .format import QTensor, QuantSpec, StepGrid
@@ -27,25 +27,19 @@ from .packing import pack_bitplanes, unpack_bitplanes
 FORMAT = "lutlm-quantized"
 VERSION = 1
 MANIFEST = "quantized.json"
+OUTPUT = OutputKind("quantised checkpoint", MANIFEST, FORMAT,
+                    frozenset({MANIFEST, "tokenizer.json", "weights.safetensors"}))
 
 
 def is_quantized(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
-def check_output(out: Path) -> None:
-    """Refuse to replace anything but an earlier quantised checkpoint or an empty folder."""
-    if out.exists() and not (out.is_dir() and (is_quantized(out) or not any(out.iterdir()))):
-        raise LutlmError(f"{out} exists and is not a quantised checkpoint; refusing to overwrite it")
-
-
 def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict[str, Any]) -> None:
     """Write atomically: into a temporary sibling folder, renamed into place when complete."""
     from safetensors.numpy import save_file
 
-    out = Path(out)
-    check_output(out)
-    with replacing(out) as tmp:
+    with OUTPUT.replacing(Path(out)) as tmp:
         arrays: dict[str, np.ndarray] = {}
         tensors: dict[str, Any] = {}
         for name, value in ckpt.tensors.items():
