@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from .assets import ASSETS, DEFAULT_MODEL, fetch, resolve_source
 from .errors import LutlmError
@@ -115,8 +118,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from .reference import Reference
 
-    if args.max_tokens < 1:
-        raise LutlmError("--max-tokens must be at least 1")
     ckpt = _load(args.source)
     tok = _tokenizer(ckpt)
     stop = {i for i in (ckpt.config.eos_id,) if i is not None}
@@ -124,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         template = ChatTemplate.from_template(ckpt.chat_template)
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         messages.append({"role": "user", "content": args.prompt})
-        prompt = tok.encode(template.render(messages), special=True)
+        prompt = template.encode(tok, messages)
         stop |= {tok.token_id(s) for s in template.stop_strings if s in tok.added}
     else:
         prompt = tok.encode(args.prompt)
@@ -150,15 +151,13 @@ def _generate_package(args: argparse.Namespace, package: Path) -> None:
 
     from runtime_py.engine import GenerationError
 
-    if args.max_tokens < 1:
-        raise LutlmError("--max-tokens must be at least 1")
     sampling = _sampling_args(args)
     sampling.validate()
     llm = _runtime(package, args.ctx)
     cfg = llm.engine.manifest.config
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        prompt = llm.tokenizer.encode(llm.template.render(messages + [{"role": "user", "content": args.prompt}]), special=True)
+        prompt = llm.template.encode(llm.tokenizer, messages + [{"role": "user", "content": args.prompt}])
     else:
         prompt = llm.tokenizer.encode(args.prompt)
         if cfg["add_bos"] and cfg["bos_id"] is not None:
@@ -280,10 +279,10 @@ def _quantize(args: argparse.Namespace):
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from .package import check_output, write
+    from .package import OUTPUT, write
 
     out = Path(args.output)
-    check_output(out)  # before minutes of work, not after
+    OUTPUT.check_output(out)  # before minutes of work, not after
     ckpt, quantized, info = _quantized_source(args)
     if "mix" in info:
         from .quant.pipeline import summary
@@ -300,11 +299,12 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
-    from .onnx_export import DTYPES, export
+    from .onnx_export import DTYPES, OUTPUT, export
     from .progress import status
 
     if args.dtype not in DTYPES:
         raise LutlmError(f"--dtype must be one of {', '.join(DTYPES)}, not {args.dtype!r}")
+    OUTPUT.check_output(Path(args.output))  # before minutes of work, not after
     ckpt, quantized, _ = _quantized_source(args)
     with status("export") as report:
         out = export(Path(args.output), ckpt, quantized, args.dtype, progress=report)
@@ -316,7 +316,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from .quant.pipeline import summary
 
     out = Path(args.output)
-    store.check_output(out)  # before minutes of work, not after
+    store.OUTPUT.check_output(out)  # before minutes of work, not after
     ckpt, quantized, info = _quantize(args)
     store.write(out, ckpt, quantized, info)
     print(summary(info))
@@ -366,7 +366,7 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
     p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")
     p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
-    p.add_argument("--window", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--window", type=_at_least(2), default=512, help="tokens per calibration window")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")
     p.add_argument("--no-act-order", action="store_true", help="GPTQ in column order instead of act-order")
     p.add_argument("--tune", type=int, default=0, metavar="EPOCHS",
@@ -389,8 +389,8 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float | None) -> 
     p.add_argument("--temperature", type=float, default=temperature,
                    help="0 or unset: greedy" if temperature is None else f"default {temperature}; 0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0: off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=_at_least(0), default=0, help="0: off")
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
 
 
@@ -483,8 +483,30 @@ def cmd_bench(args: argparse.Namespace) -> None:
                Path(args.json) if args.json else None, out, sys.argv)
 
 
+def _at_least(lo: int):
+    """An argparse type: an integer no smaller than `lo` (a negative --ctx is an error, not a default)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with lutlm's one-line error (its subcommand parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"lutlm: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lutlm", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="lutlm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fetch", help="download a model or text into the cache and verify its sha256")
@@ -502,8 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = evals.add_parser("ppl", help="perplexity over consecutive windows of a text (no BOS)")
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("--text", default="wiki", help="wiki, tiny, c4, code, technical, multilingual, or a file path")
-    p.add_argument("--windows", type=int, default=40, help="number of windows (default 40)")
-    p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--windows", type=_at_least(1), default=40, help="number of windows (default 40)")
+    p.add_argument("--window", type=_at_least(2), default=512, help="tokens per window (default 512)")
     p.set_defaults(func=cmd_eval_ppl)
 
     p = sub.add_parser("quantize", help="quantise a model's weights to 4, 3, 2 bits, ternary or a mix")
@@ -529,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="interactive chat with a model package on the GPU (wgpu)")
     p.add_argument("package", metavar="PACKAGE")
     p.add_argument("--system", help="system message")
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--ctx", type=int, help="context length of the KV cache (default: the model's, at most 2048)")
+    p.add_argument("--max-tokens", type=_at_least(1), default=512)
+    p.add_argument("--ctx", type=_at_least(1), help="context length of the KV cache (default: the model's, at most 2048)")
     _sampling_options(p, temperature=0.7)
     p.set_defaults(func=cmd_chat)
 
@@ -539,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system message (with --chat)")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--ctx", type=int, help="context length of the KV cache (default: the model's, at most 2048)")
+    p.add_argument("--max-tokens", type=_at_least(1), default=128)
+    p.add_argument("--ctx", type=_at_least(1), help="context length of the KV cache (default: the model's, at most 2048)")
     p.add_argument("--ids", action="store_true", help="write generated token ids instead of text")
     _sampling_options(p, temperature=None)
     p.set_defaults(func=cmd_generate)
@@ -583,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pos", type=int, default=48, help="position of the decoded token (default 48)")
     p.add_argument("--prefill", type=int, default=0, metavar="M",
                    help="time a prefill chunk of M prompt tokens from --pos instead of a decode step")
-    p.add_argument("--ctx", type=int, help="context the cache is sized for (default: what a chat session gets)")
+    p.add_argument("--ctx", type=_at_least(1), help="context the cache is sized for (default: what a chat session gets)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per case; rows give the median (default 5)")
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--without", default="", metavar="FEATURES",
@@ -598,31 +620,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so that half-written output folders are removed on the way out."""
+    raise Terminated
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM)."""
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Arguments arrive as bytes; ones that are not UTF-8 would fail wherever they are first written."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise LutlmError(f"--{name.replace('_', '-')} is not valid UTF-8 text") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends as one `lutlm: error:` line and exit status 2."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from runtime_py import ChatTemplateError, TokenizerError
     from runtime_py.engine import GenerationError
     from runtime_py.gpu import GPUError
     from runtime_py.package import PackageError
 
     try:
+        _check_text(args)
         args.func(args)
     except (LutlmError, TokenizerError, ChatTemplateError, GenerationError, PackageError, GPUError) as exc:
         return _fail(str(exc))
-    except MemoryError:
-        return _fail("out of memory")
+    except (MemoryError, RecursionError) as exc:
+        return _fail("out of memory" if isinstance(exc, MemoryError) else "input nested too deeply")
     except OSError as exc:
         return _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug or an input no check foresaw
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (LUTLM_DEBUG=1 shows where; please report it)")
     return 0
 
 
 def _fail(message: str) -> int:
     if os.environ.get("LUTLM_DEBUG"):
         raise
-    print(f"lutlm: error: {message}", file=sys.stderr)
+    print("lutlm: error: " + " ".join(message.split()), file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -39,8 +39,8 @@ class Sampling:
     def validate(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
             raise GenerationError(f"temperature must be in [0, 100], not {self.temperature!r}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise GenerationError(f"top_k must be a non-negative integer, not {self.top_k!r}")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and 0 <= self.top_k < 1 << 31):
+            raise GenerationError(f"top_k must be an integer in [0, 2^31), not {self.top_k!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise GenerationError(f"top_p must be in (0, 1], not {self.top_p!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 1 << 32):
