@@ -28,7 +28,7 @@ def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, tuple[
     for size in sizes:
         text = SHORT
         while True:
-            ids = tokenizer.encode(template.render([{"role": "user", "content": text}]), special=True)
+            ids = template.encode(tokenizer, [{"role": "user", "content": text}])
             if len(ids) >= size or size <= 64:
                 break
             text = "Summarise in two sentences: " + PARAGRAPH * (text.count("Loire") + 1)

@@ -115,7 +115,7 @@ class LutLM:
         sampling.validate()
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise GenerationError(f"max_tokens must be a positive integer, not {max_tokens!r}")
-        prompt = self.tokenizer.encode(self.template.render(messages), special=True)
+        prompt = self.template.encode(self.tokenizer, messages)
         return prompt, max_tokens, sampling, stops, bool(ignore_eos)
 
     async def _stream(self, prompt: list[int], max_tokens: int, sampling: Sampling, stops: list[str],

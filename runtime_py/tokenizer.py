@@ -120,6 +120,26 @@ class Tokenizer:
         ids += self._encode_ordinary(text[last:])
         return ids
 
+    def encode_parts(self, parts: Iterable[tuple[str, bool]]) -> list[int]:
+        """Token ids of the concatenated parts, added tokens parsed only in parts marked True.
+
+        Text between two parsed added tokens is encoded as one run even where it spans several
+        parts, so the ids equal `encode(text, special=True)` whenever the unmarked parts spell no
+        added token; where they do, those stay ordinary text (a chat message cannot forge markup).
+        """
+        ids: list[int] = []
+        run: list[str] = []
+        for text, markup in parts:
+            last = 0
+            if markup and self._added_re is not None:
+                for m in self._added_re.finditer(text):
+                    run.append(text[last:m.start()])
+                    ids += self._encode_ordinary("".join(run))
+                    ids.append(self.added[m.group()])
+                    run, last = [], m.end()
+            run.append(text[last:])
+        return ids + self._encode_ordinary("".join(run))
+
     def _encode_ordinary(self, text: str) -> list[int]:
         ids: list[int] = []
         cache = self._cache
