@@ -247,7 +247,7 @@ def _quantized_source(args: argparse.Namespace):
         manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
         keys = ("method", "bits", "group", "scale_bits", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
                 "seconds")
-        return ckpt, quantized, {"from": str(path), **{k: manifest[k] for k in keys if k in manifest}}
+        return ckpt, quantized, {"from": path.name, **{k: manifest[k] for k in keys if k in manifest}}
     return _quantize(args)
 
 

@@ -229,5 +229,5 @@ def export(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: st
                    "bos_token": token.get(ckpt.config.bos_id), "eos_token": token.get(ckpt.config.eos_id),
                    "chat_template": ckpt.chat_template or CHATML, "model_max_length": ckpt.config.n_ctx}
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False, indent=1))
-        (tmp / "lutlm-export.json").write_text(json.dumps({"format": EXPORT_FORMAT, "source": ckpt.source, "dtype": dtype, "compiler": compiler_digest()}))
+        (tmp / "lutlm-export.json").write_text(json.dumps({"format": EXPORT_FORMAT, "source": Path(ckpt.source).name, "dtype": dtype, "compiler": compiler_digest()}))
     return out

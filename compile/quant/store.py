@@ -63,7 +63,7 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
         (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
         manifest = {"format": FORMAT, "version": VERSION, "config": asdict(ckpt.config),
-                    "chat_template": ckpt.chat_template, "source": ckpt.source, "tensors": tensors, **info}
+                    "chat_template": ckpt.chat_template, "source": Path(ckpt.source).name, "tensors": tensors, **info}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 
