@@ -62,13 +62,11 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
+    from .files import read_text
+    from .perplexity import TEXT_BYTES
+
     tok = _tokenizer(_load(args.source, tensors=False))
-    try:
-        text = Path(args.file).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LutlmError(f"{args.file}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise LutlmError(f"{args.file}: not UTF-8 text ({exc})") from None
+    text = read_text(Path(args.file), TEXT_BYTES)
     print(" ".join(map(str, tok.encode(text, special=args.special))))
 
 
@@ -188,6 +186,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     package = _package(args.package)
     if not package:
         raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
+    _sampling_args(args).validate()  # at once, not after the first message
     llm = _runtime(package, args.ctx)
     messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     print("chat with " + llm.model + " - /reset starts over, /exit (or Ctrl-D) leaves", file=sys.stderr)
@@ -257,14 +256,19 @@ def _quantize(args: argparse.Namespace):
     from .quant.pipeline import Request, calibration_windows, quantize
     from .quant.tune import TuneOptions
 
+    if not args.tune and (args.tune_lr is not None or args.no_tune_norms):
+        raise LutlmError("--tune-lr and --no-tune-norms apply with --tune EPOCHS only")
     tune = None
     if args.tune:
         lr = TuneOptions.lr if args.tune_lr is None else args.tune_lr
         tune = TuneOptions(args.tune, lr, norms=not args.no_tune_norms)
     req = Request(bits=args.bits, group=args.group, scale_bits=args.scale_bits, method=args.method, budget=args.budget,
-                  embed_bits=args.embed_bits, calib_texts=args.calib.split(","), calib_windows=args.calib_windows,
-                  window=args.window, gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order), tune=tune)
+                  embed_bits=args.embed_bits, calib_windows=args.calib_windows, window=args.window,
+                  gptq=GPTQOptions(damp=args.damp, act_order=not args.no_act_order), tune=tune,
+                  **({} if args.calib is None else {"calib_texts": args.calib.split(",")}))
     req.validate()
+    if args.calib is not None and not req.needs_calibration:
+        raise LutlmError("--calib applies with --method gptq, --bits mixed or --tune only")
     ckpt = _load(args.source)
     calib = None
     if req.needs_calibration:
@@ -364,7 +368,7 @@ def _quant_options(p: argparse.ArgumentParser, required: bool) -> None:
                         "(with --bits mixed: the formats it chooses among)")
     p.add_argument("--method", default="gptq", help="rtn or gptq (default gptq)")
     p.add_argument("--embed-bits", type=int, default=8, help="bits of the (tied) embedding / output head: 8 or 4")
-    p.add_argument("--calib", default="c4,code", help="calibration texts, comma-separated (never the eval text)")
+    p.add_argument("--calib", help="calibration texts, comma-separated (never the eval text; default c4,code)")
     p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--window", type=_at_least(2), default=512, help="tokens per calibration window")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean Hessian diagonal")

@@ -17,7 +17,10 @@ import numpy as np
 
 from .assets import TEXT_NAMES, fetch
 from .errors import LutlmError
+from .files import read_text
 from .reference import Reference
+
+TEXT_BYTES = 256 << 20  # an evaluation or calibration text (the shipped ones are a few MiB)
 
 _DOC_MARKER = re.compile(r"^(<doc [^\n]*>|</doc>)\n?", re.M)
 
@@ -32,12 +35,9 @@ def load_text(name_or_path: str) -> str:
     path = Path(name_or_path)
     if name_or_path in TEXT_NAMES:
         path = fetch(name_or_path)
-    elif not path.is_file():
+    elif not path.exists():
         raise LutlmError(f"{name_or_path}: no such text file, and not a known text ({', '.join(TEXT_NAMES)})")
-    try:
-        return strip_doc_markers(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise LutlmError(f"{path}: not UTF-8 text ({exc})") from None
+    return strip_doc_markers(read_text(path, TEXT_BYTES))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
