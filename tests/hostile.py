@@ -97,8 +97,11 @@ def _case(argv: list[str], cwd: str, memory: int, out: Path, err: Path) -> None:
 def _serve(request: dict) -> list[dict]:
     import tempfile
 
-    import lutlm.cli  # noqa: F401 - imported once here, inherited by every fork
-    import numpy  # noqa: F401
+    # imported once here and inherited by every fork (not the GPU or TVM: they start threads)
+    import lutlm.checkpoint  # noqa: F401
+    import lutlm.cli  # noqa: F401
+    import lutlm.quant.pipeline  # noqa: F401
+    import runtime_py.api  # noqa: F401
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
