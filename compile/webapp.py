@@ -50,14 +50,15 @@ MIME = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/jav
 MARKER = ".lutlm-site"
 SITE_FORMAT = "lutlm-site"
 
-# Only this origin. Pyodide compiles wasm ('wasm-unsafe-eval') and runtime_py's run_js evaluates a
-# few JS helpers in the worker ('unsafe-eval'); nothing is inline, nothing comes from elsewhere.
+# The app's policy: this origin only. Pyodide compiles wasm ('wasm-unsafe-eval') and runtime_py's
+# run_js evaluates a few JS helpers in the worker ('unsafe-eval'); nothing is inline, no blob: or
+# data: URL is needed, nothing comes from elsewhere.
 CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval'; worker-src 'self'; "
-       "connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; object-src 'none'; base-uri 'self'; "
+       "connect-src 'self'; img-src 'self'; style-src 'self'; object-src 'none'; base-uri 'self'; "
        "form-action 'self'; frame-ancestors 'none'")
 HEADERS = {"Cache-Control": "no-cache", "Cross-Origin-Opener-Policy": "same-origin",
            "Cross-Origin-Embedder-Policy": "require-corp", "Cross-Origin-Resource-Policy": "same-origin",
-           "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP}
+           "X-Content-Type-Options": "nosniff"}
 HOST = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?", re.IGNORECASE)
 VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -116,26 +117,44 @@ def claim(out: Path, packages: list[Path]) -> None:
     (out / MARKER).write_text(json.dumps({"format": SITE_FORMAT, "version": 1}) + "\n", encoding="utf-8")
 
 
+def name(pkg: Path) -> str:
+    """The package's name in the site: its folder's name as given (`.` names the working folder)."""
+    return Path(os.path.abspath(pkg)).name
+
+
+def listing(pkg: Path) -> dict[str, object]:
+    """`pkg`'s entry in models.json, read before the site folder is touched, so a bad package
+    costs nothing. (`lutlm serve` checked it is a package; the worker validates it fully.)"""
+    if name(pkg).startswith("."):
+        raise LutlmError(f"{pkg}: the server never serves hidden names; give the package a folder name without a leading '.'")
+    try:
+        manifest = json.loads((pkg / "manifest.json").read_text(encoding="utf-8"))
+        return {"name": name(pkg), "bytes": sum(int(s["bytes"]) for s in manifest["shards"]),
+                "bits": manifest["quantization"].get("bits"), "decode": manifest.get("decode")}
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+        raise LutlmError(f"{pkg / 'manifest.json'}: not a model package manifest ({type(exc).__name__}: {exc})") from None
+
+
 def build(out: Path, packages: list[Path]) -> Path:
     pyodide = ROOT / "node_modules" / "pyodide"
     if not (pyodide / "pyodide.js").is_file():
         raise LutlmError(f"{pyodide} is missing: run the set-up (npm ci)")
+    names = [name(pkg) for pkg in packages]
+    if len(set(names)) < len(names):
+        raise LutlmError(f"two packages share a folder name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                         "the site serves each as models/NAME")
+    listed = [listing(pkg) for pkg in packages]
     claim(out, packages)
     for src in (ROOT / "web").iterdir():
         if src.is_file():
             shutil.copy2(src, out / src.name)
     (out / "pyodide").mkdir()
-    for name in PYODIDE_FILES:
-        shutil.copy2(pyodide / name, out / "pyodide" / name)
+    for file in PYODIDE_FILES:
+        shutil.copy2(pyodide / file, out / "pyodide" / file)
     (out / "runtime_py.zip").write_bytes(runtime_zip())
-    models = out / "models"
-    models.mkdir()
-    listed = []
+    (out / "models").mkdir()
     for pkg in packages:
-        manifest = json.loads((pkg / "manifest.json").read_text(encoding="utf-8"))
-        (models / pkg.name).symlink_to(pkg.resolve(), target_is_directory=True)
-        listed.append({"name": pkg.name, "bytes": sum(s["bytes"] for s in manifest["shards"]),
-                       "bits": manifest["quantization"].get("bits"), "decode": manifest.get("decode")})
+        (out / "models" / name(pkg)).symlink_to(pkg.resolve(), target_is_directory=True)
     (out / "models.json").write_text(json.dumps(listed, indent=1), encoding="utf-8")
     shell = ["./"] + sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                             if p.is_file() and not p.name.startswith(".")
@@ -425,6 +444,7 @@ class Handler(BaseHTTPRequestHandler):
     def end_headers(self) -> None:
         for name, value in HEADERS.items():
             self.send_header(name, value)
+        self.send_header("Content-Security-Policy", self.server.csp)
         super().end_headers()
         self.answered = True
 
@@ -438,8 +458,8 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, site: Site, port: int, read_timeout: float, max_connections: int) -> None:
-        self.site, self.read_timeout = site, read_timeout
+    def __init__(self, site: Site, port: int, read_timeout: float, max_connections: int, csp: str) -> None:
+        self.site, self.read_timeout, self.csp = site, read_timeout, csp
         self.slots = threading.BoundedSemaphore(max_connections)
         self.closing = threading.Event()
         super().__init__(("127.0.0.1", port), Handler)
@@ -490,15 +510,17 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 def server(root: Path, port: int = 0, read_timeout: float = READ_TIMEOUT_S,
-           max_connections: int = MAX_CONNECTIONS) -> Server:
-    """The site at `root` on 127.0.0.1:`port` (0: a free port), not yet serving."""
-    return Server(Site(root), port, read_timeout, max_connections)
+           max_connections: int = MAX_CONNECTIONS, csp: str = CSP) -> Server:
+    """The site at `root` on 127.0.0.1:`port` (0: a free port), not yet serving. `csp`: the app's
+    policy unless the site holds other pages (a benchmark's peers start workers from blob: URLs)."""
+    return Server(Site(root), port, read_timeout, max_connections, csp)
 
 
 @contextlib.contextmanager
-def serving(root: Path, read_timeout: float = READ_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> Iterator[str]:
+def serving(root: Path, read_timeout: float = READ_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+            csp: str = CSP) -> Iterator[str]:
     """`root` served in a background thread on a free 127.0.0.1 port; yields the base URL."""
-    srv = server(root, 0, read_timeout, max_connections)
+    srv = server(root, 0, read_timeout, max_connections, csp)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}/"

@@ -465,3 +465,17 @@ def test_a_wrong_marker_does_not_make_a_folder_ours(tmp_path, package, marker):
     with pytest.raises(webapp.LutlmError, match="not a site lutlm built"):
         webapp.build(tmp_path / "site", [package])
     assert (tmp_path / "site" / "keep.txt").read_text() == "mine"
+
+
+def test_a_bad_package_is_refused_before_the_site_is_touched(tmp_path, package):
+    out = webapp.build(tmp_path / "site", [package])
+    before = snapshot(out)
+    (tmp_path / "other" / "tiny").mkdir(parents=True)
+    (tmp_path / "other" / "tiny" / "manifest.json").write_text('{"shards": 3}')
+    (tmp_path / ".hidden").mkdir()
+    for packages, message in (([package, tmp_path / "other" / "tiny"], "share a folder name"),
+                              ([tmp_path / "other" / "tiny"], "not a model package manifest"),
+                              ([tmp_path / ".hidden"], "hidden")):
+        with pytest.raises(webapp.LutlmError, match=message):
+            webapp.build(out, packages)
+        assert snapshot(out) == before
