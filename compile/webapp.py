@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.parse
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -101,6 +101,8 @@ def claim(out: Path, packages: list[Path]) -> None:
     real = out.resolve()
     if real in (here, *here.parents):
         raise LutlmError(f"--out {out}: the working folder or one holding it; give a folder of its own for the site")
+    if out.is_symlink():
+        raise LutlmError(f"--out {out} is a symbolic link; give the folder itself")
     if out.exists() and not out.is_dir():
         raise LutlmError(f"--out {out} exists and is not a folder; refusing to overwrite it")
     for pkg in packages:
@@ -112,7 +114,7 @@ def claim(out: Path, packages: list[Path]) -> None:
                              "refusing to touch it (give a new or empty folder)")
         for entry in out.iterdir():
             if entry.name != MARKER:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()  # links: not followed
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"format": SITE_FORMAT, "version": 1}) + "\n", encoding="utf-8")
 
@@ -169,7 +171,8 @@ class Site:
     """The files the server may answer with: regular files inside the site folder, and inside each
     folder (or file) a symlink in the site folder points to: a package `build` linked, a peer's
     npm folder a benchmark linked. A path is resolved fully and must stay inside the folder its
-    URL names, so a package's own `rootfs -> /` leads nowhere."""
+    URL names, so a package's own `rootfs -> /` leads nowhere. The links are read once, when the
+    server starts; one added later is no mount, and leaving the site folder through it is refused."""
 
     def __init__(self, root: Path) -> None:
         self.root = os.path.realpath(root)
@@ -190,8 +193,8 @@ class Site:
 def _links(root: str) -> Iterator[tuple[tuple[str, ...], str]]:
     """(URL path parts, real target) of each symlink in the site folder; not followed further."""
     for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
+        for entry in dirs + files:
+            path = os.path.join(folder, entry)
             if os.path.islink(path) and os.path.exists(path):
                 yield tuple(Path(path).relative_to(root).parts), os.path.realpath(path)
 
@@ -214,7 +217,7 @@ class Request:
     method: str
     version: tuple[int, int]
     parts: tuple[str, ...]
-    headers: dict[str, list[str]] = field(default_factory=dict)
+    headers: dict[str, list[str]]  # lower-case names
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name)
@@ -225,10 +228,7 @@ def parse(head: bytes) -> Request:
     """The request line and headers of `head`, checked strictly: anything a browser would not send
     is a Refusal, never a guess."""
     lines = re.split(rb"\r?\n", head)
-    line = lines[0]
-    if len(line) > MAX_LINE:
-        raise Refusal(HTTPStatus.REQUEST_URI_TOO_LONG)
-    words = line.split(b" ")
+    words = lines[0].split(b" ")
     if len(words) != 3 or any(b < 0x21 or b > 0x7e for w in words for b in w):
         raise Refusal(HTTPStatus.BAD_REQUEST)
     method, target, version = (w.decode("ascii") for w in words)
@@ -237,16 +237,16 @@ def parse(head: bytes) -> Request:
         raise Refusal(HTTPStatus.BAD_REQUEST)
     if ver.group(1) != "1":
         raise Refusal(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
-    request = Request(method, (1, int(ver.group(2))), (), _headers(lines[1:]))
-    hosts = request.headers.get("host", [])
+    headers = _headers(lines[1:])
+    hosts = headers.get("host", [])
     if len(hosts) > 1:
         raise Refusal(HTTPStatus.BAD_REQUEST)
-    if (hosts or request.version >= (1, 1)) and not (hosts and HOST.fullmatch(hosts[0].strip())):
+    # a page of another site that DNS rebinding points at 127.0.0.1 still names its own host
+    if (hosts or ver.group(2) != "0") and not (hosts and HOST.fullmatch(hosts[0])):
         raise Refusal(HTTPStatus.MISDIRECTED_REQUEST)
     if method not in ("GET", "HEAD"):
         raise Refusal(HTTPStatus.METHOD_NOT_ALLOWED, {"Allow": "GET, HEAD"})
-    request.parts = _path(target)
-    return request
+    return Request(method, (1, int(ver.group(2))), _path(target), headers)
 
 
 def _headers(lines: list[bytes]) -> dict[str, list[str]]:

@@ -430,9 +430,11 @@ def test_serve_out_refuses_a_foreign_folder_and_leaves_it_untouched(tmp_path, pa
     assert snapshot(tmp_path) == before
 
 
-def test_serve_out_refuses_a_file_and_a_folder_holding_the_package(tmp_path, package):
+def test_serve_out_refuses_a_file_a_link_and_a_folder_holding_the_package(tmp_path, package):
     (tmp_path / "file").write_text("mine")
-    for out in (tmp_path / "file", tmp_path, package):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    for out in (tmp_path / "file", tmp_path / "link", tmp_path, package):
         before = snapshot(tmp_path)
         proc = serve_out(str(out), package, tmp_path)
         assert proc.returncode == 2
