@@ -11,6 +11,7 @@ slightly wrong.
 from __future__ import annotations
 
 import re
+import reprlib
 import sys
 import unicodedata
 from functools import lru_cache
@@ -25,6 +26,9 @@ GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 
 class PreTokenizerError(ValueError):
     """The tokenizer configuration asks for a pre-tokeniser this runtime does not implement."""
+
+
+MAX_PATTERN = 10_000  # characters of a Split pattern (GPT-2's is 82, Llama 3's 166)
 
 
 def _escape(cp: int) -> str:
@@ -65,6 +69,8 @@ def translate_pattern(pattern: str) -> str:
             nxt = pattern[i + 1]
             if nxt in "pP" and pattern[i + 2 : i + 3] == "{":
                 close = pattern.find("}", i)
+                if close < 0:
+                    raise PreTokenizerError(f"unclosed \\{nxt}{{ in {reprlib.repr(pattern)}")
                 name = pattern[i + 3 : close]
                 if name not in ("L", "N"):
                     raise PreTokenizerError(f"unsupported Unicode property \\{nxt}{{{name}}} in {pattern!r}")
@@ -113,7 +119,15 @@ def translate_pattern(pattern: str) -> str:
 
 @lru_cache(maxsize=None)
 def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(translate_pattern(pattern))
+    return _regex(translate_pattern(pattern), pattern)
+
+
+def _regex(translated: str, pattern: str) -> re.Pattern[str]:
+    """`re.compile`, with a pattern it refuses (or nests too deeply for it) a PreTokenizerError."""
+    try:
+        return re.compile(translated)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise PreTokenizerError(f"pattern {reprlib.repr(pattern)} does not compile ({exc})") from None
 
 
 @lru_cache(maxsize=None)
@@ -165,19 +179,25 @@ def _split(config: dict[str, Any]) -> Splitter:
     pattern = config.get("pattern") or {}
     behavior = str(config.get("behavior", "")).lower()
     if behavior != "isolated" or config.get("invert"):
-        raise PreTokenizerError(f"Split pre-tokeniser with behavior {config.get('behavior')!r} is not supported")
-    if "Regex" in pattern:
+        raise PreTokenizerError(f"Split pre-tokeniser with behavior {reprlib.repr(config.get('behavior'))} is not supported")
+    kind = next((k for k in ("Regex", "String") if isinstance(pattern, dict) and k in pattern), None)
+    if kind is None or not isinstance(pattern[kind], str) or not 0 < len(pattern[kind]) <= MAX_PATTERN:
+        raise PreTokenizerError(f"Split pre-tokeniser needs a pattern (Regex or String) of 1 to {MAX_PATTERN} "
+                                f"characters: {reprlib.repr(config)}")
+    if kind == "Regex":
         return _isolate(_compiled(pattern["Regex"]))
-    if "String" in pattern:
-        return _isolate(re.compile(re.escape(pattern["String"])))
-    raise PreTokenizerError(f"Split pre-tokeniser without a pattern: {config!r}")
+    return _isolate(re.compile(re.escape(pattern["String"])))
 
 
 class PreTokenizer:
     """Splits text into the pieces BPE merges within; says whether pieces are byte-level mapped."""
 
     def __init__(self, config: dict[str, Any] | None):
-        steps = config.get("pretokenizers", []) if config and config.get("type") == "Sequence" else [config]
+        if not isinstance(config, (dict, type(None))):
+            raise PreTokenizerError(f"pre_tokenizer must be an object, not {reprlib.repr(config)}")
+        steps = config.get("pretokenizers") if config and config.get("type") == "Sequence" else [config]
+        if not isinstance(steps, list) or not all(isinstance(step, (dict, type(None))) for step in steps):
+            raise PreTokenizerError("a Sequence pre-tokeniser needs a list of pre-tokenisers (objects)")
         self.splitters: list[Splitter] = []
         self.byte_level = False
         for step in steps:
@@ -185,7 +205,7 @@ class PreTokenizer:
                 continue
             kind = step.get("type")
             if self.byte_level:
-                raise PreTokenizerError(f"pre-tokeniser {kind!r} after ByteLevel is not supported")
+                raise PreTokenizerError(f"pre-tokeniser {reprlib.repr(kind)} after ByteLevel is not supported")
             if kind == "ByteLevel":
                 self.byte_level = True
                 self.splitters.append(_byte_level(bool(step.get("add_prefix_space")), step.get("use_regex", True)))
@@ -194,7 +214,7 @@ class PreTokenizer:
             elif kind == "Split":
                 self.splitters.append(_split(step))
             else:
-                raise PreTokenizerError(f"pre-tokeniser {kind!r} is not supported")
+                raise PreTokenizerError(f"pre-tokeniser {reprlib.repr(kind)} is not supported")
 
     def __call__(self, text: str) -> list[str]:
         pieces = [text]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import reprlib
 from typing import Any, Iterable
 
 from .pretokenize import PreTokenizer, PreTokenizerError
@@ -33,22 +34,70 @@ def bytes_to_unicode() -> dict[int, str]:
 _BYTE_TO_CHAR = bytes_to_unicode()
 _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
 _CACHE_LIMIT = 200_000
+MAX_ID = 1 << 22  # token ids index a list: an id of 10**12 must not allocate one
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_ID
+
+
+def _vocab(vocab: Any) -> dict[str, int]:
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerError("no BPE vocabulary (model.vocab must map tokens to ids)")
+    bad = next((k for k, v in vocab.items() if not _is_id(v)), None)
+    if bad is not None:
+        raise TokenizerError(f"vocabulary entry {reprlib.repr(bad)} has id {reprlib.repr(vocab[bad])}, not an integer in [0, {MAX_ID})")
+    return dict(vocab)
+
+
+def _ranks(merges: Any, vocab: dict[str, int]) -> dict[tuple[str, str], int]:
+    """Merge ranks; each merge joins two tokens of the vocabulary into a third (else BPE would
+    produce a symbol it has no id for)."""
+    if not isinstance(merges, (list, type(None))):
+        raise TokenizerError("merges must be a list")
+    ranks: dict[tuple[str, str], int] = {}
+    for rank, merge in enumerate(merges or []):
+        pair = tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) if isinstance(merge, list) else ()
+        if len(pair) != 2 or not all(isinstance(t, str) and t in vocab for t in pair) or pair[0] + pair[1] not in vocab:
+            raise TokenizerError(f"malformed merge #{rank}: {reprlib.repr(merge)} (two tokens of the vocabulary that join into a third)")
+        ranks.setdefault(pair, rank)
+    return ranks
+
+
+def _added_tokens(tokens: Any) -> tuple[dict[str, int], set[int]]:
+    """The added tokens (content -> id) and the ids of the special ones."""
+    if not isinstance(tokens, (list, type(None))):
+        raise TokenizerError("added_tokens must be a list")
+    added: dict[str, int] = {}
+    special: set[int] = set()
+    for i, tok in enumerate(tokens or []):
+        if not (isinstance(tok, dict) and isinstance(tok.get("content"), str) and tok["content"] and _is_id(tok.get("id"))):
+            raise TokenizerError(f"added token #{i} must have a non-empty content and an id in [0, {MAX_ID}): {reprlib.repr(tok)}")
+        added[tok["content"]] = tok["id"]
+        if tok.get("special"):
+            special.add(tok["id"])
+    return added, special
 
 
 class Tokenizer:
     """Encode text to ids and ids to bytes/text for a BPE model described by `tokenizer.json`."""
 
     def __init__(self, config: dict[str, Any]):
+        if not isinstance(config, dict):
+            raise TokenizerError("the tokenizer must be an object")
         model = config.get("model") or {}
+        if not isinstance(model, dict):
+            raise TokenizerError("model must be an object")
         if model.get("type", "BPE") != "BPE":
-            raise TokenizerError(f"tokenizer model {model.get('type')!r} is not supported (only byte-level BPE)")
+            raise TokenizerError(f"tokenizer model {reprlib.repr(model.get('type'))} is not supported (only byte-level BPE)")
         for option in ("continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(option):
-                raise TokenizerError(f"BPE option {option}={model[option]!r} is not supported")
+                raise TokenizerError(f"BPE option {option}={reprlib.repr(model[option])} is not supported")
         if model.get("byte_fallback"):
             raise TokenizerError("BPE byte_fallback (SentencePiece-style vocabularies) is not supported")
         if config.get("normalizer"):
-            raise TokenizerError(f"tokenizer normalizer {config['normalizer'].get('type')!r} is not supported")
+            kind = config["normalizer"].get("type") if isinstance(config["normalizer"], dict) else config["normalizer"]
+            raise TokenizerError(f"tokenizer normalizer {reprlib.repr(kind)} is not supported")
         try:
             self.pre_tokenizer = PreTokenizer(config.get("pre_tokenizer"))
         except PreTokenizerError as exc:
@@ -56,29 +105,16 @@ class Tokenizer:
         if not self.pre_tokenizer.byte_level:
             raise TokenizerError("only byte-level BPE tokenizers are supported (no ByteLevel pre-tokeniser found)")
 
-        vocab = model.get("vocab")
-        if not isinstance(vocab, dict) or not vocab:
-            raise TokenizerError("tokenizer.json has no BPE vocabulary")
-        self.vocab: dict[str, int] = {str(k): int(v) for k, v in vocab.items()}
-        self.ranks: dict[tuple[str, str], int] = {}
-        for rank, merge in enumerate(model.get("merges") or []):
-            pair = tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge)
-            if len(pair) != 2:
-                raise TokenizerError(f"malformed merge #{rank}: {merge!r}")
-            self.ranks.setdefault(pair, rank)
+        self.vocab: dict[str, int] = _vocab(model.get("vocab"))
+        self.ranks = _ranks(model.get("merges"), self.vocab)
         self.ignore_merges = bool(model.get("ignore_merges"))
         unk = model.get("unk_token")
-        if unk is not None and unk not in self.vocab:
-            raise TokenizerError(f"unk_token {unk!r} is not in the vocabulary")
+        if unk is not None and (not isinstance(unk, str) or unk not in self.vocab):
+            raise TokenizerError(f"unk_token {reprlib.repr(unk)} is not in the vocabulary")
         self.unk_token: str | None = unk
         self.fuse_unk = bool(model.get("fuse_unk"))
 
-        self.added: dict[str, int] = {}
-        self.special_ids: set[int] = set()
-        for tok in config.get("added_tokens") or []:
-            self.added[tok["content"]] = int(tok["id"])
-            if tok.get("special"):
-                self.special_ids.add(int(tok["id"]))
+        self.added, self.special_ids = _added_tokens(config.get("added_tokens"))
         self.vocab.update(self.added)
         size = max(self.vocab.values()) + 1
         self.id_to_token: list[str | None] = [None] * size
@@ -94,7 +130,13 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str) -> "Tokenizer":
         with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
+            try:
+                config = json.load(f)
+            except RecursionError:
+                raise TokenizerError(f"{path}: JSON nested too deeply") from None
+            except ValueError as exc:
+                raise TokenizerError(f"{path} is not JSON ({exc})") from None
+        return cls(config)
 
     @property
     def vocab_size(self) -> int:
