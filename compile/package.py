@@ -1,8 +1,9 @@
 """Write a model package: the only thing compile/ hands to runtime_py/.
 
-    NAME/manifest.json   format + version, config, per-tensor quantisation, shards (bytes, sha256),
-                         tensors (shard, offset, bytes, dtype, shape), kernels (WGSL file + launch
-                         metadata), activation buffers (byte sizes as expressions), plans
+    NAME/manifest.json   format + version, config, per-tensor quantisation, the tokenizer and shards
+                         (file, bytes, sha256), tensors (shard, offset, bytes, dtype, shape), kernels
+                         (WGSL file, bytes, sha256 + launch metadata), activation buffers (byte sizes
+                         as expressions), plans; no path of the machine that built it
     NAME/tokenizer.json  Hugging Face format
     NAME/kernels/*.wgsl
     NAME/shards/*.bin    at most SHARD_BYTES each (a larger tensor gets a shard of its own)
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from runtime_py.package import PackageError, folder_reader, read_manifest, read_tokenizer
 
 from .atomic import OutputKind
 from .checkpoint import Checkpoint
@@ -31,7 +33,7 @@ from .plan import CHUNK, DECODE, build, dense_bits, dense_only, fused_groups
 from .quant.format import QTensor
 
 FORMAT = "lutlm-package"
-VERSION = 1
+VERSION = 2
 SHARD_BYTES = 32 << 20
 OUTPUT = OutputKind("model package", "manifest.json", FORMAT, frozenset({"manifest.json", "tokenizer.json", "kernels", "shards"}))
 
@@ -102,25 +104,42 @@ def write(out: Path, ckpt: Checkpoint, quantized: dict[str, QTensor], info: dict
     with OUTPUT.replacing(out) as tmp:
         (tmp / "kernels").mkdir()
         (tmp / "shards").mkdir()
-        kernels = {}
-        for kid, meta in plan.kernels.items():
-            (tmp / "kernels" / f"{kid}.wgsl").write_text(meta["wgsl"], encoding="utf-8")
-            kernels[kid] = {k: v for k, v in meta.items() if k not in ("wgsl", "name")} | {"file": f"kernels/{kid}.wgsl"}
+        kernels = {kid: {k: v for k, v in meta.items() if k not in ("wgsl", "name")}
+                   | _write_file(tmp, f"kernels/{kid}.wgsl", meta["wgsl"].encode("utf-8"))
+                   for kid, meta in plan.kernels.items()}
         progress("writing shards")
-        shards, tensors = _write_shards(tmp / "shards", arrays)
-        (tmp / "tokenizer.json").write_text(json.dumps(ckpt.tokenizer, ensure_ascii=False), encoding="utf-8")
+        shards, tensors = _write_shards(tmp, arrays)
+        tokenizer = _write_file(tmp, "tokenizer.json", json.dumps(ckpt.tokenizer, ensure_ascii=False).encode("utf-8"))
         c = ckpt.config
         manifest = {
-            "format": FORMAT, "version": VERSION, "name": out.name, "source": ckpt.source, "compiler": compiler_digest(),
-            "config": asdict(c), "chat_template": ckpt.chat_template,
+            "format": FORMAT, "version": VERSION, "name": out.name, "source": Path(ckpt.source).name,
+            "compiler": compiler_digest(), "config": asdict(c), "chat_template": ckpt.chat_template,
             "eos_ids": sorted({i for i in (c.eos_id, _token_id(ckpt.tokenizer, "<|im_end|>"),
                                           _token_id(ckpt.tokenizer, "<|endoftext|>")) if i is not None}),
-            "quantization": {**info, "tensors": {n: s.name for n, s in specs.items()}}, "decode": decode,
-            "chunk": CHUNK, "max_ctx": c.n_ctx, "rope": {"theta": c.rope_theta, "pairs": c.n_rot // 2},
-            "shards": shards, "tensors": tensors, "kernels": kernels, "buffers": plan.buffers, "plans": plan.plans,
+            "quantization": {**info, "tensors": {n: s.name for n, s in specs.items()}},
+            "decode": decode, "chunk": CHUNK, "max_ctx": c.n_ctx, "rope": {"theta": c.rope_theta, "pairs": c.n_rot // 2},
+            "tokenizer": tokenizer, "shards": shards, "tensors": tensors, "kernels": kernels, "buffers": plan.buffers,
+            "plans": plan.plans,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        _check_loads(tmp)
     return manifest
+
+
+def _check_loads(folder: Path) -> None:
+    """Refuse to finish a package the runtime would refuse (its manifest and tokenizer checks), so
+    that compile never succeeds on a source the runtime then turns away."""
+    read = folder_reader(str(folder))
+    try:
+        read_tokenizer(read_manifest(read), read)
+    except PackageError as exc:
+        raise LutlmError(f"the runtime would not load this package: {exc}") from None
+
+
+def _write_file(folder: Path, rel: str, data: bytes) -> dict[str, Any]:
+    """Write a file of the package; returns the manifest's reference to it."""
+    (folder / rel).write_bytes(data)
+    return {"file": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _token_id(tokenizer: dict[str, Any], text: str) -> int | None:
@@ -131,6 +150,7 @@ def _token_id(tokenizer: dict[str, Any], text: str) -> int | None:
 
 
 def _write_shards(folder: Path, arrays: dict[str, np.ndarray]) -> tuple[list[dict], dict[str, dict]]:
+    """The arrays in shards of at most SHARD_BYTES under folder/shards (a larger array gets one of its own)."""
     shards: list[dict[str, Any]] = []
     tensors: dict[str, dict[str, Any]] = {}
     current: list[bytes] = []
@@ -140,10 +160,7 @@ def _write_shards(folder: Path, arrays: dict[str, np.ndarray]) -> tuple[list[dic
         nonlocal current, size
         if not current:
             return
-        data = b"".join(current)
-        name = f"shards/{len(shards):03d}.bin"
-        (folder.parent / name).write_bytes(data)
-        shards.append({"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        shards.append(_write_file(folder, f"shards/{len(shards):03d}.bin", b"".join(current)))
         current, size = [], 0
 
     for name, arr in arrays.items():

@@ -13,14 +13,13 @@ it is known not to.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from .chat_template import ChatTemplate
 from .engine import Engine, GenerationError, Sampling
+from .package import Reader, folder_reader, read_manifest, read_tokenizer
 from .tokenizer import Tokenizer
 
 PARAMETERS = {"messages", "stream", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
@@ -82,15 +81,17 @@ class LutLM:
 
     @classmethod
     def from_folder(cls, folder: str, backend: Any, ctx: int | None = None) -> "LutLM":
-        """A package on disk (natively; the browser builds the engine from fetched files)."""
-        def read(rel: str) -> bytes:
-            with open(os.path.join(folder, rel), "rb") as f:
-                return f.read()
+        """A package on disk, read as untrusted input (`package.folder_reader`)."""
+        return cls.from_files(folder_reader(folder), backend, ctx)
 
-        engine = Engine.from_files(read, backend, ctx)
-        tokenizer = Tokenizer(json.loads(read("tokenizer.json")))
-        template = ChatTemplate.from_template(engine.manifest["chat_template"])
-        return cls(engine, tokenizer, template, engine.manifest["name"])
+    @classmethod
+    def from_files(cls, read: Reader, backend: Any, ctx: int | None = None) -> "LutLM":
+        """A package through `read(path, size)` (a folder natively, fetched files in the browser), every
+        file verified against the manifest; the tokenizer is checked before anything reaches the GPU."""
+        manifest = read_manifest(read)
+        tokenizer = read_tokenizer(manifest, read)
+        template = ChatTemplate.from_template(manifest["chat_template"])
+        return cls(Engine.load(manifest, read, backend, ctx), tokenizer, template, manifest["name"])
 
     def interrupt(self) -> None:
         """Stop the running request before its next token."""

@@ -19,9 +19,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from .expr import evaluate
+from .expr import value
 from .gpu import Backend, Call, usable
-from .package import Manifest, PackageError, buffer_sizes, load_tensors, parse_manifest
+from .package import Manifest, PackageError, Reader, buffer_sizes, load_tensors, read_text
 
 
 class GenerationError(ValueError):
@@ -91,19 +91,15 @@ class Engine:
         self.eos = set(manifest["eos_ids"])
 
     @classmethod
-    def from_files(cls, read: Callable[[str], bytes], backend: Backend, ctx: int | None = None) -> "Engine":
-        """`read(relative_path)` gives a file of the package (a folder natively, fetches in a browser);
-        of the kernels, only those this backend will bind are read."""
-        manifest = parse_manifest(read("manifest.json"))
-        wgsl = {}
-        for kid in sorted({usable(manifest["kernels"], st["kernel"], backend.features)
-                           for steps in manifest["plans"].values() for st in steps}):
-            k = manifest["kernels"][kid]
-            try:
-                wgsl[kid] = read(k["file"]).decode("utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise PackageError(f"{k['file']}: unreadable ({exc})") from None
-        return cls(manifest, load_tensors(manifest, read), wgsl, backend, ctx)
+    def load(cls, manifest: Manifest, read: Reader, backend: Backend, ctx: int | None = None) -> "Engine":
+        """The engine of a parsed manifest; `read(path, size)` gives a file of the package (a folder
+        natively, fetched files in a browser). Every file is read and verified against the manifest
+        before the backend is first asked anything (which kernels it can bind)."""
+        wgsl = {kid: read_text(manifest, read, k["file"]) for kid, k in manifest["kernels"].items()}
+        tensors = load_tensors(manifest, read)
+        bound = {usable(manifest["kernels"], st["kernel"], backend.features)
+                 for steps in manifest["plans"].values() for st in steps}
+        return cls(manifest, tensors, {kid: wgsl[kid] for kid in sorted(bound)}, backend, ctx)
 
     def _fill_rope(self, theta: float, pairs: int, n_rot: int) -> None:
         inv = [theta ** (-2 * i / n_rot) for i in range(pairs)]
@@ -119,8 +115,7 @@ class Engine:
         for plan in plans:
             for call, fixed, exprs, last in self.plans[plan]:
                 if exprs or last[0] is None:
-                    values = {**fixed, **{k: variables[v] if v in variables else evaluate(v, variables)
-                                          for k, v in exprs.items()}}
+                    values = {**fixed, **{k: value(v, variables) for k, v in exprs.items()}}
                     if values != last[0]:  # only uniforms that changed are rewritten
                         call.set(values)
                         last[0] = values

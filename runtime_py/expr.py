@@ -26,6 +26,12 @@ def evaluate(text: str, names: dict[str, int]) -> int:
     return compile_expr(text)(names)
 
 
+def value(text: str, names: dict[str, int | float]) -> int | float:
+    """A plan step's size: a name the caller binds is its value as it is (a float stays a float),
+    anything else an integer expression of the names."""
+    return names[text] if text in names else evaluate(text, names)
+
+
 Fn = Callable[[dict[str, int]], int]
 
 

@@ -8,6 +8,7 @@ from lutlm.checkpoint import Checkpoint, load_checkpoint
 from lutlm.package import write
 from lutlm.quant.pipeline import Request, quantize
 from lutlm.reference import Reference
+from runtime_py.api import LutLM
 from runtime_py.engine import Engine
 from tiny_llama import write_hf_folder
 
@@ -32,4 +33,4 @@ def compile_package(ckpt: Checkpoint, out: Path, bits: str = "4", budget: float 
 
 
 def engine(package: Path, ctx: int | None = None) -> Engine:
-    return Engine.from_files(lambda p: (package / p).read_bytes(), backend(), ctx)
+    return LutLM.from_folder(str(package), backend(), ctx).engine

@@ -30,7 +30,7 @@ def site(tmp_path_factory):
     compile_package(tiny_checkpoint(root / "hf"), root / "tiny-q4")
     shutil.copytree(root / "tiny-q4", root / "future-format")
     manifest = json.loads((root / "future-format" / "manifest.json").read_text())
-    (root / "future-format" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    (root / "future-format" / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
     srv = webapp.server(webapp.build(root / "site", [root / "tiny-q4", root / "future-format"]))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/", root / "tiny-q4"
@@ -139,7 +139,7 @@ def test_clear_screens_for_no_webgpu_and_another_format(site):
         assert "--enable-unsafe-webgpu" in page.text_content("#status")
     with chromium() as context:
         page = context.new_page()
-        with pytest.raises(RuntimeError, match="version 2; this app reads lutlm-package version 1"):
+        with pytest.raises(RuntimeError, match="version 3; this app reads lutlm-package version 2"):
             AppPage(page, url).load("future-format", timeout_s=120)
 
 

@@ -32,7 +32,7 @@ async function fetchBytes(url, onBytes) {
 
 const MODEL_CACHE = "lutlm-models-v1";
 const FORMAT = "lutlm-package";
-const VERSION = 1;
+const VERSION = 2;
 
 async function sha256hex(data) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
@@ -40,8 +40,8 @@ async function sha256hex(data) {
 }
 
 // A package file from the Cache API if it is there and intact, else from the server (then kept).
-// `entry` carries {bytes, sha256} for shards: a cached shard that fails them is dropped and
-// fetched again; a download that fails them is an error.
+// `entry` is the manifest's {bytes, sha256} for the file (null for the manifest itself): a cached
+// file that fails them is dropped and fetched again; a download that fails them is an error.
 async function packageFile(cache, url, entry, onBytes) {
   const ok = async (data) => !entry || (data.length === entry.bytes && await sha256hex(data) === entry.sha256);
   const hit = await cache.match(url);
@@ -74,11 +74,25 @@ async function load(model, ctx) {
   const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
   if (manifest.format !== FORMAT || manifest.version !== VERSION) {
     await cache.delete(base + "manifest.json");
-    throw new Error(`this model package is ${manifest.format} version ${manifest.version}; this app reads ${FORMAT} version ${VERSION}`);
+    const older = manifest.format === FORMAT && manifest.version < VERSION ? " (compile the model again with this lutlm)" : "";
+    throw new Error(`this model package is ${manifest.format} version ${manifest.version}; this app reads ${FORMAT} version ${VERSION}${older}`);
   }
   files.set("manifest.json", manifestBytes);
-  files.set("tokenizer.json", await packageFile(cache, base + "tokenizer.json", null));
-  for (const k of Object.values(manifest.kernels)) files.set(k.file, await packageFile(cache, base + k.file, null));
+  self.lutlmRead = (path) => {
+    const data = files.get(path);
+    if (!data) throw new Error(`${path}: not part of the package`);
+    return data;
+  };
+  try { // every field, before anything else is downloaded
+    pyodide.runPython("import js\nfrom runtime_py.package import parse_manifest\nparse_manifest(bytes(js.lutlmRead('manifest.json').to_py()))");
+  } catch (err) {
+    await cache.delete(base + "manifest.json");
+    throw err;
+  }
+  // every file against the manifest's bytes and sha256 (runtime_py checks them again as it reads)
+  for (const entry of [manifest.tokenizer, ...Object.values(manifest.kernels)]) {
+    files.set(entry.file, await packageFile(cache, base + entry.file, entry));
+  }
   const total = manifest.shards.reduce((a, s) => a + s.bytes, 0);
   let done = 0;
   for (const s of manifest.shards) {
@@ -87,29 +101,19 @@ async function load(model, ctx) {
       post({ type: "progress", stage: "download", done, total, file: s.file });
     }));
   }
-  self.lutlmRead = (path) => {
-    const data = files.get(path);
-    if (!data) throw new Error(`${path}: not part of the package`);
-    return data;
-  };
   post({ type: "progress", stage: "gpu", done: total, total });
   const info = await pyodide.runPythonAsync(`
 import json
 import js
 from runtime_py.api import LutLM
-from runtime_py.chat_template import ChatTemplate
-from runtime_py.engine import Engine
 from runtime_py.gpu_js import JsBackend
-from runtime_py.tokenizer import Tokenizer
 
-def _read(path):
+def _read(path, size):
     return bytes(js.lutlmRead(path).to_py())
 
 backend = await JsBackend.create()
-engine = Engine.from_files(_read, backend, ${Number(ctx) || 0} or None)
-llm = LutLM(engine, Tokenizer(json.loads(_read("tokenizer.json"))),
-            ChatTemplate.from_template(engine.manifest["chat_template"]), engine.manifest["name"])
-json.dumps({"model": llm.model, "ctx": engine.ctx, "adapter": backend.info, "gpu_bytes": backend.allocated["bytes"]})
+llm = LutLM.from_files(_read, backend, ${Number(ctx) || 0} or None)
+json.dumps({"model": llm.model, "ctx": llm.engine.ctx, "adapter": backend.info, "gpu_bytes": backend.allocated["bytes"]})
 `);
   files.clear(); // the GPU has the weights now
   post({ type: "ready", ...JSON.parse(info) });
