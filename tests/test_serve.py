@@ -76,7 +76,7 @@ def request(port: int, path: str, headers: dict[str, str] | None = None,
 
 
 def raw(port: int, data: bytes) -> bytes:
-    """`data` sent as is; everything the server answers before it closes (or 5 s pass)."""
+    """`data` sent as is; everything the server answers before it closes (a 5 s silence fails)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
