@@ -30,6 +30,11 @@ def _version(package: Path) -> str:
     return json.loads((package / "package.json").read_text())["version"]
 
 
+# The peers' pages start their workers from blob: URLs; still nothing from another origin.
+PEER_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval' blob:; worker-src 'self' blob:; "
+            "connect-src 'self' blob: data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'")
+
+
 @contextlib.contextmanager
 def _site(pages: tuple[str, ...], links: dict[str, Path]) -> Iterator[str]:
     """Bench pages plus symlinked folders/files, served with COOP/COEP; yields the base URL."""
@@ -41,7 +46,7 @@ def _site(pages: tuple[str, ...], links: dict[str, Path]) -> Iterator[str]:
             (site / name).write_bytes((Path(__file__).parent / "web" / name).read_bytes())
         for name, target in links.items():
             (site / name).symlink_to(target.resolve(), target_is_directory=target.is_dir())
-        with webapp.serving(site) as base:
+        with webapp.serving(site, csp=PEER_CSP) as base:
             yield base
 
 

@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from .atomic import OutputKind
 from .errors import LutlmError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ MIME = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/jav
         ".html": "text/html; charset=utf-8", ".css": "text/css", ".png": "image/png", ".svg": "image/svg+xml",
         ".webmanifest": "application/manifest+json", ".txt": "text/plain; charset=utf-8"}
 MARKER = ".lutlm-site"
-SITE_FORMAT = "lutlm-site"
+SITE = OutputKind("web app site", MARKER, "lutlm-site", frozenset())  # its marker; `claim` empties it
 
 # The app's policy: this origin only. Pyodide compiles wasm ('wasm-unsafe-eval') and runtime_py's
 # run_js evaluates a few JS helpers in the worker ('unsafe-eval'); nothing is inline, no blob: or
@@ -82,17 +83,6 @@ def runtime_zip() -> bytes:
     return buf.getvalue()
 
 
-def owns(folder: Path) -> bool:
-    """True if `folder` carries the marker `build` writes: a regular file naming the site format."""
-    marker = folder / MARKER
-    try:
-        st = os.lstat(marker)
-        data = json.loads(marker.read_bytes()) if stat.S_ISREG(st.st_mode) and st.st_size < 4096 else None
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == SITE_FORMAT
-
-
 def claim(out: Path, packages: list[Path]) -> None:
     """Make `out` an empty folder marked as lutlm's site. A new or empty folder is claimed; a marked
     one is emptied (everything in it is ours); anything else is refused untouched, so a mistyped
@@ -109,14 +99,14 @@ def claim(out: Path, packages: list[Path]) -> None:
         if real.is_relative_to(pkg.resolve()) or pkg.resolve().is_relative_to(real):
             raise LutlmError(f"--out {out} overlaps the package {pkg}; give the site a folder of its own")
     if out.is_dir() and any(out.iterdir()):
-        if not owns(out):
+        if not SITE.owns(out):
             raise LutlmError(f"--out {out} is not empty and not a site lutlm built (no {MARKER}); "
                              "refusing to touch it (give a new or empty folder)")
         for entry in out.iterdir():
             if entry.name != MARKER:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()  # links: not followed
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"format": SITE_FORMAT, "version": 1}) + "\n", encoding="utf-8")
+    (out / MARKER).write_text(json.dumps({"format": SITE.format, "version": 1}) + "\n", encoding="utf-8")
 
 
 def name(pkg: Path) -> str:

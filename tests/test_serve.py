@@ -445,7 +445,7 @@ def test_serve_out_refuses_a_file_a_link_and_a_folder_holding_the_package(tmp_pa
 def test_a_marked_site_is_rebuilt_as_exactly_the_app(tmp_path, package):
     out = tmp_path / "site"
     first = snapshot(webapp.build(out, [package]))
-    assert json.loads((out / webapp.MARKER).read_text())["format"] == webapp.SITE_FORMAT
+    assert json.loads((out / webapp.MARKER).read_text())["format"] == webapp.SITE.format
     (out / "stale.js").write_text("left from an old build")
     (out / "pyodide" / "old.wasm").write_bytes(b"old")
     webapp.build(out, [package])
