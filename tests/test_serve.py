@@ -456,7 +456,7 @@ def test_a_marked_site_is_rebuilt_as_exactly_the_app(tmp_path, package):
 def test_an_empty_folder_is_claimed(tmp_path, package):
     (tmp_path / "empty").mkdir()
     webapp.build(tmp_path / "empty", [package])
-    assert webapp.owns(tmp_path / "empty") and (tmp_path / "empty" / "index.html").is_file()
+    assert webapp.SITE.owns(tmp_path / "empty") and (tmp_path / "empty" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("marker", ["{}", '{"format": "lutlm-package"}', "not json", "[1]"])
