@@ -7,15 +7,20 @@ rotates adjacent pairs (2i, 2i+1); Hugging Face weights are permuted into that o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from runtime_py.package import CONFIG_BOUNDS
+
 from .errors import LutlmError
+from .validate import F32_MAX, boolean, integer, json_type, real, show, string
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+RMS_EPS_MAX = 1.0  # real models use 1e-6 to 1e-5; an epsilon this large drowns the signal
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,138 @@ class ModelConfig:
         return ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(self.n_layer)
                                          for p in ("attn_norm", "ffn_norm")]
 
-    def validate(self) -> None:
+    def validate(self, where: str = "model config", keys: Mapping[str, str] | None = None) -> None:
+        """Every field of its type, in its range and consistent with the others, checked before
+        anything is sized by them. The one schema of every reader: `where` names the file and
+        `keys` each field as that file spells it. The bounds are the runtime's, so that what
+        intake accepts a package can hold."""
+        keys = keys or {}
+
+        def name(f: str) -> str:
+            return f"{where}: {keys.get(f, f)}"
+
+        string(self.architecture, name("architecture"))
         if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise LutlmError(f"unsupported architecture {self.architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-        for name in ("n_layer", "n_embd", "n_head", "n_head_kv", "head_dim", "n_ff", "n_vocab", "n_ctx"):
-            if getattr(self, name) <= 0:
-                raise LutlmError(f"model config has {name} = {getattr(self, name)}")
+            raise LutlmError(f"{where}: unsupported architecture {show(self.architecture)} "
+                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        for f, hi in CONFIG_BOUNDS.items():
+            integer(getattr(self, f), name(f), 1, hi)
+        real(self.rope_theta, name("rope_theta"), 0, F32_MAX)
+        real(self.rms_eps, name("rms_eps"), 0, RMS_EPS_MAX)
+        boolean(self.tied_embeddings, name("tied_embeddings"))
+        boolean(self.add_bos, name("add_bos"))
+        for f in ("bos_id", "eos_id"):
+            if getattr(self, f) is not None:
+                integer(getattr(self, f), f"{name(f)} (a token id)", 0, self.n_vocab - 1)
         if self.n_head % self.n_head_kv:
-            raise LutlmError(f"{self.n_head} attention heads do not divide into {self.n_head_kv} KV heads")
-        if self.n_rot % 2 or not 0 < self.n_rot <= self.head_dim:
-            raise LutlmError(f"RoPE dimension {self.n_rot} does not fit head dimension {self.head_dim}")
+            raise LutlmError(f"{name('n_head')} ({self.n_head}) is not a multiple of "
+                             f"{keys.get('n_head_kv', 'n_head_kv')} ({self.n_head_kv})")
+        if self.n_rot % 2 or self.n_rot > self.head_dim:
+            raise LutlmError(f"{name('n_rot')} ({self.n_rot}) must be even and at most "
+                             f"{keys.get('head_dim', 'head_dim')} ({self.head_dim})")
+
+    @classmethod
+    def build(cls, values: dict[str, Any], where: str, keys: Mapping[str, str]) -> "ModelConfig":
+        """A validated config from a file's raw values, where head_dim, n_head_kv and n_rot may be
+        None: then they are n_embd / n_head (which must divide), n_head and head_dim, as in llama."""
+        v = dict(values)
+        if v["head_dim"] is None:
+            n_embd = integer(v["n_embd"], f"{where}: {keys['n_embd']}", 1, CONFIG_BOUNDS["n_embd"])
+            n_head = integer(v["n_head"], f"{where}: {keys['n_head']}", 1, CONFIG_BOUNDS["n_head"])
+            if n_embd % n_head:
+                raise LutlmError(f"{where}: {keys['n_embd']} ({n_embd}) is not a multiple of {keys['n_head']} ({n_head})")
+            v["head_dim"] = n_embd // n_head
+        v["n_head_kv"] = v["n_head"] if v["n_head_kv"] is None else v["n_head_kv"]
+        v["n_rot"] = v["head_dim"] if v["n_rot"] is None else v["n_rot"]
+        config = cls(**v)
+        config.validate(where, keys)
+        return config
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "ModelConfig":
+        """A config as lutlm writes it (asdict), validated: exactly the fields, each checked."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict):
+            raise LutlmError(f"{where} must be an object, not {json_type(data)}")
+        missing, extra = [n for n in names if n not in data], sorted(set(data) - set(names))
+        if missing or extra:
+            raise LutlmError(f"{where} " + (f"lacks {missing[0]}" if missing else f"has an unknown field {show(extra[0])}"))
+        config = cls(**data)
+        config.validate(where)
+        return config
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor this config implies, with its shape (out_features, in_features)."""
+        shapes: dict[str, tuple[int, ...]] = {
+            "token_embd.weight": (self.n_vocab, self.n_embd),
+            "output_norm.weight": (self.n_embd,),
+        }
+        if not self.tied_embeddings:
+            shapes["output.weight"] = (self.n_vocab, self.n_embd)
+        q, kv = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+        for i in range(self.n_layer):
+            shapes.update({
+                f"blk.{i}.attn_norm.weight": (self.n_embd,),
+                f"blk.{i}.attn_q.weight": (q, self.n_embd),
+                f"blk.{i}.attn_k.weight": (kv, self.n_embd),
+                f"blk.{i}.attn_v.weight": (kv, self.n_embd),
+                f"blk.{i}.attn_output.weight": (self.n_embd, q),
+                f"blk.{i}.ffn_norm.weight": (self.n_embd,),
+                f"blk.{i}.ffn_gate.weight": (self.n_ff, self.n_embd),
+                f"blk.{i}.ffn_up.weight": (self.n_ff, self.n_embd),
+                f"blk.{i}.ffn_down.weight": (self.n_embd, self.n_ff),
+            })
+        return shapes
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+        """The tensors a file holds (or declares, before any is read) are exactly those this config implies."""
+        expected = self.tensor_shapes()
+        extra = sorted(set(shapes) - set(expected))
+        if extra:
+            raise LutlmError(f"{source}: unexpected tensor {extra[0]} (a feature this architecture support lacks)")
+        for name, shape in expected.items():
+            if name not in shapes:
+                raise LutlmError(f"{source}: tensor {name} is missing")
+            if tuple(shapes[name]) != shape:
+                raise LutlmError(f"{source}: tensor {name} has shape {tuple(shapes[name])}, expected {shape}")
+
+
+def check_tokenizer(tokenizer: Any, n_vocab: int, where: str) -> None:
+    """A tokenizer.json structure the runtime can build, every id inside the model's vocabulary.
+
+    The ids are checked before the runtime sees them (it sizes a table by the largest); then the
+    runtime builds it, and whatever its own checks find is reported against the file."""
+    from runtime_py import Tokenizer
+
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
+        raise LutlmError(f"{where}: the tokenizer has no model object")
+    model = tokenizer["model"]
+    vocab, merges, added = model.get("vocab"), model.get("merges"), tokenizer.get("added_tokens")
+    merges, added = [] if merges is None else merges, [] if added is None else added
+    if not isinstance(vocab, dict) or not vocab:
+        raise LutlmError(f"{where}: model.vocab must be a non-empty object of token ids")
+    for token, idx in vocab.items():
+        integer(idx, f"{where}: model.vocab[{show(token)}]", 0, n_vocab - 1)
+    if not isinstance(merges, list) or not all(_is_merge(m) for m in merges):
+        bad = merges if not isinstance(merges, list) else next(m for m in merges if not _is_merge(m))
+        raise LutlmError(f"{where}: model.merges must hold 'a b' strings or [a, b] pairs, not {show(bad)}")
+    if not isinstance(added, list):
+        raise LutlmError(f"{where}: added_tokens must be a list, not {json_type(added)}")
+    for i, tok in enumerate(added):
+        if not isinstance(tok, dict):
+            raise LutlmError(f"{where}: added_tokens[{i}] must be an object, not {json_type(tok)}")
+        integer(tok.get("id"), f"{where}: added_tokens[{i}].id", 0, n_vocab - 1)
+        string(tok.get("content"), f"{where}: added_tokens[{i}].content")
+    try:
+        Tokenizer(tokenizer)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        raise LutlmError(f"{where}: {exc}") from None
+
+
+def _is_merge(merge: Any) -> bool:
+    if isinstance(merge, list):
+        return len(merge) == 2 and all(isinstance(part, str) for part in merge)
+    return isinstance(merge, str) and " " in merge
 
 
 @dataclass
@@ -63,41 +190,14 @@ class Checkpoint:
     source: str = ""
     tensor_types: dict[str, str] = field(default_factory=dict)  # storage type in the source file
 
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        shapes: dict[str, tuple[int, ...]] = {
-            "token_embd.weight": (c.n_vocab, c.n_embd),
-            "output_norm.weight": (c.n_embd,),
-        }
-        if not c.tied_embeddings:
-            shapes["output.weight"] = (c.n_vocab, c.n_embd)
-        for i in range(c.n_layer):
-            shapes.update({
-                f"blk.{i}.attn_norm.weight": (c.n_embd,),
-                f"blk.{i}.attn_q.weight": (c.n_head * c.head_dim, c.n_embd),
-                f"blk.{i}.attn_k.weight": (c.n_head_kv * c.head_dim, c.n_embd),
-                f"blk.{i}.attn_v.weight": (c.n_head_kv * c.head_dim, c.n_embd),
-                f"blk.{i}.attn_output.weight": (c.n_embd, c.n_head * c.head_dim),
-                f"blk.{i}.ffn_norm.weight": (c.n_embd,),
-                f"blk.{i}.ffn_gate.weight": (c.n_ff, c.n_embd),
-                f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
-                f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
-            })
-        return shapes
-
     def validate(self) -> None:
-        """Every tensor the architecture needs is present with the shape the config implies."""
-        self.config.validate()
-        expected = self.expected_shapes()
-        extra = sorted(set(self.tensors) - set(expected))
-        if extra:
-            raise LutlmError(f"{self.source}: unexpected tensor {extra[0]} (a feature this architecture support lacks)")
-        for name, shape in expected.items():
-            tensor = self.tensors.get(name)
-            if tensor is None:
-                raise LutlmError(f"{self.source}: tensor {name} is missing")
-            if tuple(tensor.shape) != shape:
-                raise LutlmError(f"{self.source}: tensor {name} has shape {tuple(tensor.shape)}, expected {shape}")
+        """Every tensor the architecture needs is present with the shape the config implies, and
+        finite: a NaN weight or block scale would otherwise turn every output into NaN silently."""
+        self.config.validate(self.source)
+        self.config.check_shapes({name: t.shape for name, t in self.tensors.items()}, self.source)
+        for name, tensor in self.tensors.items():
+            if not np.isfinite(tensor).all():
+                raise LutlmError(f"{self.source}: tensor {name} holds NaN or infinite values")
 
 
 def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
@@ -114,7 +214,7 @@ def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
         from .hf_intake import load_hf
 
         ckpt = load_hf(path, tensors)
-    elif path.is_file():
+    elif os.path.lexists(path):  # a file, or something that is not one: the GGUF reader says which
         from .gguf_intake import load_gguf
 
         ckpt = load_gguf(path, tensors)
@@ -123,5 +223,5 @@ def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
     if tensors:
         ckpt.validate()
     else:
-        ckpt.config.validate()
+        ckpt.config.validate(ckpt.source)
     return ckpt
