@@ -222,6 +222,4 @@ def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
         raise LutlmError(f"{path}: no such file or directory")
     if tensors:
         ckpt.validate()
-    else:
-        ckpt.config.validate(ckpt.source)
     return ckpt
