@@ -237,9 +237,8 @@ _ARCH_KEYS = {"n_layer": "block_count", "n_embd": "embedding_length", "n_head": 
               "n_ff": "feed_forward_length", "n_vocab": "vocab_size", "n_ctx": "context_length",
               "rope_theta": "rope.freq_base", "n_rot": "rope.dimension_count",
               "rms_eps": "attention.layer_norm_rms_epsilon"}
-_KEYS = {"architecture": "general.architecture", "tied_embeddings": "output.weight",
-         "bos_id": "tokenizer.ggml.bos_token_id", "eos_id": "tokenizer.ggml.eos_token_id",
-         "add_bos": "tokenizer.ggml.add_bos_token"}
+_KEYS = {"architecture": "general.architecture", "bos_id": "tokenizer.ggml.bos_token_id",
+         "eos_id": "tokenizer.ggml.eos_token_id", "add_bos": "tokenizer.ggml.add_bos_token"}
 
 
 def read_config(fields: _Fields, n_tokens: int) -> ModelConfig:
