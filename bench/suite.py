@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lutlm.assets import DEFAULT_MODEL
+from lutlm.assets import DEFAULT_MODEL, resolve_source
 from lutlm.errors import LutlmError
 
 VARIANTS = {
@@ -97,7 +97,7 @@ def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], n
         yield from model.run_browser(paths, sizes, new_tokens, reps)
     manifest, texts = model.package_prompts(paths[0], sizes)
     chats = [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()]
-    gguf = Path(manifest.get("source", ""))
+    gguf = resolve_source(source)
     if {"wllama", "llama.cpp"} & set(systems) and gguf.suffix != ".gguf":
         print(f"wllama, llama.cpp: skipped: {source} is not a GGUF file", file=sys.stderr)
     elif gguf.suffix == ".gguf":

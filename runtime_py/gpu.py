@@ -54,7 +54,10 @@ class Call:
             else:
                 raise GPUError(f"{self.kernel['name']}: no value for uniform {field!r}")
         fmt = "<" + "".join(_PACK[kind] for _, kind in self.kernel["uniforms"])
-        self.data, self.dirty = struct.pack(fmt, *values), True
+        try:
+            self.data, self.dirty = struct.pack(fmt, *values), True
+        except struct.error as exc:  # a value its uniform's type cannot hold (the load checks try only some)
+            raise GPUError(f"{self.kernel['name']}: a uniform value does not fit its type ({exc})") from None
         self.grid = (gx, gy, gz)
         self.item = struct.pack("<4i", self.slot, gx, gy, gz) if gx and gy and gz else b""
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -143,7 +144,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         "scale_bits": req.scale_bits,
         "budget": req.budget, "embed_bits": req.embed_bits,
         "calibration": None if not req.needs_calibration else
-        {"texts": req.calib_texts, "windows": len(calib or []), "window": req.window,
+        {"texts": [Path(t).name for t in req.calib_texts], "windows": len(calib or []), "window": req.window,
          "damp": req.gptq.damp, "act_order": req.gptq.act_order},
         "tune": None if req.tune is None else {**asdict(req.tune), "lr_schedule": LR_SCHEDULE,
                                                "kl_per_epoch": [round(k, 4) for k in kl]},
