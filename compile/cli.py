@@ -240,10 +240,11 @@ def _quantized_source(args: argparse.Namespace):
 
     path = resolve_source(args.source)
     if store.is_quantized(path):
-        import json
+        from .validate import read_json_object
 
         ckpt, quantized = store.read(path)
-        manifest = json.loads((path / store.MANIFEST).read_text(encoding="utf-8"))
+        ckpt.validate()  # every tensor present, shaped as the config says, finite
+        manifest = read_json_object(path / store.MANIFEST)
         keys = ("method", "bits", "group", "scale_bits", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
                 "seconds")
         return ckpt, quantized, {"from": path.name, **{k: manifest[k] for k in keys if k in manifest}}

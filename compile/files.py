@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import LutlmError
 
@@ -29,17 +30,25 @@ def regular_size(path: Path, limit: int, what: str = "file") -> int:
     return st.st_size
 
 
-def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
-    """The whole of a regular file of at most `limit` bytes, opened so that a FIFO swapped in
-    after the check cannot block, and read no further than the limit."""
-    regular_size(path, limit, what)
+def open_regular(path: Path, what: str = "file") -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (symlinks followed). O_NONBLOCK
+    keeps a named pipe swapped in after the check from blocking the open, and fstat settles it."""
+    regular_size(path, 1 << 62, what)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
     except OSError as exc:
         raise LutlmError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise LutlmError(f"{path}: not a regular file; expected a {what}")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise LutlmError(f"{path}: not a regular file; expected a {what}")
+    return f
+
+
+def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
+    """The whole of a regular file of at most `limit` bytes, its size checked before reading and
+    read no further than the limit (a file that grows meanwhile is refused)."""
+    regular_size(path, limit, what)
+    with open_regular(path, what) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise LutlmError(f"{path}: grew past {limit >> 20} MiB while being read")

@@ -19,7 +19,8 @@ import numpy as np
 
 from .checkpoint import Checkpoint, ModelConfig, check_tokenizer
 from .errors import LutlmError
-from .validate import file_size, open_regular, show, string
+from .files import open_regular
+from .validate import file_size, show, string
 
 GGUF_MAGIC = b"GGUF"
 

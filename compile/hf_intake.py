@@ -21,7 +21,8 @@ import numpy as np
 
 from .checkpoint import Checkpoint, ModelConfig, check_tokenizer
 from .errors import LutlmError
-from .validate import (boolean, file_size, integer, json_type, open_regular, parse_json, read_json_object, show,
+from .files import open_regular
+from .validate import (boolean, file_size, integer, json_type, parse_json, read_json_object, show,
                        string)
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,

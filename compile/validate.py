@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import reprlib
-import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import LutlmError
-from .files import read_bytes, regular_size
+from .files import read_bytes
 
 JSON_MAX_BYTES = 64 << 20  # config, tokenizer and manifest files (a large tokenizer.json is ~10 MiB)
 JSON_MAX_DEPTH = 64  # real model JSON nests a handful of levels
@@ -26,21 +25,6 @@ F32_MAX = 3.4028234663852886e38
 def show(value: Any) -> str:
     """A bounded one-line rendering of an untrusted value for an error message."""
     return reprlib.repr(value)
-
-
-def open_regular(path: Path, what: str) -> BinaryIO:
-    """`path` opened for binary reading if it is a regular file (symlinks followed), for readers
-    that map a model file rather than read it whole. As `files.read_bytes` does, O_NONBLOCK keeps a
-    named pipe swapped in after the check from blocking the open, and fstat settles it."""
-    regular_size(path, 1 << 62, what)
-    try:
-        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
-    except OSError as exc:
-        raise LutlmError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise LutlmError(f"{path}: not a regular file; expected a {what}")
-    return f
 
 
 def file_size(f: BinaryIO) -> int:
