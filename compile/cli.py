@@ -351,8 +351,8 @@ def cmd_bench_step(args: argparse.Namespace) -> None:
     if not pkg:
         raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
     where = _where(args)
-    if args.rounds < 1 or args.pos < 0 or args.prefill < 0 or (args.ctx is not None and args.ctx < 1):
-        raise LutlmError("--rounds and --ctx must be at least 1, --pos and --prefill at least 0")
+    if args.rounds < 1 or args.pos < 0 or args.prefill < 0:
+        raise LutlmError("--rounds must be at least 1, --pos and --prefill at least 0")
     without = [f for f in args.without.split(",") if f]
     if set(without) - {"subgroups", "shader-f16"}:
         raise LutlmError(f"--without {args.without}: the features are subgroups and shader-f16")
@@ -647,7 +647,10 @@ def _check_text(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends as one `lutlm: error:` line and exit status 2."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or the argument error already printed (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     if threading.current_thread() is not threading.main_thread():
         return _run(args)
     previous = signal.signal(signal.SIGTERM, _terminated)

@@ -61,6 +61,23 @@ def run(cases: list[tuple[list[str], str]], memory: int = MEMORY_LIMIT, seconds:
     return [Result(**r) for r in json.loads(proc.stdout)]
 
 
+RESULTS = HERE.parent / "results"
+
+
+def report(suite: str, rows: list[tuple[str, Result, str | None]]) -> dict:
+    """Write results/fuzz-SUITE.json from (case id, result, problem or None) rows and return its
+    summary: the counts and extremes the closing lines of a test run show (see conftest.py)."""
+    slowest = max(rows, key=lambda row: row[1].seconds)
+    summary = {"suite": suite, "cases": len(rows), "passed": sum(problem is None for _, _, problem in rows),
+               "refused": sum(r.status == 2 for _, r, _ in rows), "slowest_s": slowest[1].seconds,
+               "slowest_case": slowest[0], "peak_mib": max(r.peak_mib for _, r, _ in rows)}
+    failures = [{"case": case, "problem": problem, "argv": r.argv, "stderr": r.stderr[-2000:]}
+                for case, r, problem in rows if problem is not None]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"fuzz-{suite}.json").write_text(json.dumps({**summary, "failures": failures}, indent=1))
+    return summary
+
+
 def _vm_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")

@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 
-from engine_fixtures import compile_package, tiny_checkpoint
 from kernel_harness import backend
 from runtime_py.api import LutLM
 from runtime_py.engine import GenerationError
@@ -16,10 +15,8 @@ USER = [{"role": "user", "content": "Hello, world! Paris is"}]
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    compile_package(tiny_checkpoint(root / "hf"), root / "pkg")
-    return root / "pkg"
+def package(tiny_package):
+    return tiny_package
 
 
 def fresh(package) -> LutLM:

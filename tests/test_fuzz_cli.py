@@ -6,14 +6,12 @@ line with exit status 2, and the values that cannot be right must end in the err
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 import hostile
-from engine_fixtures import compile_package, tiny_checkpoint
 
 # Values no option of lutlm accepts (a negative count, NaN, infinity, text, nothing, bytes that
 # are not UTF-8 as Python passes them on), and values some options accept.
@@ -108,17 +106,16 @@ CASES = _cases()
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, tuple[hostile.Result, Path]]:
+def results(tiny_package, tmp_path_factory) -> dict[str, tuple[hostile.Result, Path]]:
     """Each case's result and its working folder (where its OUT would be written)."""
     root = tmp_path_factory.mktemp("fuzz-cli")
-    hf = root / "hf"
-    compile_package(tiny_checkpoint(hf), root / "pkg")
+    hf = tiny_package.parent / "hf"
     (root / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
     runs = []
     for i, (case_id, argv, _) in enumerate(CASES):
         work = root / f"case{i}"
         work.mkdir()
-        names = {"PKG": str(root / "pkg"), "HF": str(hf), "TEXT": str(root / "text.txt"), "OUT": str(work / "out")}
+        names = {"PKG": str(tiny_package), "HF": str(hf), "TEXT": str(root / "text.txt"), "OUT": str(work / "out")}
         filled = []
         for arg in argv:
             if arg.startswith("FILE:"):
@@ -126,21 +123,29 @@ def results(tmp_path_factory) -> dict[str, tuple[hostile.Result, Path]]:
             filled.append(",".join(names.get(part, part) for part in arg.split(",")))
         runs.append((filled, str(work)))
     done = hostile.run(runs)
-    report = {"cases": len(done), "refused": sum(r.status == 2 for r in done),
-              "clean": sum(r.status == 0 or r.one_line_error() is None for r in done),
-              "slowest_s": max(r.seconds for r in done), "peak_mib": max(r.peak_mib for r in done)}
-    Path("results").mkdir(exist_ok=True)
-    Path("results/fuzz-cli.json").write_text(json.dumps(report, indent=1))
-    print(f"\nfuzz-cli: {report}")
-    return {case[0]: (result, Path(cwd)) for case, result, (_, cwd) in zip(CASES, done, runs)}
+    out = {case[0]: (result, Path(cwd)) for case, result, (_, cwd) in zip(CASES, done, runs)}
+    print(hostile.report("cli", [(case_id, r, problem(r, work, must)) for (case_id, _, must), (r, work)
+                                 in zip(CASES, out.values())]))
+    return out
+
+
+def problem(result: hostile.Result, work: Path, must_refuse: bool) -> str | None:
+    """Why a case's outcome is wrong, or None: a refusal must be clean, and leave nothing behind."""
+    if must_refuse or result.status != 0:
+        why = result.one_line_error()
+        if why:
+            return why
+    if result.peak_mib > 4096:
+        return f"peak memory {result.peak_mib:.0f} MiB"
+    if [p.name for p in work.iterdir() if p.name.startswith(".")]:
+        return "a temporary folder was left behind"
+    if result.status != 0 and (work / "out").exists():
+        return "a refused command wrote its output"
+    return None
 
 
 @pytest.mark.parametrize("case_id, must_refuse", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_command_line(results, case_id, must_refuse):
     result, work = results[case_id]
-    if must_refuse or result.status != 0:
-        assert result.one_line_error() is None, f"{result.one_line_error()}: {result.argv}\n{result.stderr[-3000:]}"
-    assert result.peak_mib < 4096
-    assert not [p.name for p in work.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
-    if result.status != 0:
-        assert not (work / "out").exists(), "a refused command wrote its output"
+    why = problem(result, work, must_refuse)
+    assert why is None, f"{why}: {result.argv}\n{result.stderr[-3000:]}"

@@ -34,7 +34,6 @@ PEAK_MIB = 256  # peak resident memory of a case (pages it shares with the forki
 SPARSE = 6 << 30  # bytes of the sparse files: more than the memory limit if read
 DEEP = 100_000  # nesting of the deep JSON cases
 GENERIC = re.compile(r"lutlm: error: (unexpected \w+:|out of memory$|input nested too deeply$)", re.M)
-SUMMARY = Path(__file__).resolve().parents[1] / "results" / "fuzz-intake.json"
 
 COMMANDS: dict[str, list[str]] = {
     "tokenize": ["tokenize", "SRC", "../text.txt"],
@@ -803,15 +802,7 @@ def _problem(case: Case, ran: Ran) -> str | None:
 
 
 def _summarise(runs: list[Ran], cases: list[Case]) -> None:
-    passes = sum(_problem(c, r) is None for c, r in zip(cases, runs))
-    slowest = max(runs, key=lambda r: r.result.seconds).result
-    report = {"cases": len(runs), "passes": passes, "must_reject": sum(c.reject for c in cases),
-              "rejected": sum(r.result.status == 2 for r in runs), "slowest_s": slowest.seconds,
-              "slowest": " ".join(slowest.argv), "peak_mib": max(r.result.peak_mib for r in runs)}
-    SUMMARY.parent.mkdir(exist_ok=True)
-    SUMMARY.write_text(json.dumps(report, indent=1))
-    print(f"\nfuzz-intake: {report['cases']} cases, {passes} pass; slowest {report['slowest_s']:.2f} s "
-          f"({report['slowest']}), peak {report['peak_mib']:.0f} MiB")
+    print(hostile.report("intake", [(c.id, r.result, _problem(c, r)) for c, r in zip(cases, runs)]))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

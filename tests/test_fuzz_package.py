@@ -330,12 +330,13 @@ CASES: list[tuple[str, Edit, str]] = [
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz-package")
-    compile_package(tiny_checkpoint(root / "hf"), root / "pkg")
-    manifest = _manifest(root / "pkg")
+def package(tiny_package, tmp_path_factory) -> Path:
+    """A copy of the tiny package, with its cases' copies beside it."""
+    pkg = tmp_path_factory.mktemp("fuzz-package") / "pkg"
+    shutil.copytree(tiny_package, pkg)
+    manifest = _manifest(pkg)
     assert manifest["plans"]["greedy"][0]["kernel"] == KERNEL and not manifest["kernels"][KERNEL].get("features")
-    return root / "pkg"
+    return pkg
 
 
 PEAK_MIB, SECONDS = 1024, 20  # what a refusal may take (the forking interpreter itself holds ~120 MiB)
@@ -374,17 +375,7 @@ def results(package) -> dict[str, hostile.Result | str]:
         names.append(case_id)
     done = dict(zip(names, hostile.run(runs)))
     expect = {case_id: fragment for case_id, _, fragment in CASES}
-    rows = [{"case": name, "status": r.status, "seconds": r.seconds, "peak_mib": r.peak_mib,
-             "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "",
-             "verdict": verdict(r, expect[name]) if name in expect else None} for name, r in done.items()]
-    slowest = max(rows[1:], key=lambda row: row["seconds"])
-    report = {"cases": len(rows) - 1, "passed": sum(row["verdict"] is None for row in rows[1:]),
-              "control_ok": done["control"].status == 0, "slowest": {k: slowest[k] for k in ("case", "seconds")},
-              "peak_mib": max(row["peak_mib"] for row in rows), "skipped": sorted(skipped), "runs": rows}
-    Path("results").mkdir(exist_ok=True)
-    Path("results/fuzz-package.json").write_text(json.dumps(report, indent=1))
-    print(f"\nfuzz-package: {report['cases']} cases, {report['passed']} passed, slowest {slowest['case']!r} "
-          f"{slowest['seconds']} s, peak {report['peak_mib']} MiB")
+    print(hostile.report("package", [(name, r, verdict(r, expect[name])) for name, r in done.items() if name in expect]))
     return {**done, **skipped}
 
 
