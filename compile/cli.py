@@ -420,8 +420,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if args.check is None:
             srv.serve_forever()
             return
-        import threading
-
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         _browser_check(url, packages[0].name if packages else None, args.check, args.screenshot)
         if not args.exit_after_check:
