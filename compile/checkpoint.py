@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from runtime_py.package import CONFIG_BOUNDS
 
 from .errors import LutlmError
 from .validate import F32_MAX, boolean, integer, json_type, real, show, string
+
+if TYPE_CHECKING:
+    from runtime_py import Tokenizer
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 RMS_EPS_MAX = 1.0  # real models use 1e-6 to 1e-5; an epsilon this large drowns the signal
@@ -143,11 +146,12 @@ class ModelConfig:
                 raise LutlmError(f"{source}: tensor {name} has shape {tuple(shapes[name])}, expected {shape}")
 
 
-def check_tokenizer(tokenizer: Any, n_vocab: int, where: str) -> None:
-    """A tokenizer.json structure the runtime can build, every id inside the model's vocabulary.
+def check_tokenizer(tokenizer: Any, n_vocab: int, where: str) -> "Tokenizer":
+    """The runtime's Tokenizer of a tokenizer.json structure, every id inside the model's vocabulary.
 
     The ids are checked before the runtime sees them (it sizes a table by the largest); then the
-    runtime builds it, and whatever its own checks find is reported against the file."""
+    runtime builds it, and whatever its own checks find is reported against the file. Readers keep
+    what it returns in the Checkpoint, so that it is built once."""
     from runtime_py import Tokenizer
 
     if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
@@ -170,7 +174,7 @@ def check_tokenizer(tokenizer: Any, n_vocab: int, where: str) -> None:
         integer(tok.get("id"), f"{where}: added_tokens[{i}].id", 0, n_vocab - 1)
         string(tok.get("content"), f"{where}: added_tokens[{i}].content")
     try:
-        Tokenizer(tokenizer)
+        return Tokenizer(tokenizer)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
         raise LutlmError(f"{where}: {exc}") from None
 
@@ -189,6 +193,8 @@ class Checkpoint:
     chat_template: str | None = None
     source: str = ""
     tensor_types: dict[str, str] = field(default_factory=dict)  # storage type in the source file
+    # the runtime's Tokenizer of `tokenizer`, as intake built it to check it (None: not built yet)
+    runtime_tokenizer: Any = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
         """Every tensor the architecture needs is present with the shape the config implies, and

@@ -26,10 +26,11 @@ SOURCE_HELP = f"GGUF file, Hugging Face folder, quantised checkpoint folder, or 
 
 
 def _tokenizer(ckpt):
-    """The runtime's pure-Python tokenizer for a checkpoint (the CLI is where compile meets runtime)."""
+    """The runtime's pure-Python tokenizer for a checkpoint (the CLI is where compile meets runtime):
+    the one intake built, else built now."""
     from runtime_py import Tokenizer
 
-    return Tokenizer(ckpt.tokenizer)
+    return ckpt.runtime_tokenizer or Tokenizer(ckpt.tokenizer)
 
 
 def _load(source: str, tensors: bool = True):

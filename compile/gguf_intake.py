@@ -315,7 +315,7 @@ def load_gguf(path: Path, with_tensors: bool = True) -> Checkpoint:
         raise LutlmError(f"{path}: {len(tokens)} tokens, more than metadata llama.vocab_size ({config.n_vocab})")
     config.check_shapes({t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}, str(path))
     tokenizer = read_tokenizer(fields, tokens)
-    check_tokenizer(tokenizer, config.n_vocab, f"{path} (tokenizer.ggml.*)")
+    encoder = check_tokenizer(tokenizer, config.n_vocab, f"{path} (tokenizer.ggml.*)")
     template = fields.get("tokenizer.chat_template")
     if template is not None:
         string(template, f"{path}: metadata tokenizer.chat_template")
@@ -329,4 +329,4 @@ def load_gguf(path: Path, with_tensors: bool = True) -> Checkpoint:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         tensors[t.name] = np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
         types[t.name] = t.tensor_type.name
-    return Checkpoint(config, tensors, tokenizer, template, str(path), types)
+    return Checkpoint(config, tensors, tokenizer, template, str(path), types, encoder)

@@ -269,7 +269,7 @@ def load_hf(folder: Path, with_tensors: bool = True) -> Checkpoint:
     if not os.path.lexists(tok_path):
         raise LutlmError(f"{folder}: tokenizer.json is missing")
     tokenizer = read_json_object(tok_path)
-    check_tokenizer(tokenizer, config.n_vocab, str(tok_path))
+    encoder = check_tokenizer(tokenizer, config.n_vocab, str(tok_path))
     tok_cfg = _optional_json(tok_cfg_path)
     gen_eos = _ids(_optional_json(gen_path).get("eos_token_id"))
     _check_ids(gen_eos, f"{gen_path}: eos_token_id", config.n_vocab)
@@ -286,4 +286,4 @@ def load_hf(folder: Path, with_tensors: bool = True) -> Checkpoint:
         elif ".attn_k." in name:
             value = permute_for_adjacent_rope(value, config.n_head_kv)
         tensors[name] = value
-    return Checkpoint(config, tensors, tokenizer, template, str(folder), types)
+    return Checkpoint(config, tensors, tokenizer, template, str(folder), types, encoder)

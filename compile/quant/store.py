@@ -89,12 +89,12 @@ def read(folder: Path, with_tensors: bool = True) -> tuple[Checkpoint, dict[str,
         string(template, f"{manifest_path}: chat_template")
     metas = _tensor_metas(manifest.get("tensors"), manifest_path)
     tokenizer = read_json_object(tok_path)
-    check_tokenizer(tokenizer, config.n_vocab, str(tok_path))
+    encoder = check_tokenizer(tokenizer, config.n_vocab, str(tok_path))
     weights = Safetensors.open(folder / "weights.safetensors", map_data=with_tensors)
     for name, (shape, spec) in metas.items():
         _check_arrays(weights, _arrays(name, shape, spec))
     if not with_tensors:
-        return Checkpoint(config, {}, tokenizer, template, str(folder)), {}
+        return Checkpoint(config, {}, tokenizer, template, str(folder), runtime_tokenizer=encoder), {}
     tensors: dict[str, np.ndarray] = {}
     quantized: dict[str, QTensor] = {}
     types: dict[str, str] = {}
@@ -104,7 +104,7 @@ def read(folder: Path, with_tensors: bool = True) -> tuple[Checkpoint, dict[str,
             continue
         quantized[name] = q = _qtensor(weights, name, spec)
         tensors[name], types[name] = q.dequantize(), spec.name
-    return Checkpoint(config, tensors, tokenizer, template, str(folder), types), quantized
+    return Checkpoint(config, tensors, tokenizer, template, str(folder), types, encoder), quantized
 
 
 def _tensor_metas(metas: Any, where: Path) -> dict[str, tuple[tuple[int, ...], QuantSpec | None]]:
