@@ -7,9 +7,7 @@ rotates adjacent pairs (2i, 2i+1); Hugging Face weights are permuted into that o
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -204,28 +202,3 @@ class Checkpoint:
         for name, tensor in self.tensors.items():
             if not np.isfinite(tensor).all():
                 raise LutlmError(f"{self.source}: tensor {name} holds NaN or infinite values")
-
-
-def load_checkpoint(source: str | Path, tensors: bool = True) -> Checkpoint:
-    """Read a GGUF file, a Hugging Face folder or a quantised checkpoint into a validated Checkpoint.
-
-    With `tensors=False` only the config, tokenizer and chat template are read (fast: no weights).
-    """
-    from .quant import store
-
-    path = Path(source)
-    if path.is_dir() and store.is_quantized(path):
-        ckpt, _ = store.read(path, tensors)
-    elif path.is_dir():
-        from .hf_intake import load_hf
-
-        ckpt = load_hf(path, tensors)
-    elif os.path.lexists(path):  # a file, or something that is not one: the GGUF reader says which
-        from .gguf_intake import load_gguf
-
-        ckpt = load_gguf(path, tensors)
-    else:
-        raise LutlmError(f"{path}: no such file or directory")
-    if tensors:
-        ckpt.validate()
-    return ckpt

@@ -34,7 +34,7 @@ def _tokenizer(ckpt):
 
 
 def _load(source: str, tensors: bool = True):
-    from .checkpoint import load_checkpoint
+    from .intake import load_checkpoint
 
     path = resolve_source(source)
     if tensors:
@@ -237,15 +237,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def _quantized_source(args: argparse.Namespace):
     """The checkpoint and its quantised tensors: read from a quantised folder, or quantised now."""
-    from .quant import store
+    from .intake import quantized as stored
 
     path = resolve_source(args.source)
-    if store.is_quantized(path):
+    if stored.is_quantized(path):
         from .validate import read_json_object
 
-        ckpt, quantized = store.read(path)
+        ckpt, quantized = stored.read(path)
         ckpt.validate()  # every tensor present, shaped as the config says, finite
-        manifest = read_json_object(path / store.MANIFEST)
+        manifest = read_json_object(path / stored.MANIFEST)
         keys = ("method", "bits", "group", "scale_bits", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
                 "seconds")
         return ckpt, quantized, {"from": path.name, **{k: manifest[k] for k in keys if k in manifest}}
@@ -318,13 +318,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from .quant import store
+    from .intake import quantized
     from .quant.pipeline import summary
 
     out = Path(args.output)
-    store.OUTPUT.check_output(out)  # before minutes of work, not after
-    ckpt, quantized, info = _quantize(args)
-    store.write(out, ckpt, quantized, info)
+    quantized.OUTPUT.check_output(out)  # before minutes of work, not after
+    ckpt, tensors, info = _quantize(args)
+    quantized.write(out, ckpt, tensors, info)
     print(summary(info))
     print(out)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from runtime_py.package import PackageError, folder_reader, read_manifest, read_tokenizer
+from runtime_py.package import FORMAT, VERSION, PackageError, folder_reader, read_manifest, read_tokenizer
 
 from .atomic import OutputKind
 from .checkpoint import Checkpoint
@@ -32,8 +32,6 @@ from .kernels import layout
 from .plan import CHUNK, DECODE, build, dense_bits, dense_only, fused_groups
 from .quant.format import QTensor
 
-FORMAT = "lutlm-package"
-VERSION = 2
 SHARD_BYTES = 32 << 20
 OUTPUT = OutputKind("model package", "manifest.json", FORMAT, frozenset({"manifest.json", "tokenizer.json", "kernels", "shards"}))
 

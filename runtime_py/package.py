@@ -25,6 +25,8 @@ from typing import Any, Callable
 from .expr import ExprError, evaluate, value
 from .tokenizer import Tokenizer, TokenizerError
 
+# The format this module owns (its contract: docs/package-format.md). The writer, compile/package.py,
+# imports these; the browser worker asks this module for them. A reader refuses any other version.
 FORMAT = "lutlm-package"
 VERSION = 2
 _HEX64 = re.compile(r"[0-9a-f]{64}")

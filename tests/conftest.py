@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lutlm.assets import DEFAULT_MODEL, fetch
-from lutlm.checkpoint import Checkpoint, load_checkpoint
+from lutlm.checkpoint import Checkpoint
+from lutlm.intake import load_checkpoint
 from runtime_py import Tokenizer
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lutlm.checkpoint import Checkpoint, load_checkpoint
+from lutlm.checkpoint import Checkpoint
+from lutlm.intake import load_checkpoint
 from lutlm.package import write
 from lutlm.quant.pipeline import Request, quantize
 from lutlm.reference import Reference

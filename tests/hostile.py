@@ -115,8 +115,8 @@ def _serve(request: dict) -> list[dict]:
     import tempfile
 
     # imported once here and inherited by every fork (not the GPU or TVM: they start threads)
-    import lutlm.checkpoint  # noqa: F401
     import lutlm.cli  # noqa: F401
+    import lutlm.intake  # noqa: F401
     import lutlm.quant.pipeline  # noqa: F401
     import runtime_py.api  # noqa: F401
 

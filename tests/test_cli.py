@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lutlm.checkpoint import load_checkpoint
+from lutlm.intake import load_checkpoint
 from tiny_llama import write_hf_folder
 
 LUTLM = [sys.executable, "-m", "lutlm.cli"]

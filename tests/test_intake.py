@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
-from lutlm.checkpoint import load_checkpoint
+from lutlm.intake import load_checkpoint
 from lutlm.errors import LutlmError
 from lutlm.reference import Reference
 from runtime_py import Tokenizer

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lutlm.checkpoint import load_checkpoint
+from lutlm.intake import load_checkpoint
 from lutlm.errors import LutlmError
-from lutlm.quant import store
+from lutlm.intake import quantized as stored
 from lutlm.quant.format import QuantSpec, grid_params, quantize_rtn, quantize_to_grid, search_grid
 from lutlm.quant.gptq import GPTQOptions, Hessian, gptq_quantize
 from lutlm.quant.mixed import Sensitivity, allocate
@@ -188,8 +188,8 @@ def test_store_round_trip_of_gptq_codes(tmp_path, checkpoint, spec):
     assert planes.flags["C_CONTIGUOUS"]
     name = "blk.0.attn_q.weight"
     small = type(checkpoint)(checkpoint.config, {name: w}, checkpoint.tokenizer)
-    store.write(tmp_path / "q", small, {name: q}, {})
-    _, back = store.read(tmp_path / "q")
+    stored.write(tmp_path / "q", small, {name: q}, {})
+    _, back = stored.read(tmp_path / "q")
     np.testing.assert_array_equal(back[name].codes, q.codes)
     np.testing.assert_array_equal(back[name].dequantize(), q.dequantize())
     assert back[name].spec == spec
@@ -226,7 +226,7 @@ def test_compile_refuses_formats_the_kernels_cannot_read(checkpoint):
 def test_q4_1_requantisation_is_lossless(checkpoint, tmp_path):
     quantized, _, info = quantize(checkpoint, Request(bits="4", group=32, method="rtn"), None)
     assert info["bpw_linear"] == 5.0
-    store.write(tmp_path / "q4", checkpoint, quantized, info)
+    stored.write(tmp_path / "q4", checkpoint, quantized, info)
     again = load_checkpoint(tmp_path / "q4")
     for name, value in checkpoint.tensors.items():
         np.testing.assert_array_equal(again.tensors[name], value, err_msg=name)
@@ -246,7 +246,7 @@ def test_bits_per_weight_counts_scales_and_minimums(checkpoint):
 
 def test_damaged_quantised_checkpoint(checkpoint, tmp_path):
     quantized, _, info = quantize(checkpoint, Request(bits="2", group=64, method="rtn"), None)
-    store.write(tmp_path / "q", checkpoint, quantized, info)
+    stored.write(tmp_path / "q", checkpoint, quantized, info)
     manifest = (tmp_path / "q" / "quantized.json")
     manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 99'))
     with pytest.raises(LutlmError, match="version 99"):

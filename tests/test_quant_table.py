@@ -28,7 +28,7 @@ def test_llama_cpp_q4_0_counts_its_bits_and_reads_back_as_ggml_rounds(tmp_path):
     import gguf
     from tiny_llama import CONFIG, write_gguf, write_hf_folder
 
-    from lutlm.gguf_intake import load_gguf
+    from lutlm.intake.gguf import load_gguf
 
     weights = write_hf_folder(tmp_path / "hf")
     source = tmp_path / "tiny.gguf"

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, ModelConfig, check_tokenizer
-from .errors import LutlmError
-from .files import open_regular
-from .validate import file_size, show, string
+from ..checkpoint import Checkpoint, ModelConfig, check_tokenizer
+from ..errors import LutlmError
+from ..files import open_regular
+from ..validate import file_size, show, string
 
 GGUF_MAGIC = b"GGUF"
 

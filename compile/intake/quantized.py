@@ -1,4 +1,4 @@
-"""The quantised checkpoint on disk: a folder that `lutlm eval ppl` (and later `lutlm compile`) reads.
+"""The quantised checkpoint on disk: the folder `lutlm quantize` writes and every command taking a SOURCE reads.
 
     quantized.json       format and version, model config, per-tensor spec, method and statistics
     tokenizer.json       Hugging Face format, as the runtime reads it
@@ -21,10 +21,10 @@ import numpy as np
 from ..atomic import OutputKind
 from ..checkpoint import Checkpoint, ModelConfig, check_tokenizer
 from ..errors import LutlmError
-from ..hf_intake import Safetensors
+from ..quant.format import QTensor, QuantSpec, StepGrid
+from ..quant.packing import pack_bitplanes, unpack_bitplanes
 from ..validate import boolean, integer, json_type, read_json_object, show, string
-from .format import QTensor, QuantSpec, StepGrid
-from .packing import pack_bitplanes, unpack_bitplanes
+from .safetensors import Safetensors
 
 FORMAT = "lutlm-quantized"
 VERSION = 1
