@@ -5,8 +5,8 @@ one invocation per (kv head, token) for the query heads sharing that kv head, wi
 memory and no barriers. It walks the positions once with an online softmax (running maximum and
 sum, FlashAttention's rescaling), holding its queries and output rows in registers. Invocations of
 a workgroup are consecutive tokens of one kv head, so they read the same key and value at each
-step. The workgroup-per-head design with tree reductions it replaced spent 6.8 s per 64-token
-prefill chunk at position 384 on lavapipe, more than the chunk's GEMMs.
+step. It replaced a workgroup per head with tree reductions, which had cost more than the
+chunk's GEMMs (docs/kernels.md).
 
 Decode (one token) would keep only one invocation per kv head busy with that kernel, walking the
 whole cache alone, so decode splits the cache: `split` (an invocation per kv head and SPLIT
@@ -33,7 +33,8 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups
     """Token t's query heads start at q[t*q_stride] (the front of a fused qkv row); the output is
     (m, heads * head_dim). An invocation takes one token's query heads that share a kv head, so
     each key and value it loads serves all of them (software WebGPU pays per load per lane: with
-    an invocation per query head, a 64-token chunk at position 380 spent 20% of its time here).
+    an invocation per query head, every head loaded every key and value for itself, and long
+    prompts spent a large share of each prefill chunk here; docs/kernels.md).
     `subgroups`: every lane of a workgroup reads the same key and value, so each of SHARE lanes
     loads a quarter of their dimensions and broadcasts them; broadcasts need the whole subgroup, so
     every lane walks as far as the workgroup's last token (its own updates masked beyond its own
@@ -103,11 +104,11 @@ def attention(heads: int, kv_heads: int, head_dim: int, q_stride: int, subgroups
     return f
 
 
-# Decode: positions per invocation of `split`. Split + merge of a 2-bit decode step in Chromium
-# (`lutlm bench step --rounds 10 --pos P`, ms, two alternating runs, 2026-12-04), P = 476 / 60:
-# SPLIT 8: 28.9, 28.4 / 5.8, 6.5; 16: 22.9, 21.3 / 7.2, 4.7; 32: 19.9, 20.2 / 8.3, 8.4; the
-# scores + values kernels they replaced took 57.3, 58.1 / 10.2, 9.1 (whole step 195-210 against
-# 161-175 ms at 476).
+# Decode: positions per invocation of `split`. More positions per invocation load the query less
+# often but leave fewer invocations at a short context: 16 measured the balance between a long
+# context (where 32 was a little faster) and a short one (where 32 was slower than 8 or 16). The
+# runs, and the scores + values kernels split + merge replaced, are in docs/kernels.md
+# (`lutlm bench step --pos P`).
 SPLIT = 16
 SPLIT_WG = 4  # decode: invocations per workgroup of `split` (one SIMD batch of a software GPU)
 

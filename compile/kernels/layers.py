@@ -49,9 +49,9 @@ def embed(k: int, bits: int, group: int, dense: bool = False) -> Any:
 def rms_norm(d: int, residual: bool = False, unroll: int = 4) -> Any:
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight; one invocation per token. With
     `residual`, x[t] += y[t] first: every residual add is followed by a norm, so one dispatch does
-    both (software WebGPU pays ~0.3 ms per dispatch). Without it, y is unused and TVM leaves it
-    out of the bindings. Both walks over d take `unroll` elements per iteration (SwiftShader
-    pays per loop iteration); d % unroll elements are left to a short tail loop."""
+    both, a dispatch and a pass over x fewer (docs/kernels.md). Without it, y is unused and TVM
+    leaves it out of the bindings. Both walks over d take `unroll` elements per iteration
+    (SwiftShader pays per loop iteration); d % unroll elements are left to a short tail loop."""
     full = d // unroll * unroll
 
     @T.macro

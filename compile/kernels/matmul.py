@@ -28,23 +28,20 @@ ROWS = 64  # invocations per workgroup, one output row each
 # The LUT GEMV: GEMV_ROWS invocations per workgroup, each owning GEMV_TILE rows (tx, tx + GEMV_ROWS,
 # ...) that it works through group by group, so a group's tables (4 KiB for 32 inputs) serve all
 # of them while likely still in the L1 cache (a row at a time sweeps the whole 74 KiB table of
-# k=576, more than the 32 KiB L1 of this machine's cores). Ablations in Chromium: without the table
-# loads the GEMV took half the time, with the weights read from a cache-resident copy the same: the
-# lookups are the cost. 2-bit package, `lutlm bench step --rounds 7`, k=576 GEMVs (90 dispatches),
-# ms, three alternating runs (2026-12-03): 8 x 4 79.0-105.7, 4 x 4 78.2-99.6, 16 x 1 88.5-101.1;
-# lavapipe 8 x 4 112, 16 x 1 123-144. 16 rows of one had beaten 64 (2026-12-03, `lutlm bench
-# model`: Chromium 4.08 / 3.61 and 3.94 / 3.01 tok/s in two runs of opposite order, lavapipe 3.51 /
-# 2.85).
+# k=576, more than the 32 KiB L1 of this machine's cores). The table lookups, not the weight
+# reads, are the GEMV's cost. 8 invocations of 4 rows measured faster than 16 of one row on both
+# software adapters and no slower than 4 of 4 in Chromium, and 16 rows per workgroup had beaten 64.
+# The runs (`lutlm bench step`, `lutlm bench model`) are in docs/kernels.md.
 GEMV_ROWS = 8
 GEMV_TILE = 4
 # The prefill GEMM: GEMM_ROWS invocations per workgroup, each a tile of ROW_TILE rows x TOKENS
 # tokens. Per input column an invocation loads TOKENS activations (SwiftShader pays a load per
-# lane, more than a code's decode costs) and decodes ROW_TILE codes. A 42-token prefill of the 2-bit
-# package in Chromium (`lutlm bench step --prefill 42 --pos 0 --rounds 3`, whole chunk, ms, three
-# alternating runs, 2026-12-04): 16 tokens x 8 rows x 64 invocations 6646-7061; 8 x 16 x 16
-# 4046-4626; 8 x 24 x 8 4113-4442; 8 x 32 x 8 4221-5302; 4 x 32 x 8 4910-8607; 4 x 16 x 16
-# 6074-6269; 16 x 8 x 16 5724-6108. Fewer invocations per workgroup also waste fewer rows at
-# n = 576 (512 rows per workgroup left 448 of 1024 idle).
+# lane, more than a code's decode costs) and decodes ROW_TILE codes, so a tall tile of few tokens
+# shares each activation load across many rows. Of the tiles tried, 16 rows x 8 tokens in
+# workgroups of 16 was among the fastest in Chromium and well ahead of the 8 rows x 16 tokens in
+# workgroups of 64 it replaced (`lutlm bench step --prefill 42`, docs/kernels.md). Fewer
+# invocations per workgroup also waste fewer rows at n = 576 (512 rows per workgroup left 448 of
+# 1024 idle).
 TOKENS = 8
 ROW_TILE = 16
 GEMM_ROWS = 16
@@ -259,12 +256,11 @@ def dequant_gemv(k: int, bits: int, group: int, tile: int = 1) -> Any:
     """The baseline: decode each b-bit code from a dense word (32/b codes per u32, MLC q4f16_1
     style) and multiply; same group arithmetic as the LUT kernel, so only the inner loop differs.
     `tile` > 1 gives each invocation that many rows, so each activation load serves `tile` rows.
-    A word's products are added as a tree before they reach the row's sum, and codes become
-    floats through i32 (one instruction where Subzero's u32 conversion takes six): the 8-bit
-    head took 57.1 instead of 69.3 ms in Chromium (SwiftShader), the same on lavapipe.
-    Activations shared through subgroups as in `gemm` did not help here (the head 39.3 and 37.4 ms
-    without, 39.8 and 35.9 with, alternating in Chromium, 2026-12-04): each of a word's loads already
-    serves `tile` rows."""
+    A word's products are added as a tree before they reach the row's sum (independent adds, not
+    one serial chain), and codes become floats through i32 (one instruction where Subzero's u32
+    conversion takes six): faster on SwiftShader, the same on lavapipe. Activations shared
+    through subgroups as in `gemm` measured no faster here: each of a word's loads already serves
+    `tile` rows. (Timings of both: docs/kernels.md.)"""
     per = 32 // bits
     mask = (1 << bits) - 1
     span = ROWS * tile
@@ -317,13 +313,12 @@ def gemm(k: int, planes: int, group: int, dense: bool = False, scale_bits: int =
     way each 32 inputs of a row take `planes` words. Bit-planes are turned into 4-bit fields eight
     weights at a time (one bit-spread per plane), so each weight costs a shift and a mask instead
     of one per plane. The eight inputs of a field are unrolled: SwiftShader pays a loop iteration
-    dearly (the 64-token GEMM took 11-18% longer as a loop of eight; lavapipe is indifferent).
-    Codes become floats through i32, as in `dequant_gemv`: a 64-token prefill of a 2-bit block took
-    247 instead of 278 ms in Chromium (4-bit 282 against 288; lavapipe unchanged). 8-bit scale
-    codes become a scale and minimum once per group, in groups of 16 afresh for each eight inputs.
+    dearly (as a loop of eight the GEMM measured slower there; lavapipe is indifferent). Codes
+    become floats through i32, as in `dequant_gemv` (faster on SwiftShader). 8-bit scale codes
+    become a scale and minimum once per group, in groups of 16 afresh for each eight inputs.
     `subgroups`: each of SHARE lanes loads TOKENS / SHARE of a column's activations and broadcasts
-    them (see `subgroups`): a 42-token prefill chunk of the 2-bit package in Chromium took 3.0-3.2
-    instead of 4.0-4.5 s (a hand-edited shader, 2026-12-04)."""
+    them (see `subgroups`), a quarter of the loads SwiftShader would pay per lane. (Timings of
+    these choices: docs/kernels.md.)"""
     if planes > 4 and not dense:
         raise ValueError(f"the prefill GEMM reads at most 4 bit-planes, not {planes}: wider codes are stored dense")
     d8 = _check_scales(group, scale_bits)
