@@ -1,6 +1,5 @@
-"""Headless Debian Chromium with software WebGPU, driven by Playwright, on a page served from
-127.0.0.1. Any request to another origin fails and is recorded, so a benchmark (or test) can
-show that nothing left the machine."""
+"""The harness's pages (bench/web) served from 127.0.0.1 and opened in the product's headless
+Chromium (lutlm.headless), and the memory a page holds."""
 
 from __future__ import annotations
 
@@ -8,17 +7,11 @@ import contextlib
 import functools
 import http.server
 import mimetypes
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-         "--enable-blink-features=ForceEagerMeasureMemory",  # memory measurements without waiting for a GC
-         # nothing beyond this machine: other hosts resolve to nothing, other addresses go to a dead proxy
-         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=127.0.0.1:9"]
+from lutlm.headless import AppPage, chromium  # noqa: F401 - AppPage: tests/test_web.py imports it from here
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -54,35 +47,6 @@ def serve(root: Path, extra: dict[str, str] | None = None) -> Iterator[str]:
         server.server_close()
 
 
-@contextlib.contextmanager
-def chromium(offsite: list[str] | None = None, webgpu: bool = True, profile: Path | None = None) -> Iterator[object]:
-    """A fresh headless Chromium context that cannot reach anything but 127.0.0.1 (its resolver
-    maps every other host to nothing); requests to other origins are appended to `offsite`.
-    (Not Playwright routing: it stalls pages whose service worker fetches.) `webgpu=False` starts
-    it without WebGPU; `profile` keeps its storage in that folder for a later launch, else the
-    profile is thrown away."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} not found (the set-up installs Debian's chromium)")
-    with tempfile.TemporaryDirectory(prefix="lutlm-chromium-") as tmp, sync_playwright() as pw:
-        flags = FLAGS if webgpu else [f for f in FLAGS if f != "--enable-unsafe-webgpu"]
-        context = pw.chromium.launch_persistent_context(str(profile or tmp), executable_path=CHROMIUM, headless=True,
-                                                        args=flags)
-        try:
-            def seen(request) -> None:
-                url = request.url
-                if offsite is not None and url.split(":", 1)[0] in ("http", "https", "ws", "wss") \
-                        and not url.startswith("http://127.0.0.1:"):
-                    offsite.append(url)
-
-            if offsite is not None:
-                context.on("request", seen)
-            yield context
-        finally:
-            context.close()
-
-
 def memory_bytes(page: object) -> int | None:
     """Bytes Chromium's performance.measureUserAgentSpecificMemory attributes to the page (its JS
     heaps; workers' wasm memories do not appear in it here); None where the page is not
@@ -97,42 +61,3 @@ def serve_and_open(root: Path, page_name: str, extra: dict[str, str] | None = No
         page = context.new_page()
         page.goto(base + page_name)
         yield page
-
-
-class AppPage:
-    """The lutlm chat page driven like a person would: pick a model, load it, ask."""
-
-    def __init__(self, page: object, url: str) -> None:
-        self.page, self.url = page, url
-
-    def load(self, model: str | None = None, timeout_s: float = 600) -> float:
-        """Open the app, load `model` (default: the first listed); returns the load time in s."""
-        page = self.page
-        # "commit": once the service worker controls the page, Playwright never sees the load
-        # event of a navigation it serves (the page itself is complete); the model list is the sign
-        page.goto(self.url, wait_until="commit")
-        page.wait_for_selector("#model option", state="attached")
-        if model:
-            page.select_option("#model", model)
-        page.click("#load")
-        page.wait_for_function("['ready', 'error', 'no-webgpu'].includes(document.body.dataset.state)",
-                               timeout=timeout_s * 1000)
-        if page.evaluate("document.body.dataset.state") != "ready":
-            raise RuntimeError(f"the app did not load the model: {page.text_content('#status')} {page.text_content('#log')}")
-        return float(page.evaluate("window.loadSeconds"))
-
-    def new_chat(self) -> None:
-        self.page.click("#reset")
-
-    def ask(self, text: str, params: dict | None = None, timeout_s: float = 900) -> tuple[str, dict]:
-        """Send `text` with sampling `params`; returns the answer and the runtime's usage."""
-        import json
-
-        page = self.page
-        page.evaluate(f"document.body.dataset.params = {json.dumps(json.dumps(params or {'temperature': 0}))}")
-        page.fill("#prompt", text)
-        page.click("#send")
-        page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=timeout_s * 1000)
-        if page.evaluate("document.body.dataset.state") != "idle":
-            raise RuntimeError(f"the app failed to answer: {page.text_content('#log')}")
-        return page.locator(".assistant").last.text_content(), page.evaluate("window.lastUsage")

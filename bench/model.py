@@ -120,8 +120,9 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
     import tempfile
 
     from lutlm import webapp
+    from lutlm.headless import AppPage, chromium
 
-    from .browser import AppPage, chromium, memory_bytes
+    from .browser import memory_bytes
 
     with tempfile.TemporaryDirectory(prefix="lutlm-bench-web-") as tmp, \
             tempfile.TemporaryDirectory(prefix="lutlm-bench-profiles-") as profiles, \

@@ -53,7 +53,7 @@ def _site(pages: tuple[str, ...], links: dict[str, Path]) -> Iterator[str]:
 def _run_page(url: str, ready: str, call: str, args: list[Any], webgpu: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Open `url` in a fresh Chromium, wait for `ready`, evaluate `call(args)`; returns the result
     and the refused off-site requests."""
-    from .browser import chromium
+    from lutlm.headless import chromium
 
     offsite: list[str] = []
     with chromium(offsite, webgpu=webgpu) as context:
