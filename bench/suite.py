@@ -19,38 +19,35 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lutlm import build
 from lutlm.assets import DEFAULT_MODEL, resolve_source
 from lutlm.errors import LutlmError
+from lutlm.quant.pipeline import Request
 
-VARIANTS = {
-    "q4-lut": ["--bits", "4"],
-    "q3-lut": ["--bits", "3"],
-    "q3g16-lut": ["--bits", "3", "--group", "16", "--scale-bits", "8"],
-    "q2-lut": ["--bits", "2"],
-    "mixed-lut": ["--bits", "mixed", "--budget", "3.0"],
-    "mixed-d8-lut": ["--bits", "mixed", "--budget", "2.5", "--scale-bits", "8"],
-    "q4-dequant": ["--bits", "4", "--decode", "dequant"],
-    "q4-dequant8": ["--bits", "4", "--decode", "dequant8"],
+# name: (the quantisation, the decode matmul); every one round to nearest (see above)
+VARIANTS: dict[str, tuple[Request, str]] = {
+    "q4-lut": (Request("4", method="rtn"), "lut"),
+    "q3-lut": (Request("3", method="rtn"), "lut"),
+    "q3g16-lut": (Request("3", group=16, scale_bits=8, method="rtn"), "lut"),
+    "q2-lut": (Request("2", method="rtn"), "lut"),
+    "mixed-lut": (Request("mixed", budget=3.0, method="rtn"), "lut"),
+    "mixed-d8-lut": (Request("mixed", budget=2.5, scale_bits=8, method="rtn"), "lut"),
+    "q4-dequant": (Request("4", method="rtn"), "dequant"),
+    "q4-dequant8": (Request("4", method="rtn"), "dequant8"),
 }
 SYSTEMS = ("lutlm-native", "lutlm-browser", "wllama", "transformers.js", "llama.cpp")
 EXPORTS = ("q4", "fp32")
 
 
-def _made(out: Path, argv: list[str], marker: str) -> Path:
-    """`out`, made by `lutlm argv -o out` unless it already holds `marker` written by the same
-    compiler sources (a package from older kernel code would be measured as if it were current)."""
-    from lutlm.cli import main
+def _current(out: Path, marker: str) -> bool:
+    """Whether `out` holds `marker` written by the same compiler sources (a package from older
+    kernel code would be measured as if it were current)."""
     from lutlm.package import compiler_digest
 
     try:
-        current = json.loads((out / marker).read_text(encoding="utf-8")).get("compiler") == compiler_digest()
+        return json.loads((out / marker).read_text(encoding="utf-8")).get("compiler") == compiler_digest()
     except (OSError, ValueError):
-        current = False
-    if not current:
-        print(f"bench: lutlm {' '.join(argv)} -o {out}", file=sys.stderr)
-        if main([*argv, "-o", str(out)]) != 0:
-            raise LutlmError(f"could not make {out} (see the error above)")
-    return out
+        return False
 
 
 def _stem(source: str) -> str:
@@ -64,19 +61,30 @@ def default_out(source: str) -> Path:
     return Path("results/bench") if source == DEFAULT_MODEL else Path(f"results/bench-{_stem(source)}")
 
 
-def packages(source: str, variants: list[str], build: Path) -> list[Path]:
-    stem = _stem(source)
-    return [_made(build / f"{stem}-{v}", ["compile", source, "--method", "rtn", *VARIANTS[v]], "manifest.json")
-            for v in variants]
+def packages(source: str, variants: list[str], cache: Path) -> list[Path]:
+    """The variants' packages of SOURCE, compiled into `cache` unless they are there."""
+    out = {v: cache / f"{_stem(source)}-{v}" for v in variants}
+    for v, folder in out.items():
+        if not _current(folder, "manifest.json"):
+            print(f"bench: compiling {v} into {folder}", file=sys.stderr)
+            build.compile_package(folder, source, *VARIANTS[v], build.on_stderr())
+    return [out[v] for v in variants]
 
 
-def exports(source: str, build: Path) -> dict[str, Path]:
-    stem = _stem(source)
-    return {d: _made(build / f"{stem}-onnx-{d}", ["export", "onnx", source, "--bits", "4", "--method", "rtn",
-                                                  "--dtype", d], "lutlm-export.json") for d in EXPORTS}
+def exports(source: str, cache: Path) -> dict[str, Path]:
+    """SOURCE at 4 bits exported to ONNX in each dtype, into `cache` unless they are there."""
+    out = {d: cache / f"{_stem(source)}-onnx-{d}" for d in EXPORTS}
+    for d, folder in out.items():
+        if not _current(folder, "lutlm-export.json"):
+            print(f"bench: exporting {d} into {folder}", file=sys.stderr)
+            build.export_onnx(folder, source, Request("4", method="rtn"), d, build.on_stderr())
+    return out
 
 
-def parse_list(value: str, allowed: tuple[str, ...] | dict[str, Any], what: str) -> list[str]:
+def parse_list(value: str | None, allowed: tuple[str, ...] | dict[str, Any], what: str) -> list[str]:
+    """The names in a comma-separated option's value, each one of `allowed` (None: all of them)."""
+    if value is None:
+        return list(allowed)
     items = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in items if v not in allowed]
     if not items or unknown:
@@ -85,7 +93,7 @@ def parse_list(value: str, allowed: tuple[str, ...] | dict[str, Any], what: str)
 
 
 def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
-          budget_s: float, build: Path) -> Iterator[dict[str, Any]]:
+          budget_s: float, cache: Path) -> Iterator[dict[str, Any]]:
     """The run's rows in order, each as soon as it is measured (a lutlm package's, a peer's), so
     that a run stopped part way keeps everything it finished."""
     from . import model, peers
@@ -106,21 +114,21 @@ def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], n
         if "llama.cpp" in systems:
             yield from peers.run_llama_cpp(gguf, chats, new_tokens, reps, manifest["eos_ids"])
     if "transformers.js" in systems:
-        yield from peers.run_transformers(exports(source, build), chats, new_tokens, reps, budget_s)
+        yield from peers.run_transformers(exports(source, cache), chats, new_tokens, reps, budget_s)
 
 
 def main(source: str, variants: list[str], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
-         budget_s: float, build: Path, json_path: Path | None, out_dir: Path | None, command: list[str]) -> None:
+         budget_s: float, cache: Path, json_path: Path | None, out_dir: Path | None, command: list[str]) -> None:
     """Measure everything, then write the report. Stopped by Ctrl-C or SIGTERM (a run of every
     system takes hours on a slow machine), it writes the rows it finished, marked as a stopped run,
     and exits 130."""
     from . import report
 
-    pkgs = packages(source, variants, build)
+    pkgs = packages(source, variants, cache)
     rows: list[dict[str, Any]] = []
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for row in _rows(source, pkgs, systems, sizes, new_tokens, reps, budget_s, build):
+        for row in _rows(source, pkgs, systems, sizes, new_tokens, reps, budget_s, cache):
             rows.append(row)
     except KeyboardInterrupt:
         if rows:

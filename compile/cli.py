@@ -4,6 +4,10 @@ Contract scripts rely on: `fetch` prints the fetched file's path as its last lin
 prints `ppl <value>` as its last line; `generate` writes only the generated text (or ids) to
 stdout. Bad input ends with a one-line `lutlm: error: ...` on stderr and exit status 2, never a
 traceback (set LUTLM_DEBUG=1 to see one).
+
+This module only turns arguments into the library's types, calls it (lutlm.build for the compile
+pipeline, lutlm.generation for text) and prints; the benchmark harness (lutlm_bench) is imported
+by the `bench` commands alone, when they run.
 """
 
 from __future__ import annotations
@@ -14,46 +18,20 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from . import build
 from .assets import ASSETS, DEFAULT_MODEL, fetch, resolve_source
 from .errors import LutlmError
 
+if TYPE_CHECKING:
+    from runtime_py.engine import Sampling
+
+    from .quant.pipeline import Request
+
 EXIT_ERROR = 2
 SOURCE_HELP = f"GGUF file, Hugging Face folder, quantised checkpoint folder, or {DEFAULT_MODEL}"
-
-
-def _tokenizer(ckpt):
-    """The runtime's pure-Python tokenizer for a checkpoint (the CLI is where compile meets runtime):
-    the one intake built, else built now."""
-    from runtime_py import Tokenizer
-
-    return ckpt.runtime_tokenizer or Tokenizer(ckpt.tokenizer)
-
-
-def _load(source: str, tensors: bool = True):
-    from .intake import load_checkpoint
-
-    path = resolve_source(source)
-    if tensors:
-        print(f"loading {path}", file=sys.stderr)
-    return load_checkpoint(path, tensors=tensors)
-
-
-def _package(source: str) -> Path | None:
-    """`source` as a model package folder, or None if it is something else."""
-    path = Path(source)
-    return path if (path / "manifest.json").is_file() and not (path / "quantized.json").is_file() else None
-
-
-def _runtime(path: Path, ctx: int | None):
-    from runtime_py.api import LutLM
-    from runtime_py.gpu_wgpu import WgpuBackend
-
-    print(f"loading {path}", file=sys.stderr)
-    return LutLM.from_folder(str(path), WgpuBackend(), ctx)
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
@@ -66,30 +44,30 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     from .files import read_text
     from .perplexity import TEXT_BYTES
 
-    tok = _tokenizer(_load(args.source, tensors=False))
+    tok = build.tokenizer(build.load(args.source, tensors=False))
     text = read_text(Path(args.file), TEXT_BYTES)
     print(" ".join(map(str, tok.encode(text, special=args.special))))
 
 
 def cmd_eval_ppl(args: argparse.Namespace) -> None:
     from .perplexity import load_text, perplexity, windows
-    from .progress import status
     from .reference import Reference
 
     text = load_text(args.text)
-    package = _package(args.source)
-    if package:
-        llm = _runtime(package, args.window)
+    progress = build.on_stderr()
+    on_gpu = build.is_package(args.source)
+    if on_gpu:
+        llm = build.open_package(Path(args.source), args.window, progress)
         tokens = llm.tokenizer.encode(text)
     else:
-        ckpt = _load(args.source)
-        tokens = _tokenizer(ckpt).encode(text)
+        ckpt = build.load(args.source, progress=progress)
+        tokens = build.tokenizer(ckpt).encode(text)
     chunks = windows(tokens, args.window, args.windows)
     print(f"text {args.text}: {len(tokens)} tokens; {len(chunks)} windows of {args.window} consecutive tokens "
           f"from token 0, no BOS, each from an empty cache, tokens 2..{args.window} of each scored "
           f"({len(chunks) * (args.window - 1)} in all)")
-    with status("perplexity") as report:
-        result = perplexity(_gpu_nll(llm.engine) if package else Reference(ckpt), chunks,
+    with progress.stage("perplexity") as report:
+        result = perplexity(_gpu_nll(llm.engine) if on_gpu else Reference(ckpt), chunks,
                             lambda i, running: report(f"window {i + 1}/{len(chunks)}, ppl {running:.3f}"))
     print(f"ppl {result.ppl:.4f}")
 
@@ -101,94 +79,34 @@ def _gpu_nll(engine):
     return lambda window: asyncio.run(engine.score(window))
 
 
-def _sampling_args(args: argparse.Namespace):
+def _sampling(args: argparse.Namespace) -> Sampling:
     from runtime_py.engine import Sampling
 
     return Sampling(args.temperature or 0.0, args.top_k, args.top_p, args.seed, args.repetition_penalty)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    package = _package(args.source)
-    if package:
-        return _generate_package(args, package)
-    if args.temperature:
-        raise LutlmError("--temperature needs a model package (the numpy reference decodes greedily)")
-    from runtime_py import ChatTemplate
+    """Only the generated text (or ids) on stdout, as it comes; the statistics on stderr."""
+    from .generation import generate
 
-    from .reference import Reference
-
-    ckpt = _load(args.source)
-    tok = _tokenizer(ckpt)
-    stop = {i for i in (ckpt.config.eos_id,) if i is not None}
-    if args.chat:
-        template = ChatTemplate.from_template(ckpt.chat_template)
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        messages.append({"role": "user", "content": args.prompt})
-        prompt = template.encode(tok, messages)
-        stop |= {tok.token_id(s) for s in template.stop_strings if s in tok.added}
-    else:
-        prompt = tok.encode(args.prompt)
-        if ckpt.config.add_bos and ckpt.config.bos_id is not None:
-            prompt = [ckpt.config.bos_id] + prompt
-    model = Reference(ckpt)
-    stream = tok.stream(skip_special=True)
-    t0, count = time.perf_counter(), 0
-    n_ctx = args.ctx or min(2048, ckpt.config.n_ctx)
-    for token in model.generate_greedy(prompt, args.max_tokens, stop, n_ctx=n_ctx):
-        count += 1
-        piece = f"{token} " if args.ids else stream.feed(token)
+    gen = generate(args.source, args.prompt, _sampling(args), args.max_tokens, args.chat, args.system, args.ctx,
+                   build.on_stderr())
+    t0 = time.perf_counter()
+    for piece in gen.pieces(args.ids):
         sys.stdout.write(piece)
         sys.stdout.flush()
-    sys.stdout.write(("" if args.ids else stream.flush()) + "\n")
-    elapsed = time.perf_counter() - t0
-    print(f"[{len(prompt)} prompt tokens, {count} generated in {elapsed:.1f} s]", file=sys.stderr)
-
-
-def _generate_package(args: argparse.Namespace, package: Path) -> None:
-    """`generate` through the runtime on the GPU: only the generated text (or ids) on stdout."""
-    import asyncio
-
-    from runtime_py.engine import GenerationError
-
-    sampling = _sampling_args(args)
-    sampling.validate()
-    llm = _runtime(package, args.ctx)
-    cfg = llm.engine.manifest.config
-    if args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        prompt = llm.template.encode(llm.tokenizer, messages + [{"role": "user", "content": args.prompt}])
-    else:
-        prompt = llm.tokenizer.encode(args.prompt)
-        if cfg["add_bos"] and cfg["bos_id"] is not None:
-            prompt = [cfg["bos_id"]] + prompt
-    stream = llm.tokenizer.stream(skip_special=True)
-
-    async def run() -> int:
-        count = 0
-        async for token in llm.engine.generate(prompt, args.max_tokens, sampling):
-            count += 1
-            sys.stdout.write(f"{token} " if args.ids else stream.feed(token))
-            sys.stdout.flush()
-        return count
-
-    t0 = time.perf_counter()
-    try:
-        count = asyncio.run(run())
-    except GenerationError as exc:
-        raise LutlmError(str(exc)) from None
-    sys.stdout.write(("" if args.ids else stream.flush()) + "\n")
-    print(f"[{len(prompt)} prompt tokens, {count} generated in {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    sys.stdout.write("\n")
+    print(f"[{len(gen.prompt)} prompt tokens, {gen.count} generated in {time.perf_counter() - t0:.1f} s]",
+          file=sys.stderr)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     """Interactive chat in the terminal: streaming replies, /reset, /exit, tokens/s after each."""
     import asyncio
 
-    package = _package(args.package)
-    if not package:
-        raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
-    _sampling_args(args).validate()  # at once, not after the first message
-    llm = _runtime(package, args.ctx)
+    package = build.package(args.package)
+    _sampling(args).validate()  # at once, not after the first message
+    llm = build.open_package(package, args.ctx, build.on_stderr())
     messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     print("chat with " + llm.model + " - /reset starts over, /exit (or Ctrl-D) leaves", file=sys.stderr)
 
@@ -235,27 +153,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
         messages.append({"role": "assistant", "content": answer})
 
 
-def _quantized_source(args: argparse.Namespace):
-    """The checkpoint and its quantised tensors: read from a quantised folder, or quantised now."""
-    from .intake import quantized as stored
-
-    path = resolve_source(args.source)
-    if stored.is_quantized(path):
-        from .validate import read_json_object
-
-        ckpt, quantized = stored.read(path)
-        ckpt.validate()  # every tensor present, shaped as the config says, finite
-        manifest = read_json_object(path / stored.MANIFEST)
-        keys = ("method", "bits", "group", "scale_bits", "budget", "embed_bits", "tune", "bpw_linear", "bpw_embedding", "mix",
-                "seconds")
-        return ckpt, quantized, {"from": path.name, **{k: manifest[k] for k in keys if k in manifest}}
-    return _quantize(args)
-
-
-def _quantize(args: argparse.Namespace):
-    from .perplexity import load_text
+def _request(args: argparse.Namespace) -> Request:
+    """The quantisation options as the library's Request, checked (with what only the command line
+    can get wrong: options that apply only with others)."""
     from .quant.gptq import GPTQOptions
-    from .quant.pipeline import Request, calibration_windows, quantize
+    from .quant.pipeline import Request
     from .quant.tune import TuneOptions
 
     if not args.tune and (args.tune_lr is not None or args.no_tune_norms):
@@ -271,33 +173,12 @@ def _quantize(args: argparse.Namespace):
     req.validate()
     if args.calib is not None and not req.needs_calibration:
         raise LutlmError("--calib applies with --method gptq, --bits mixed or --tune only")
-    ckpt = _load(args.source)
-    calib = None
-    if req.needs_calibration:
-        tok = _tokenizer(ckpt)
-        texts = {name: load_text(name) for name in req.calib_texts}
-        calib = calibration_windows(texts, tok.encode, req.calib_windows, req.window)
-    from .progress import status
-
-    with status("quantize") as report:
-        quantized, gains, info = quantize(ckpt, req, calib, log=report)
-    return replace(ckpt, tensors=ckpt.tensors | gains), quantized, info
+    return req
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from .package import OUTPUT, write
-
     out = Path(args.output)
-    OUTPUT.check_output(out)  # before minutes of work, not after
-    ckpt, quantized, info = _quantized_source(args)
-    if "mix" in info:
-        from .quant.pipeline import summary
-
-        print(summary(info), file=sys.stderr)
-    from .progress import status
-
-    with status("compile") as report:
-        manifest = write(out, ckpt, quantized, info, progress=report, decode=args.decode)
+    manifest = build.compile_package(out, args.source, _request(args), args.decode, build.on_stderr())
     size = sum(s["bytes"] for s in manifest["shards"])
     print(f"{len(manifest['kernels'])} kernels, {len(manifest['shards'])} shards ({size / 2**20:.1f} MiB), "
           f"decode plan of {len(manifest['plans']['decode'])} dispatches", file=sys.stderr)
@@ -305,26 +186,14 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
-    from .onnx_export import DTYPES, OUTPUT, export
-    from .progress import status
-
-    if args.dtype not in DTYPES:
-        raise LutlmError(f"--dtype must be one of {', '.join(DTYPES)}, not {args.dtype!r}")
-    OUTPUT.check_output(Path(args.output))  # before minutes of work, not after
-    ckpt, quantized, _ = _quantized_source(args)
-    with status("export") as report:
-        out = export(Path(args.output), ckpt, quantized, args.dtype, progress=report)
-    print(out)
+    print(build.export_onnx(Path(args.output), args.source, _request(args), args.dtype, build.on_stderr()))
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from .intake import quantized
     from .quant.pipeline import summary
 
     out = Path(args.output)
-    quantized.OUTPUT.check_output(out)  # before minutes of work, not after
-    ckpt, tensors, info = _quantize(args)
-    quantized.write(out, ckpt, tensors, info)
+    info = build.quantize_to(out, args.source, _request(args), build.on_stderr())
     print(summary(info))
     print(out)
 
@@ -348,9 +217,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
 def cmd_bench_step(args: argparse.Namespace) -> None:
     from lutlm_bench import step
 
-    pkg = _package(args.package)
-    if not pkg:
-        raise LutlmError(f"{args.package}: not a model package (make one with `lutlm compile`)")
+    pkg = build.package(args.package)
     where = _where(args)
     if args.rounds < 1 or args.pos < 0 or args.prefill < 0:
         raise LutlmError("--rounds must be at least 1, --pos and --prefill at least 0")
@@ -405,8 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     packages = [Path(p) for p in args.packages] or sorted(p.parent for p in Path("build").glob("*/manifest.json"))
     for pkg in packages:
-        if not _package(str(pkg)):
-            raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
+        build.package(pkg)
     if not 0 <= args.port <= 65535:
         raise LutlmError(f"--port must be in 0..65535, not {args.port}")
     root = webapp.build(Path(args.out), packages)
@@ -433,7 +299,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def _browser_check(url: str, model: str | None, prompt: str, screenshot: str | None) -> None:
     """One chat turn through headless Chromium against the running server (make demo's proof)."""
-    from lutlm_bench.browser import AppPage, chromium
+    from .headless import AppPage, chromium
 
     offsite: list[str] = []
     try:
@@ -466,8 +332,7 @@ def cmd_bench_model(args: argparse.Namespace) -> None:
     from lutlm_bench import model
 
     for pkg in args.packages:
-        if not _package(pkg):
-            raise LutlmError(f"{pkg}: not a model package (make one with `lutlm compile`)")
+        build.package(pkg)
     sizes = _bench_workload(args)
     where = _where(args)
     model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, sys.argv)
@@ -581,14 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PNG", help="with --check: save the page after the answer")
     p.set_defaults(func=cmd_serve)
 
-    from lutlm_bench.suite import SYSTEMS, VARIANTS
-
     p = sub.add_parser("bench", help="lutlm against its peers on one model, one machine, one run (or: kernels, model, step)",
                        description="Without a subcommand: compile the variants, export ONNX, and measure lutlm "
                                    "(native and browser), wllama, transformers.js and llama.cpp on the same prompts.")
     p.add_argument("--source", default=DEFAULT_MODEL, help=SOURCE_HELP + f" (default {DEFAULT_MODEL})")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"lutlm variants (default {','.join(VARIANTS)})")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"systems to measure (default {','.join(SYSTEMS)})")
+    # the harness names its variants and systems; `lutlm bench --help` does not import it to list them
+    p.add_argument("--variants", help="lutlm variants, comma-separated (default: all, as docs/benchmarks.md lists)")
+    p.add_argument("--systems", help="systems to measure, comma-separated (default: all, as docs/benchmarks.md lists)")
     _workload_options(p)
     p.add_argument("--peer-budget", type=float, default=60.0,
                    help="seconds of decoding after which a transformers.js generation is cut (default 60)")
