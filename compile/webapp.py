@@ -1,6 +1,6 @@
 """Assemble the static web app and serve it (and its model packages) on 127.0.0.1.
 
-    OUT/index.html, app.js, worker.js, style.css, manifest.webmanifest, icon.svg   from web/
+    OUT/index.html, app.js, worker.js, messages.js, style.css, manifest.webmanifest, icon.svg   from web/
     OUT/sw.js           the service worker, with the app-shell list and a content hash filled in
     OUT/pyodide/        the npm `pyodide` files the worker loads (served by the app itself)
     OUT/runtime_py.zip  runtime_py/*.py, unpacked into Pyodide's file system by the worker

@@ -19,6 +19,7 @@ from kernel_harness import backend
 from lutlm import webapp
 from lutlm_bench.browser import AppPage, chromium
 from runtime_py.api import LutLM
+from runtime_py.package import FORMAT, VERSION
 
 PROMPT = "Hello, world! Paris is"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "screenshots"
@@ -30,7 +31,7 @@ def site(tmp_path_factory):
     compile_package(tiny_checkpoint(root / "hf"), root / "tiny-q4")
     shutil.copytree(root / "tiny-q4", root / "future-format")
     manifest = json.loads((root / "future-format" / "manifest.json").read_text())
-    (root / "future-format" / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
+    (root / "future-format" / "manifest.json").write_text(json.dumps({**manifest, "version": VERSION + 1}))
     srv = webapp.server(webapp.build(root / "site", [root / "tiny-q4", root / "future-format"]))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/", root / "tiny-q4"
@@ -98,7 +99,7 @@ def test_output_is_text_stop_and_queue(site):
         # prompt sent meanwhile is refused with a message, never interleaved
         page.evaluate("""() => {
             document.body.dataset.params = JSON.stringify({temperature: 0, max_tokens: 120});
-            worker.addEventListener('message', (e) => {
+            app.worker.addEventListener('message', (e) => {
                 if (e.data.type === 'chunk' && !window.stopSent) { window.stopSent = true; document.querySelector('#stop').click(); }
             });
             document.querySelector('#prompt').value = 'Hello, world! Paris is';
@@ -114,8 +115,8 @@ def test_output_is_text_stop_and_queue(site):
         # is injected in the same task as the send, while the answer is surely still current)
         page.evaluate("""() => { document.body.dataset.params = JSON.stringify({temperature: 0, max_tokens: 3});
             document.querySelector('#prompt').value = 'Hi'; document.querySelector('#send').click();
-            worker.onmessage({data: {type: 'chunk', id: current.id,
-                text: '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'}}); }""")
+            app.worker.onmessage({data: {type: 'chunk', id: app.current.id, chunk: {choices: [{index: 0, finish_reason: null,
+                delta: {content: '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'}}]}}}); }""")
         page.wait_for_function("document.body.dataset.state !== 'generating'", timeout=60_000)
         answer = page.locator(".assistant").last
         assert '<img src=x onerror="window.pwned=1">' in answer.text_content()
@@ -139,7 +140,7 @@ def test_clear_screens_for_no_webgpu_and_another_format(site):
         assert "--enable-unsafe-webgpu" in page.text_content("#status")
     with chromium() as context:
         page = context.new_page()
-        with pytest.raises(RuntimeError, match="version 3; this app reads lutlm-package version 2"):
+        with pytest.raises(RuntimeError, match=f"version {VERSION + 1}; this runtime reads {FORMAT!r} version {VERSION}"):
             AppPage(page, url).load("future-format", timeout_s=120)
 
 

@@ -1,11 +1,14 @@
-// The chat page: talks to the worker (Pyodide + runtime_py) with messages. Model output is
-// inserted as text (textContent), never as HTML.
-"use strict";
+// The chat page: talks to the worker (Pyodide + runtime_py) with the messages of messages.js.
+// Model output is inserted as text (textContent), never as HTML.
+import * as msg from "./messages.js";
+
 const $ = (id) => document.getElementById(id);
 const worker = new Worker("worker.js", { type: "module" });
 const messages = [];
-let current = null; // {id, node, text}
-let nextId = 1;
+let current = null; // the chat being answered: {id, node, text, finish, usage}
+let nextId = 1; // every request's id, so replies can be matched to it
+// for tests: the worker, and the chat being answered
+window.app = { worker, get current() { return current; } };
 
 function add(role, text) {
   const node = document.createElement("div");
@@ -25,14 +28,14 @@ function setBusy(busy) {
 
 worker.onmessage = (e) => {
   const m = e.data;
-  if (m.type === "progress") {
+  if (m.type === msg.Reply.PROGRESS) {
     $("progress").hidden = false;
     $("progress").max = m.total || 1;
     $("progress").value = m.done;
-    $("status").textContent = m.stage === "download"
+    $("status").textContent = m.stage === msg.Stage.DOWNLOAD
       ? `Downloading ${(m.done / 2 ** 20).toFixed(1)} of ${(m.total / 2 ** 20).toFixed(1)} MiB (${m.file})`
-      : m.stage === "gpu" ? "Preparing the GPU..." : "Starting Python...";
-  } else if (m.type === "ready") {
+      : m.stage === msg.Stage.GPU ? "Preparing the GPU..." : "Starting Python...";
+  } else if (m.type === msg.Reply.READY) {
     showCached();
     window.loadSeconds = (performance.now() - window.loadStarted) / 1000;
     window.loadInfo = m; // model, ctx, adapter, gpu_bytes: for tests and benchmarks
@@ -42,23 +45,26 @@ worker.onmessage = (e) => {
     $("send").disabled = false;
     $("reset").disabled = false;
     document.body.dataset.state = "ready";
-  } else if (m.type === "chunk" && current && m.id === current.id) {
-    current.text += m.text;
+  } else if (m.type === msg.Reply.CHUNK && current && m.id === current.id) {
+    const choice = m.chunk.choices[0];
+    current.text += choice.delta.content || "";
     current.node.textContent = current.text;
-  } else if (m.type === "done" && current && m.id === current.id) {
+    current.finish = choice.finish_reason || current.finish;
+    current.usage = m.chunk.usage || current.usage;
+  } else if (m.type === msg.Reply.DONE && current && m.id === current.id) {
     messages.push({ role: "assistant", content: current.text });
-    const u = JSON.parse(m.usage || "null");
+    const u = current.usage;
     window.lastUsage = u; // for tests and benchmarks
     window.wasmBytes = m.wasm_bytes; // Pyodide's heap: the worker's memory, which no JS heap figure counts
     if (u) {
       const stats = add("stats", `${u.completion_tokens} tokens, first after ${u.ttft_s.toFixed(2)} s` +
-        (u.decode_tokens_per_s ? `, ${u.decode_tokens_per_s.toFixed(2)} tok/s` : "") + ` (${m.finish})`);
+        (u.decode_tokens_per_s ? `, ${u.decode_tokens_per_s.toFixed(2)} tok/s` : "") + ` (${current.finish})`);
       stats.className = "stats";
     }
     current = null;
     setBusy(false);
     document.body.dataset.state = "idle";
-  } else if (m.type === "lost") {
+  } else if (m.type === msg.Reply.LOST) {
     add("error", m.message);
     current = null;
     setBusy(false);
@@ -66,11 +72,11 @@ worker.onmessage = (e) => {
     $("send").disabled = true;
     $("load").disabled = false; // loading again re-initialises the device
     document.body.dataset.state = "lost";
-  } else if (m.type === "notice") {
+  } else if (m.type === msg.Reply.NOTICE) {
     add("notice", m.message);
-  } else if (m.type === "error") {
-    add("error", m.message);
-    if (current && (m.id === undefined || m.id === current.id)) { current = null; setBusy(false); }
+  } else if (m.type === msg.Reply.ERROR) {
+    add("error", m.error.message);
+    if (current && m.id === current.id) { current = null; setBusy(false); }
     document.body.dataset.state = "error";
   }
 };
@@ -83,7 +89,7 @@ $("form").onsubmit = (e) => {
   $("prompt").value = "";
   messages.push({ role: "user", content: text });
   add("user", text);
-  current = { id: nextId++, node: add("assistant", ""), text: "" };
+  current = { id: nextId++, node: add("assistant", ""), text: "", finish: null, usage: null };
   setBusy(true);
   document.body.dataset.state = "generating";
   const params = document.body.dataset.params ? JSON.parse(document.body.dataset.params) : {
@@ -92,19 +98,19 @@ $("form").onsubmit = (e) => {
   };
   const system = $("system").value.trim();
   const convo = system ? [{ role: "system", content: system }, ...messages] : messages;
-  worker.postMessage({ type: "chat", id: current.id, messages: convo, params });
+  worker.postMessage(msg.chat(current.id, { ...params, messages: convo }));
 };
-$("stop").onclick = () => worker.postMessage({ type: "stop" });
+$("stop").onclick = () => worker.postMessage(msg.stop(nextId++));
 $("reset").onclick = () => {
   if (current) return;
   messages.length = 0;
   $("log").textContent = "";
-  worker.postMessage({ type: "reset" }); // a new chat starts from an empty cache
+  worker.postMessage(msg.reset(nextId++)); // a new chat starts from an empty cache
 };
 $("load").onclick = () => {
   $("load").disabled = true;
   window.loadStarted = performance.now();
-  worker.postMessage({ type: "load", model: $("model").value });
+  worker.postMessage(msg.load(nextId++, $("model").value));
 };
 
 // Stored models: what the worker keeps in the Cache API, with sizes, a delete button, and the
@@ -112,7 +118,7 @@ $("load").onclick = () => {
 async function showCached() {
   const box = $("cached");
   box.textContent = "";
-  const cache = await caches.open("lutlm-models-v1");
+  const cache = await caches.open(msg.MODEL_CACHE);
   const sizes = new Map();
   for (const req of await cache.keys()) {
     const match = new URL(req.url).pathname.match(/models\/([^/]+)\//);

@@ -1,6 +1,7 @@
 // Service worker: precaches the app shell, Pyodide and runtime_py (the list and the version are
 // filled in by the build), serves them cache-first so the app starts offline after one visit.
-// Model packages live in the worker's own cache ("lutlm-models-v1"), verified by sha256.
+// Model packages live in the worker's own cache, verified by sha256: MODEL_CACHE of messages.js,
+// spelled out here because a classic service worker cannot import an ES module.
 "use strict";
 const VERSION = "__BUILD__";
 const SHELL = __SHELL__;
