@@ -1,8 +1,9 @@
 """The one in-memory form every model source is read into.
 
-Tensor names are llama.cpp's GGUF names (`token_embd.weight`, `blk.3.attn_q.weight`, ...), values
-fp32 numpy arrays shaped (out_features, in_features). Q and K rows are in GGUF's order, where RoPE
-rotates adjacent pairs (2i, 2i+1); Hugging Face weights are permuted into that order on intake.
+Tensor names are llama.cpp's GGUF names, as the architecture's module in `lutlm.models` defines
+them; values are fp32 numpy arrays shaped (out_features, in_features). Q and K rows are in GGUF's
+order, where RoPE rotates adjacent pairs (2i, 2i+1); Hugging Face weights are permuted into that
+order on intake.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import numpy as np
 from runtime_py.package import CONFIG_BOUNDS
 
 from .errors import LutlmError
+from .models import architecture
 from .validate import F32_MAX, boolean, integer, json_type, real, show, string
 
 if TYPE_CHECKING:
     from runtime_py import Tokenizer
 
-SUPPORTED_ARCHITECTURES = ("llama",)
 RMS_EPS_MAX = 1.0  # real models use 1e-6 to 1e-5; an epsilon this large drowns the signal
 
 
@@ -45,8 +46,7 @@ class ModelConfig:
 
     def norm_names(self) -> list[str]:
         """The RMSNorm gains, kept as f32 in every format."""
-        return ["output_norm.weight"] + [f"blk.{i}.{p}.weight" for i in range(self.n_layer)
-                                         for p in ("attn_norm", "ffn_norm")]
+        return architecture(self.architecture).norm_names(self)
 
     def validate(self, where: str = "model config", keys: Mapping[str, str] | None = None) -> None:
         """Every field of its type, in its range and consistent with the others, checked before
@@ -59,9 +59,7 @@ class ModelConfig:
             return f"{where}: {keys.get(f, f)}"
 
         string(self.architecture, name("architecture"))
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise LutlmError(f"{where}: unsupported architecture {show(self.architecture)} "
-                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        architecture(self.architecture, where)
         for f, hi in CONFIG_BOUNDS.items():
             integer(getattr(self, f), name(f), 1, hi)
         real(self.rope_theta, name("rope_theta"), 0, F32_MAX)
@@ -108,32 +106,9 @@ class ModelConfig:
         config.validate(where)
         return config
 
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor this config implies, with its shape (out_features, in_features)."""
-        shapes: dict[str, tuple[int, ...]] = {
-            "token_embd.weight": (self.n_vocab, self.n_embd),
-            "output_norm.weight": (self.n_embd,),
-        }
-        if not self.tied_embeddings:
-            shapes["output.weight"] = (self.n_vocab, self.n_embd)
-        q, kv = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        for i in range(self.n_layer):
-            shapes.update({
-                f"blk.{i}.attn_norm.weight": (self.n_embd,),
-                f"blk.{i}.attn_q.weight": (q, self.n_embd),
-                f"blk.{i}.attn_k.weight": (kv, self.n_embd),
-                f"blk.{i}.attn_v.weight": (kv, self.n_embd),
-                f"blk.{i}.attn_output.weight": (self.n_embd, q),
-                f"blk.{i}.ffn_norm.weight": (self.n_embd,),
-                f"blk.{i}.ffn_gate.weight": (self.n_ff, self.n_embd),
-                f"blk.{i}.ffn_up.weight": (self.n_ff, self.n_embd),
-                f"blk.{i}.ffn_down.weight": (self.n_embd, self.n_ff),
-            })
-        return shapes
-
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
         """The tensors a file holds (or declares, before any is read) are exactly those this config implies."""
-        expected = self.tensor_shapes()
+        expected = architecture(self.architecture).tensor_shapes(self)
         extra = sorted(set(shapes) - set(expected))
         if extra:
             raise LutlmError(f"{source}: unexpected tensor {extra[0]} (a feature this architecture support lacks)")
