@@ -20,6 +20,7 @@ import numpy as np
 from ..checkpoint import Checkpoint, ModelConfig, check_tokenizer
 from ..errors import LutlmError
 from ..files import open_regular
+from ..models import llama
 from ..validate import file_size, show, string
 
 GGUF_MAGIC = b"GGUF"
@@ -256,7 +257,7 @@ def read_config(fields: _Fields, n_tokens: int) -> ModelConfig:
               for f, k in _ARCH_KEYS.items()}
     return ModelConfig.build({
         "architecture": arch, **values,
-        "tied_embeddings": not any(t.name == "output.weight" for t in fields.reader.tensors),
+        "tied_embeddings": not any(t.name == llama.OUTPUT for t in fields.reader.tensors),
         "bos_id": fields.get(_KEYS["bos_id"]),
         "eos_id": fields.get(_KEYS["eos_id"]),
         "add_bos": fields.get(_KEYS["add_bos"], False),

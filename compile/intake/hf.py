@@ -7,7 +7,6 @@ exactly as llama.cpp's converter does.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,10 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, ModelConfig, check_tokenizer
 from ..errors import LutlmError
+from ..models import llama
 from ..validate import boolean, integer, json_type, read_json_object, show, string
 from .safetensors import Safetensors
 
-
-_LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                 "lm_head.weight": "output.weight"}
-_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 # ModelConfig fields as config.json names them
 HF_KEYS = {"architecture": "model_type", "n_layer": "num_hidden_layers", "n_embd": "hidden_size",
@@ -67,7 +52,7 @@ def read_config(cfg: dict[str, Any], path: Path, has_lm_head: bool) -> ModelConf
     model_type = cfg.get("model_type")
     if model_type is None:
         raise LutlmError(f"{path} lacks 'model_type'")
-    if model_type not in ("llama", "mistral"):
+    if model_type not in llama.HF_MODEL_TYPES:
         raise LutlmError(f"{path}: unsupported architecture {show(model_type)} (supported: llama)")
     if cfg.get("rope_scaling") is not None:
         raise LutlmError(f"{path}: RoPE scaling {show(cfg['rope_scaling'])} is not supported")
@@ -80,7 +65,7 @@ def read_config(cfg: dict[str, Any], path: Path, has_lm_head: bool) -> ModelConf
             raise LutlmError(f"{path} lacks {HF_KEYS[f]!r}")
     bos, eos = _ids(cfg.get("bos_token_id")), _ids(cfg.get("eos_token_id"))
     config = ModelConfig.build({
-        "architecture": "llama",
+        "architecture": llama.ARCHITECTURE,
         **{f: cfg[HF_KEYS[f]] for f in _REQUIRED},
         "n_head_kv": cfg.get("num_key_value_heads"),
         "head_dim": cfg.get("head_dim"),
@@ -120,15 +105,10 @@ def _optional_json(path: Path) -> dict[str, Any]:
 
 def _hf_name(name: str, folder: Path) -> str | None:
     """The GGUF name of an HF tensor name; None for tensors that are recomputed (rotary tables)."""
-    if name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[name]
-    m = _LAYER_RE.match(name)
-    if m is None or m.group(2) not in _LAYER_NAMES:
-        if name.endswith("rotary_emb.inv_freq"):
-            return None
+    target = llama.from_hf(name)
+    if target is None and not name.endswith(llama.HF_RECOMPUTED):
         raise LutlmError(f"{folder}: unexpected tensor {name}")
-    layer, part, kind = m.groups()
-    return f"blk.{layer}.{_LAYER_NAMES[part]}.{kind}"
+    return target
 
 
 def _open_shards(folder: Path, with_tensors: bool) -> dict[str, tuple[Safetensors, str]]:
@@ -158,7 +138,7 @@ def load_hf(folder: Path, with_tensors: bool = True) -> Checkpoint:
         raise LutlmError(f"{folder}: not a Hugging Face model folder (config.json is missing)")
     cfg = read_json_object(config_path)
     shards = _open_shards(folder, with_tensors)
-    config = read_config(cfg, config_path, "output.weight" in shards)
+    config = read_config(cfg, config_path, llama.OUTPUT in shards)
     config.check_shapes({name: shard.entries[hf].shape for name, (shard, hf) in shards.items()}, str(folder))
     tok_path, tok_cfg_path, gen_path = (folder / n for n in ("tokenizer.json", "tokenizer_config.json",
                                                              "generation_config.json"))
@@ -175,11 +155,8 @@ def load_hf(folder: Path, with_tensors: bool = True) -> Checkpoint:
 
     tensors: dict[str, np.ndarray] = {}
     types = {name: shard.entries[hf].dtype for name, (shard, hf) in shards.items()}
+    rotate_half = llama.hf_rotate_half(config)
     for name, (shard, hf) in shards.items() if with_tensors else ():
         value = shard.float32(hf)
-        if ".attn_q." in name:
-            value = permute_for_adjacent_rope(value, config.n_head)
-        elif ".attn_k." in name:
-            value = permute_for_adjacent_rope(value, config.n_head_kv)
-        tensors[name] = value
+        tensors[name] = permute_for_adjacent_rope(value, rotate_half[name]) if name in rotate_half else value
     return Checkpoint(config, tensors, tokenizer, template, str(folder), types, encoder)
