@@ -14,6 +14,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, ModelConfig
 from .errors import LutlmError
+from .models import architecture
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -86,10 +87,16 @@ class Reference:
     def __init__(self, ckpt: Checkpoint):
         self.config = ckpt.config
         self.w = ckpt.tensors  # shared: quantisation swaps weights in place as it goes
+        self.arch = architecture(ckpt.config.architecture)  # the module that names the tensors
+        self.blocks = [self.arch.block(i) for i in range(ckpt.config.n_layer)]  # each block's tensor names
 
     @property
     def output(self) -> np.ndarray:
-        return self.w.get("output.weight", self.w["token_embd.weight"])
+        return self.w.get(self.arch.OUTPUT, self.w[self.arch.EMBEDDING])
+
+    def embed(self, ids: list[int] | np.ndarray) -> np.ndarray:
+        """The embeddings of tokens `ids`: the first block's input, (n, n_embd)."""
+        return self.w[self.arch.EMBEDDING][np.asarray(ids)]
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         return KVCache.empty(self.config, n_ctx or self.config.n_ctx)
@@ -97,38 +104,38 @@ class Reference:
     # The stages of one transformer block, separately callable so that calibration can collect
     # the input of every linear layer after the layers before it have been quantised.
     def attn_input(self, i: int, x: np.ndarray) -> np.ndarray:
-        return rms_norm(x, self.w[f"blk.{i}.attn_norm.weight"], self.config.rms_eps)
+        return rms_norm(x, self.w[self.blocks[i].attn_norm], self.config.rms_eps)
 
     def attend(self, i: int, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,
                k_cache: np.ndarray, v_cache: np.ndarray, start: int) -> np.ndarray:
-        """Q/K/V projections, RoPE, cache update and causal attention; the input of attn_output."""
-        c, p, n = self.config, f"blk.{i}.", len(h)
-        q = (h @ self.w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim)
-        k = (h @ self.w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
-        v = (h @ self.w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
+        """Q/K/V projections, RoPE, cache update and causal attention; the input of the output projection."""
+        c, b, n = self.config, self.blocks[i], len(h)
+        q = (h @ self.w[b.attn_q].T).reshape(n, c.n_head, c.head_dim)
+        k = (h @ self.w[b.attn_k].T).reshape(n, c.n_head_kv, c.head_dim)
+        v = (h @ self.w[b.attn_v].T).reshape(n, c.n_head_kv, c.head_dim)
         k_cache[start : start + n] = apply_rope(k, cos, sin, c.n_rot)
         v_cache[start : start + n] = v
         q = apply_rope(q, cos, sin, c.n_rot)
         return attention(q, k_cache[: start + n], v_cache[: start + n], start)
 
     def ffn_input(self, i: int, x: np.ndarray) -> np.ndarray:
-        return rms_norm(x, self.w[f"blk.{i}.ffn_norm.weight"], self.config.rms_eps)
+        return rms_norm(x, self.w[self.blocks[i].ffn_norm], self.config.rms_eps)
 
     def ffn_hidden(self, i: int, h: np.ndarray) -> np.ndarray:
-        """SwiGLU activation: the input of ffn_down."""
-        p = f"blk.{i}."
-        return silu(h @ self.w[p + "ffn_gate.weight"].T) * (h @ self.w[p + "ffn_up.weight"].T)
+        """SwiGLU activation: the input of the down projection."""
+        b = self.blocks[i]
+        return silu(h @ self.w[b.ffn_gate].T) * (h @ self.w[b.ffn_up].T)
 
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         return x @ self.w[name].T
 
     def block(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         att = self.attend(i, self.attn_input(i, x), cos, sin, cache.k[i], cache.v[i], start)
-        x = x + self.linear(f"blk.{i}.attn_output.weight", att)
-        return x + self.linear(f"blk.{i}.ffn_down.weight", self.ffn_hidden(i, self.ffn_input(i, x)))
+        x = x + self.linear(self.blocks[i].attn_output, att)
+        return x + self.linear(self.blocks[i].ffn_down, self.ffn_hidden(i, self.ffn_input(i, x)))
 
     def head(self, x: np.ndarray) -> np.ndarray:
-        return rms_norm(x, self.w["output_norm.weight"], self.config.rms_eps) @ self.output.T
+        return rms_norm(x, self.w[self.arch.OUTPUT_NORM], self.config.rms_eps) @ self.output.T
 
     def forward(self, ids: list[int] | np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run tokens `ids` at positions cache.length.., append them to the cache, return logits.
@@ -145,7 +152,7 @@ class Reference:
         if ids.min() < 0 or ids.max() >= c.n_vocab:
             raise LutlmError(f"token id out of range [0, {c.n_vocab})")
         cos, sin = rope_tables(c, np.arange(start, start + n))
-        x = self.w["token_embd.weight"][ids]
+        x = self.embed(ids)
         for i in range(c.n_layer):
             x = self.block(i, x, cos, sin, cache, start)
         cache.length = start + n

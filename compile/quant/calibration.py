@@ -39,21 +39,20 @@ def gptq_model(model: Reference, plan: dict[str, QuantSpec], windows: list[list[
     out: dict[str, QTensor] = {}
     n = len(windows[0])
     cos, sin = rope_tables(c, np.arange(n))
-    xs = [model.w["token_embd.weight"][np.asarray(ids)] for ids in windows]
+    xs = [model.embed(ids) for ids in windows]
     scratch_k = np.zeros((n, c.n_head_kv, c.head_dim), np.float32)
     scratch_v = np.zeros_like(scratch_k)
-    for i in range(c.n_layer):
-        p = f"blk.{i}."
+    for i, b in enumerate(model.blocks):
         hs = [model.attn_input(i, x) for x in xs]
-        _quantise(model, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], hs, plan, options, out)
+        _quantise(model, [b.attn_q, b.attn_k, b.attn_v], hs, plan, options, out)
         atts = [model.attend(i, h, cos, sin, scratch_k, scratch_v, 0) for h in hs]
-        _quantise(model, [p + "attn_output.weight"], atts, plan, options, out)
-        xs = [x + model.linear(p + "attn_output.weight", a) for x, a in zip(xs, atts)]
+        _quantise(model, [b.attn_output], atts, plan, options, out)
+        xs = [x + model.linear(b.attn_output, a) for x, a in zip(xs, atts)]
         hs = [model.ffn_input(i, x) for x in xs]
-        _quantise(model, [p + "ffn_gate.weight", p + "ffn_up.weight"], hs, plan, options, out)
+        _quantise(model, [b.ffn_gate, b.ffn_up], hs, plan, options, out)
         acts = [model.ffn_hidden(i, h) for h in hs]
-        _quantise(model, [p + "ffn_down.weight"], acts, plan, options, out)
-        xs = [x + model.linear(p + "ffn_down.weight", a) for x, a in zip(xs, acts)]
+        _quantise(model, [b.ffn_down], acts, plan, options, out)
+        xs = [x + model.linear(b.ffn_down, a) for x, a in zip(xs, acts)]
         if progress:
             progress(f"block {i + 1}/{c.n_layer}")
     return out

@@ -77,13 +77,14 @@ def measure(model: Reference, names: list[str], window: list[int], budget_bpw: f
     n = len(window)
     cos, sin = rope_tables(c, np.arange(n))
     cache = model.new_cache(n)
-    xs = [model.w["token_embd.weight"][np.asarray(window)]]
+    xs = [model.embed(window)]
     for i in range(c.n_layer):
         xs.append(model.block(i, xs[-1], cos, sin, cache, 0))
     ref_logp = log_softmax(model.head(xs[-1]))
+    block_of = {name: i for i, b in enumerate(model.blocks) for name in b.linear}
     result = []
     for k, name in enumerate(names):
-        layer = int(name.split(".")[1])
+        layer = block_of[name]
         original = model.w[name]
         valid = options_for(name, original.shape, options)
         probe = min(valid, key=lambda s: (abs(s.bpw - budget_bpw), s.bpw))

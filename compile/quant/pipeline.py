@@ -20,9 +20,6 @@ from .gptq import GPTQOptions
 from .mixed import allocate, check_budget, measure, options_of
 from .tune import LR_SCHEDULE, TuneOptions, teacher_probs, tune
 
-LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-EMBEDDINGS = ("token_embd.weight", "output.weight")
-
 
 @dataclass
 class Request:
@@ -68,10 +65,6 @@ class Request:
         return self.method == "gptq" or self.bits == "mixed" or self.tune is not None
 
 
-def linear_names(ckpt: Checkpoint) -> list[str]:
-    return [f"blk.{i}.{part}.weight" for i in range(ckpt.config.n_layer) for part in LINEAR]
-
-
 def bits_per_weight(specs: dict[str, QuantSpec], ckpt: Checkpoint) -> float:
     shapes = {name: ckpt.tensors[name].shape for name in specs}
     bits = sum(specs[n].bpw_for(shapes[n][1]) * shapes[n][0] * shapes[n][1] for n in specs)
@@ -100,15 +93,14 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
     the float tensors that changed (the norm gains, when tuning trains them) and statistics."""
     req.validate()
     t0 = time.perf_counter()
-    names = linear_names(ckpt)
     model = Reference(Checkpoint(ckpt.config, dict(ckpt.tensors), ckpt.tokenizer))
+    names, embeddings = model.arch.linear_names(ckpt.config), model.arch.embeddings(ckpt.config)
     out: dict[str, QTensor] = {}
     gains: dict[str, np.ndarray] = {}
-    for name in EMBEDDINGS:
-        if name in model.w:
-            spec = QuantSpec(8, 32, symmetric=True) if req.embed_bits == 8 else QuantSpec(4, 32)
-            out[name] = quantize_rtn(model.w[name], spec, name)
-            model.w[name] = out[name].dequantize()
+    for name in embeddings:
+        spec = QuantSpec(8, 32, symmetric=True) if req.embed_bits == 8 else QuantSpec(4, 32)
+        out[name] = quantize_rtn(model.w[name], spec, name)
+        model.w[name] = out[name].dequantize()
 
     if req.bits == "mixed":
         if not calib:
@@ -138,7 +130,7 @@ def quantize(ckpt: Checkpoint, req: Request, calib: list[list[int]] | None,
         tuned, gains, kl = tune(model, {n: out[n] for n in names}, teacher, calib, req.tune, progress=log)
         out.update(tuned)
     seconds = time.perf_counter() - t0
-    emb = {n: out[n].spec for n in EMBEDDINGS if n in out}
+    emb = {n: out[n].spec for n in embeddings}
     info = {
         "method": req.method, "bits": req.bits, "group": req.group if req.bits != "mixed" else None,
         "scale_bits": req.scale_bits,

@@ -161,28 +161,28 @@ def block_forward(model: Reference, i: int, x: np.ndarray, cos: np.ndarray,
                   sin: np.ndarray) -> tuple[np.ndarray, tuple]:
     """Block `i` on a whole window `x` (n, d) from an empty cache: its output and what the backward
     pass needs."""
-    c, w, p = model.config, model.w, f"blk.{i}."
+    c, w, b = model.config, model.w, model.blocks[i]
     n = len(x)
     r1 = _rms(x, c.rms_eps)
-    h = x * r1 * w[p + "attn_norm.weight"]
-    q = apply_rope((h @ w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim), cos, sin, c.n_rot)
-    k = apply_rope((h @ w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim), cos, sin, c.n_rot)
-    v = (h @ w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
+    h = x * r1 * w[b.attn_norm]
+    q = apply_rope((h @ w[b.attn_q].T).reshape(n, c.n_head, c.head_dim), cos, sin, c.n_rot)
+    k = apply_rope((h @ w[b.attn_k].T).reshape(n, c.n_head_kv, c.head_dim), cos, sin, c.n_rot)
+    v = (h @ w[b.attn_v].T).reshape(n, c.n_head_kv, c.head_dim)
     att, probs = _attention(q, k, v)
-    xm = x + att @ w[p + "attn_output.weight"].T
+    xm = x + att @ w[b.attn_output].T
     r2 = _rms(xm, c.rms_eps)
-    h2 = xm * r2 * w[p + "ffn_norm.weight"]
-    gate, up = h2 @ w[p + "ffn_gate.weight"].T, h2 @ w[p + "ffn_up.weight"].T
+    h2 = xm * r2 * w[b.ffn_norm]
+    gate, up = h2 @ w[b.ffn_gate].T, h2 @ w[b.ffn_up].T
     sig = 1.0 / (1.0 + np.exp(-gate))
     act = gate * sig * up
-    return xm + act @ w[p + "ffn_down.weight"].T, (x, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act)
+    return xm + act @ w[b.ffn_down].T, (x, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act)
 
 
 def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: np.ndarray, sin: np.ndarray,
                    want: set[str], grads: dict[str, np.ndarray]) -> np.ndarray:
     """From the gradient of block `i`'s output, the gradient of its input; the gradients of its
     weights named in `want` (linear layers, norm gains) go into `grads`."""
-    c, w, p = model.config, model.w, f"blk.{i}."
+    c, w, b = model.config, model.w, model.blocks[i]
     n = len(dx)
     x0, r1, h, q, k, v, probs, att, xm, r2, h2, gate, up, sig, act = tape
 
@@ -194,26 +194,26 @@ def block_backward(model: Reference, i: int, tape: tuple, dx: np.ndarray, cos: n
         if name in want:
             grads[name] = _gain_back(xin, r, dy)
 
-    weight_grad(p + "ffn_down.weight", dx, act)
-    dact = dx @ w[p + "ffn_down.weight"]
+    weight_grad(b.ffn_down, dx, act)
+    dact = dx @ w[b.ffn_down]
     dup = dact * gate * sig
     dgate = dact * up * sig * (1.0 + gate * (1.0 - sig))
-    weight_grad(p + "ffn_gate.weight", dgate, h2)
-    weight_grad(p + "ffn_up.weight", dup, h2)
-    dh2 = dgate @ w[p + "ffn_gate.weight"] + dup @ w[p + "ffn_up.weight"]
-    gain_grad(p + "ffn_norm.weight", dh2, xm, r2)
-    dx = dx + _rms_back(xm, r2, w[p + "ffn_norm.weight"], dh2)
-    weight_grad(p + "attn_output.weight", dx, att)
-    dq, dk, dv = _attention_back(q, k, v, probs, dx @ w[p + "attn_output.weight"])
+    weight_grad(b.ffn_gate, dgate, h2)
+    weight_grad(b.ffn_up, dup, h2)
+    dh2 = dgate @ w[b.ffn_gate] + dup @ w[b.ffn_up]
+    gain_grad(b.ffn_norm, dh2, xm, r2)
+    dx = dx + _rms_back(xm, r2, w[b.ffn_norm], dh2)
+    weight_grad(b.attn_output, dx, att)
+    dq, dk, dv = _attention_back(q, k, v, probs, dx @ w[b.attn_output])
     dq = apply_rope(dq, cos, -sin, c.n_rot).reshape(n, -1)  # a rotation's transpose turns back
     dk = apply_rope(dk, cos, -sin, c.n_rot).reshape(n, -1)
     dv = dv.reshape(n, -1)
-    weight_grad(p + "attn_q.weight", dq, h)
-    weight_grad(p + "attn_k.weight", dk, h)
-    weight_grad(p + "attn_v.weight", dv, h)
-    dh = dq @ w[p + "attn_q.weight"] + dk @ w[p + "attn_k.weight"] + dv @ w[p + "attn_v.weight"]
-    gain_grad(p + "attn_norm.weight", dh, x0, r1)
-    return dx + _rms_back(x0, r1, w[p + "attn_norm.weight"], dh)
+    weight_grad(b.attn_q, dq, h)
+    weight_grad(b.attn_k, dk, h)
+    weight_grad(b.attn_v, dv, h)
+    dh = dq @ w[b.attn_q] + dk @ w[b.attn_k] + dv @ w[b.attn_v]
+    gain_grad(b.attn_norm, dh, x0, r1)
+    return dx + _rms_back(x0, r1, w[b.attn_norm], dh)
 
 
 def _kl(logp: np.ndarray, teacher: Teacher) -> tuple[float, np.ndarray]:
@@ -241,13 +241,14 @@ def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
     c, w = model.config, model.w
     n = len(ids)
     cos, sin = rope_tables(c, np.arange(n))
-    x = w["token_embd.weight"][ids]
+    x = model.embed(ids)
     tapes = []
     for i in range(c.n_layer):
         x, tape = block_forward(model, i, x, cos, sin)
         tapes.append(tape)
+    norm = model.arch.OUTPUT_NORM
     rf = _rms(x, c.rms_eps)
-    hf = x * rf * w["output_norm.weight"]
+    hf = x * rf * w[norm]
     head = model.output
     logits = hf @ head.T
     logits -= logits.max(-1, keepdims=True)
@@ -256,9 +257,9 @@ def loss_and_grads(model: Reference, ids: np.ndarray, teacher: Teacher,
 
     want, grads = set(names), {}
     dhf = (dlogits / n) @ head
-    if "output_norm.weight" in want:
-        grads["output_norm.weight"] = _gain_back(x, rf, dhf)
-    dx = _rms_back(x, rf, w["output_norm.weight"], dhf)
+    if norm in want:
+        grads[norm] = _gain_back(x, rf, dhf)
+    dx = _rms_back(x, rf, w[norm], dhf)
     for i in reversed(range(c.n_layer)):
         dx = block_backward(model, i, tapes[i], dx, cos, sin, want, grads)
     return loss, grads
