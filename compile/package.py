@@ -29,6 +29,7 @@ from .atomic import OutputKind
 from .checkpoint import Checkpoint
 from .errors import LutlmError
 from .kernels import layout
+from .models import architecture
 from .plan import CHUNK, DECODE, build, dense_bits, dense_only, fused_groups
 from .quant.format import QTensor
 
@@ -46,10 +47,8 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
     """The arrays to upload (NAME.planes / NAME.sm per weight, f32 norms; NAME.dense too when
     decode dequantises, NAME.dense instead of planes for 8-bit codes), with the specs and shapes
     of the GPU weights and the output head's name."""
-    c = ckpt.config
-    missing = [n for n in ["token_embd.weight"] + [f"blk.{i}.{p}.weight" for i in range(c.n_layer)
-               for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
-               if n not in quantized]
+    c, arch = ckpt.config, architecture(ckpt.config.architecture)
+    missing = [n for n in [arch.EMBEDDING, *arch.linear_names(c)] if n not in quantized]
     if missing:
         raise LutlmError(f"not quantised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     formats = {q.spec for q in quantized.values()}
@@ -59,8 +58,8 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
                          "such a checkpoint can be evaluated (lutlm eval ppl) but not compiled")
     if decode != "lut" and any(s.scale_bits == 8 for s in formats):
         raise LutlmError("the dequantise baseline (--decode dequant) reads f16 scales; 8-bit scales decode with the LUT GEMV")
-    weights: dict[str, QTensor] = {"token_embd.weight": quantized["token_embd.weight"]}
-    head = "output.weight" if "output.weight" in quantized else "token_embd.weight"
+    weights: dict[str, QTensor] = {arch.EMBEDDING: quantized[arch.EMBEDDING]}
+    head = arch.OUTPUT if arch.OUTPUT in quantized else arch.EMBEDDING
     weights[head] = quantized[head]
     specs = {n: q.spec for n, q in quantized.items()}
     for layer in range(c.n_layer):

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from .checkpoint import ModelConfig
 from .kernels import attention, layers, matmul, sampling, subgroups
 from .kernels.emit import emit
+from .models import architecture
 from .quant.format import QuantSpec
 
 TABLE = matmul.Table()
@@ -132,27 +133,27 @@ def _d8(spec: QuantSpec) -> str:
 
 def fused_groups(config: ModelConfig, specs: dict[str, QuantSpec], layer: int) -> dict[str, list[str]]:
     """Matmuls that read the same activations and share a spec run as one (rows concatenated)."""
-    b = f"blk.{layer}."
+    b = architecture(config.architecture).block(layer)
     groups: dict[str, list[str]] = {}
-    for fused, parts in (("qkv", ["attn_q", "attn_k", "attn_v"]), ("gate_up", ["ffn_gate", "ffn_up"])):
-        names = [b + p + ".weight" for p in parts]
-        if len({specs[n] for n in names}) == 1:
-            groups[b + fused] = names
+    for fused, parts in b.fused.items():
+        if len({specs[n] for n in parts}) == 1:
+            groups[fused] = list(parts)
         else:
-            groups.update({n: [n] for n in names})
-    for p in ("attn_output", "ffn_down"):
-        groups[b + p + ".weight"] = [b + p + ".weight"]
+            groups.update({n: [n] for n in parts})
+    for name in (b.attn_output, b.ffn_down):
+        groups[name] = [name]
     return groups
 
 
-def _present(specs: dict[str, QuantSpec], fused: str, parts: list[str]) -> list[str]:
-    return [fused] if fused in specs else parts
+def _present(specs: dict[str, QuantSpec], fused: str, parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The GPU weights that compute `parts`: their fused matrix, if the package has one."""
+    return (fused,) if fused in specs else parts
 
 
 def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tuple[int, int]],
           head: str, decode: str = "lut") -> Plan:
     """`specs`/`shapes` are per GPU weight (fused names included); `head` names the output head."""
-    c = config
+    c, arch = config, architecture(config.architecture)
     e, ff, hd, kvd = c.n_embd, c.n_ff, c.head_dim, c.n_head_kv * c.head_dim
     qd = c.n_head * hd
     qkv_w = qd + 2 * kvd
@@ -173,7 +174,7 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     for layer in range(c.n_layer):
         p.buffers[f"kc.{layer}"] = p.buffers[f"vc.{layer}"] = f"4 * {kvd} * ctx"
 
-    emb = "token_embd.weight"
+    emb = arch.EMBEDDING
     codes = stored(specs[emb])
     embed = p.kernel(f"embed_k{e}_{codes[0]}{specs[emb].bits}_g{specs[emb].group}", layers.embed, e,
                      specs[emb].bits, specs[emb].group, codes == "dense")
@@ -195,11 +196,11 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
         m = "m" if plan == "prefill" else 1
         p.step(plan, embed, {"ids": "ids", "w": f"{emb}.{codes}", "sm": emb + ".sm", "x": "x"},
                {"m": m, "n": c.n_vocab})
-        p.step(plan, norm, {"x": "x", "weight": "blk.0.attn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+        p.step(plan, norm, {"x": "x", "weight": arch.block(0).attn_norm, "out": "h"}, {"m": m, "eps": eps})
         for layer in range(c.n_layer):
-            b = f"blk.{layer}."
+            b = arch.block(layer)
             offset, first = 0, True
-            for name in _present(specs, b + "qkv", [b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"]):
+            for name in _present(specs, b.qkv, b.fused[b.qkv]):
                 p.matmul(plan, name, "h", "qkv", offset, qkv_w, table_ready=not first)
                 offset, first = offset + shapes[name][0], False
             sizes = {**run, "m": m}
@@ -208,15 +209,15 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
                 p.step(plan, kid, {"q": "qkv", "kc": f"kc.{layer}", "vc": f"vc.{layer}", "part": "part", "stat": "stat",
                                   "out": "attn"},
                        sizes)
-            p.matmul(plan, b + "attn_output.weight", "attn", "o", 0, e, table_ready=False)
-            p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b + "ffn_norm.weight", "out": "h"}, {"m": m, "eps": eps})
+            p.matmul(plan, b.attn_output, "attn", "o", 0, e, table_ready=False)
+            p.step(plan, add_norm, {"x": "x", "y": "o", "weight": b.ffn_norm, "out": "h"}, {"m": m, "eps": eps})
             offset, first = 0, True
-            for name in _present(specs, b + "gate_up", [b + "ffn_gate.weight", b + "ffn_up.weight"]):
+            for name in _present(specs, b.gate_up, b.fused[b.gate_up]):
                 p.matmul(plan, name, "h", "gu", offset, 2 * ff, table_ready=not first)
                 offset, first = offset + shapes[name][0], False
             p.step(plan, glu, {"gu": "gu", "act": "act"}, {"m": m})
-            p.matmul(plan, b + "ffn_down.weight", "act", "o", 0, e, table_ready=False)
-            after = f"blk.{layer + 1}.attn_norm.weight" if layer + 1 < c.n_layer else "output_norm.weight"
+            p.matmul(plan, b.ffn_down, "act", "o", 0, e, table_ready=False)
+            after = arch.block(layer + 1).attn_norm if layer + 1 < c.n_layer else arch.OUTPUT_NORM
             p.step(plan, add_norm, {"x": "x", "y": "o", "weight": after, "out": "h"}, {"m": m, "eps": eps})
 
     # the last token's logits (x0 picks its row of h), then the next id into ids[0]
