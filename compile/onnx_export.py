@@ -24,6 +24,7 @@ import numpy as np
 from .atomic import OutputKind
 from .checkpoint import Checkpoint
 from .errors import LutlmError
+from .models import architecture
 from .package import compiler_digest
 from .quant.format import QTensor
 
@@ -125,7 +126,7 @@ def build_model(ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: str) -> 
 
     if dtype not in DTYPES:
         raise LutlmError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    c = ckpt.config
+    c, arch = ckpt.config, architecture(ckpt.config.architecture)
     weights = dict(ckpt.tensors) | {n: q.dequantize() for n, q in quantized.items()}
     g = _Graph()
     hd, nh, kvh = c.head_dim, c.n_head, c.n_head_kv
@@ -152,20 +153,20 @@ def build_model(ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: str) -> 
     allowed = g.op("And", causal, padded)
     masked = g.const(np.float32(-1e30))
 
-    embedding = g.const(weights["token_embd.weight"].astype(np.float32), "token_embd.weight")
+    embedding = g.const(weights[arch.EMBEDDING].astype(np.float32), arch.EMBEDDING)
     x = g.op("Gather", embedding, "input_ids")
     scale = g.const(np.float32(1 / math.sqrt(hd)))
     for i in range(c.n_layer):
-        p = f"blk.{i}."
-        h = _rms_norm(g, x, weights[p + "attn_norm.weight"], c.rms_eps, p + "attn_norm.weight")
+        b = arch.block(i)
+        h = _rms_norm(g, x, weights[b.attn_norm], c.rms_eps, b.attn_norm)
 
         def heads(name: str, n: int) -> str:
-            y = _linear(g, h, p + name, weights, quantized, dtype)
+            y = _linear(g, h, name, weights, quantized, dtype)
             return g.op("Transpose", g.op("Reshape", y, g.ints(0, 0, n, hd)), perm=[0, 2, 1, 3])
 
-        q = g.op("Mul", _rope(g, heads("attn_q.weight", nh), cos, sin, c.n_rot, hd), scale)
-        k_new = _rope(g, heads("attn_k.weight", kvh), cos, sin, c.n_rot, hd)
-        v_new = heads("attn_v.weight", kvh)
+        q = g.op("Mul", _rope(g, heads(b.attn_q, nh), cos, sin, c.n_rot, hd), scale)
+        k_new = _rope(g, heads(b.attn_k, kvh), cos, sin, c.n_rot, hd)
+        v_new = heads(b.attn_v, kvh)
         cache = []
         for kind, new in (("key", k_new), ("value", v_new)):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32, ["batch", kvh, "past", hd]))
@@ -179,16 +180,15 @@ def build_model(ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: str) -> 
         att = g.op("MatMul", g.op("Reshape", probs, g.ints(0, kvh, -1, 0)), v)
         att = g.op("Reshape", g.op("Transpose", g.op("Reshape", att, g.ints(0, nh, -1, hd)), perm=[0, 2, 1, 3]),
                    g.ints(0, 0, nh * hd))
-        x = g.op("Add", x, _linear(g, att, p + "attn_output.weight", weights, quantized, dtype))
-        h = _rms_norm(g, x, weights[p + "ffn_norm.weight"], c.rms_eps, p + "ffn_norm.weight")
-        gate = _linear(g, h, p + "ffn_gate.weight", weights, quantized, dtype)
-        up = _linear(g, h, p + "ffn_up.weight", weights, quantized, dtype)
+        x = g.op("Add", x, _linear(g, att, b.attn_output, weights, quantized, dtype))
+        h = _rms_norm(g, x, weights[b.ffn_norm], c.rms_eps, b.ffn_norm)
+        gate = _linear(g, h, b.ffn_gate, weights, quantized, dtype)
+        up = _linear(g, h, b.ffn_up, weights, quantized, dtype)
         act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
-        x = g.op("Add", x, _linear(g, act, p + "ffn_down.weight", weights, quantized, dtype))
+        x = g.op("Add", x, _linear(g, act, b.ffn_down, weights, quantized, dtype))
 
-    h = g.op("Reshape", _rms_norm(g, x, weights["output_norm.weight"], c.rms_eps, "output_norm.weight"),
-             g.ints(-1, c.n_embd))
-    head = embedding if c.tied_embeddings else g.const(weights["output.weight"].astype(np.float32), "output.weight")
+    h = g.op("Reshape", _rms_norm(g, x, weights[arch.OUTPUT_NORM], c.rms_eps, arch.OUTPUT_NORM), g.ints(-1, c.n_embd))
+    head = embedding if c.tied_embeddings else g.const(weights[arch.OUTPUT].astype(np.float32), arch.OUTPUT)
     shape = g.op("Concat", g.op("Shape", "input_ids"), g.ints(c.n_vocab), axis=0)
     g.op("Reshape", g.op("Gemm", h, head, transB=1), shape, name="logits")
 
@@ -198,8 +198,8 @@ def build_model(ckpt: Checkpoint, quantized: dict[str, QTensor], dtype: str) -> 
 
 
 def hf_config(ckpt: Checkpoint, dtype: str) -> dict[str, Any]:
-    c = ckpt.config
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": c.n_embd,
+    c, arch = ckpt.config, architecture(ckpt.config.architecture)
+    return {"model_type": arch.HF_MODEL_TYPE, "architectures": [arch.HF_CLASS], "hidden_size": c.n_embd,
             "intermediate_size": c.n_ff, "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
             "num_key_value_heads": c.n_head_kv, "head_dim": c.head_dim, "vocab_size": c.n_vocab,
             "max_position_embeddings": c.n_ctx, "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_eps,
