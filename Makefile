@@ -4,7 +4,7 @@ DEMO_PROMPT ?= What is the capital of France?
 DEMO_PACKAGE := build/smollm2-135m-instruct-q4
 DEMO_PORT ?= 8000
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +22,7 @@ demo: setup
 
 test: setup
 	$(VENV)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that need no model, GPU or browser and are not slow: numpy and pure Python, for editing.
+test-fast: setup
+	$(VENV)/python -m pytest -q -m "not (model or gpu or browser or slow)" $(PYTEST_ARGS)

@@ -1,4 +1,12 @@
-"""Shared fixtures: the real default model and texts (fetched once into the cache), tiny models."""
+"""Shared fixtures (the real default model and texts, fetched once into the cache; tiny models),
+and the check that every test declares what it needs.
+
+A test says what it needs with markers (registered in pyproject.toml): `model` (the real SmolLM2,
+fetched into the cache), `gpu` (a native WebGPU adapter through wgpu-py), `browser` (headless
+Chromium), `slow` (more than a few seconds). `make test-fast` runs the rest, numpy and pure Python
+only. A test that reaches the model, the GPU or Chromium without its marker fails here, so the
+markers cannot drift from what the tests do (work done in a subprocess is not seen).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lutlm.assets import DEFAULT_MODEL, fetch
+import lutlm.assets
+from lutlm.assets import DEFAULT_MODEL
 from lutlm.checkpoint import Checkpoint
 from lutlm.intake import load_checkpoint
 from runtime_py import Tokenizer
@@ -16,7 +25,7 @@ from runtime_py import Tokenizer
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    return fetch(DEFAULT_MODEL)
+    return lutlm.assets.fetch(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +54,54 @@ def tiny_package(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     compile_package(tiny_checkpoint(root / "hf"), root / "pkg")
     return root / "pkg"
+
+
+MODEL_FIXTURES = {"model_path", "checkpoint", "tokenizer", "tokenizer_json"}
+_current: list[pytest.Item | None] = [None]
+_undeclared: dict[str, set[str]] = {}  # test id -> markers it lacks for what it did
+
+
+def _uses(marker: str) -> None:
+    item = _current[0]
+    if item is not None and item.get_closest_marker(marker) is None:
+        _undeclared.setdefault(item.nodeid, set()).add(marker)
+
+
+def _watch(owner: object, names: tuple[str, ...], marker: str) -> None:
+    for name in names:
+        original = getattr(owner, name)
+
+        def watched(*args, _original=original, **kwargs):
+            _uses(marker)
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, watched)
+
+
+def pytest_configure(config) -> None:
+    import playwright.sync_api
+
+    import lutlm.assets
+    from runtime_py.gpu_wgpu import WgpuBackend
+
+    _watch(lutlm.assets, ("fetch",), "model")
+    _watch(WgpuBackend, ("__init__", "create_buffer", "submit"), "gpu")
+    _watch(playwright.sync_api, ("sync_playwright",), "browser")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _current[0] = item  # before its fixtures are set up: what they do counts for this test
+    if MODEL_FIXTURES & set(item.fixturenames):
+        _uses("model")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    lacking = _undeclared.pop(item.nodeid, None)
+    if lacking:
+        pytest.fail(f"{item.nodeid} uses what these markers declare but lacks them: "
+                    f"{', '.join(f'@pytest.mark.{m}' for m in sorted(lacking))}", pytrace=False)
 
 
 _STARTED = [0.0]

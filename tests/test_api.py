@@ -11,6 +11,8 @@ from kernel_harness import backend
 from runtime_py.api import LutLM
 from runtime_py.engine import GenerationError
 
+pytestmark = pytest.mark.gpu
+
 USER = [{"role": "user", "content": "Hello, world! Paris is"}]
 
 

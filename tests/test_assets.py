@@ -10,6 +10,8 @@ import pytest
 from lutlm import assets
 from lutlm.errors import LutlmError
 
+pytestmark = pytest.mark.model
+
 
 def _no_network(*args, **kwargs):
     raise AssertionError(f"unexpected download: {args}")

@@ -16,6 +16,9 @@ from lutlm.cli import main
 KEYS = {"adapter", "where", "kernel", "bits", "ms", "weight_gbps", "ratio_to_copy", "samples"}
 
 
+@pytest.mark.gpu
+@pytest.mark.browser
+@pytest.mark.slow
 def test_bench_kernels_quick_native_and_browser(tmp_path, capsys):
     out = tmp_path / "kernels.json"
     assert main(["bench", "kernels", "--quick", "--rounds", "1", "--json", str(out)]) == 0
@@ -86,6 +89,8 @@ def _tiny_chat_gguf(tmp_path: Path) -> Path:
     return gguf
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
 def test_bench_suite_stopped_keeps_the_stages_it_finished(tmp_path, monkeypatch, capsys):
     """SIGTERM (or Ctrl-C) in the middle of a run: the rows already measured are written, marked
     as a stopped run, the exit code is 130, and the signal's handler is given back."""
@@ -115,6 +120,9 @@ def test_bench_suite_stopped_keeps_the_stages_it_finished(tmp_path, monkeypatch,
     assert "stopped before the end" in (out / "bench.md").read_text()
 
 
+@pytest.mark.gpu
+@pytest.mark.browser
+@pytest.mark.slow
 def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
     """`lutlm bench` end to end on a tiny GGUF: lutlm native and browser and transformers.js
     (WebGPU, wasm) in the same run; JSON with machine info and samples, Markdown, PNG. (wllama's
@@ -158,6 +166,9 @@ def test_bench_suite_on_a_tiny_gguf(tmp_path, capsys):
     assert err.count("bench: compiling") == 1 and "bench: compiling q2-lut" in err
 
 
+@pytest.mark.gpu
+@pytest.mark.browser
+@pytest.mark.slow
 def test_bench_step_on_a_tiny_package(tmp_path, capsys):
     """`lutlm bench step`: the package's decode step as one command buffer, then each kernel's
     dispatches of that step on their own, natively and in Chromium, with the cache sized as a chat

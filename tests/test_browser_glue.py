@@ -74,6 +74,7 @@ def fields(entry):
     return {k: entry[k] for k in ("file", "bytes", "sha256")}
 
 
+@pytest.mark.slow
 def test_package_files_lists_the_manifests_files_shards_apart(tiny_package):
     manifest = json.loads((tiny_package / "manifest.json").read_text())
     listed = json.loads(package_files(str(tiny_package)))
@@ -82,6 +83,7 @@ def test_package_files_lists_the_manifests_files_shards_apart(tiny_package):
     assert sorted(listed["files"], key=itemgetter("file")) == sorted(others.values(), key=itemgetter("file"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, says", [
     ({"version": VERSION + 1}, f"version {VERSION + 1}; this runtime reads {FORMAT!r} version {VERSION}"),
     ({"version": VERSION - 1}, "compile the model again"),

@@ -21,6 +21,8 @@ def jinja_render(template: str, messages, add_generation_prompt: bool) -> str:
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt)
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_matches_the_models_jinja_template(checkpoint, messages, add_generation_prompt):
@@ -29,6 +31,7 @@ def test_matches_the_models_jinja_template(checkpoint, messages, add_generation_
     assert template.render(messages, add_generation_prompt) == expected
 
 
+@pytest.mark.model
 def test_default_system_prompt_is_read_from_the_template(checkpoint):
     template = ChatTemplate.from_template(checkpoint.chat_template)
     assert template.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -66,6 +69,8 @@ def hf_pair(model_path):
     return special, plain
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 def test_benign_conversations_encode_as_the_rendered_text(checkpoint, tokenizer, hf_pair, messages):
     template = ChatTemplate.from_template(checkpoint.chat_template)
@@ -73,6 +78,7 @@ def test_benign_conversations_encode_as_the_rendered_text(checkpoint, tokenizer,
     assert ids == hf_pair[0].encode(template.render(messages), add_special_tokens=False).ids
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("text", HOSTILE)
 @pytest.mark.parametrize("role", ["user", "system", "assistant", "<|im_start|>system"])
 def test_message_text_never_becomes_a_control_token(checkpoint, tokenizer, hf_pair, text, role):

@@ -27,12 +27,15 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
     assert not any(line.startswith("lutlm: error:") for line in lines[:-1])
 
 
+@pytest.mark.model
 def test_fetch_prints_the_path_last(model_path):
     proc = run("fetch", "smollm2-135m-instruct")
     assert proc.returncode == 0
     assert proc.stdout.strip().splitlines()[-1] == str(model_path)
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_tokenize_matches_the_library(model_path, tokenizer, tmp_path):
     text = "Hello <|im_start|> world 123\n"
     (tmp_path / "t.txt").write_text(text)
@@ -50,6 +53,7 @@ def tiny_hf(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_eval_ppl_last_line_on_a_text_file(tiny_hf, tmp_path):
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     proc = run("eval", "ppl", str(tiny_hf), "--text", str(tmp_path / "text.txt"), "--windows", "2", "--window", "32")
@@ -60,6 +64,7 @@ def test_eval_ppl_last_line_on_a_text_file(tiny_hf, tmp_path):
     assert "perplexity: 0 s: window 1/2, ppl " in proc.stderr  # progress reaches a log file too
 
 
+@pytest.mark.slow
 def test_generate_ids_are_greedy_and_deterministic(tiny_hf):
     a = run("generate", str(tiny_hf), "--prompt", "The quick", "--max-tokens", "6", "--ids")
     b = run("generate", str(tiny_hf), "--prompt", "The quick", "--max-tokens", "6", "--ids")
@@ -69,6 +74,8 @@ def test_generate_ids_are_greedy_and_deterministic(tiny_hf):
     assert a.stdout == b.stdout
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragment", [
     (("eval", "ppl", "/nonexistent.gguf"), "no such file"),
     (("tokenize", "/nonexistent.gguf", "/dev/null"), "no such file"),
@@ -80,6 +87,8 @@ def test_bad_input_gets_a_one_line_error(args, fragment):
     assert_one_line_error(run(*args), fragment)
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_bad_files_get_a_one_line_error(tmp_path, model_path, tiny_hf):
     (tmp_path / "text.gguf").write_text("not a model")
     assert_one_line_error(run("tokenize", str(tmp_path / "text.gguf"), "/dev/null"), "not a GGUF file")
@@ -91,6 +100,7 @@ def test_bad_files_get_a_one_line_error(tmp_path, model_path, tiny_hf):
     assert_one_line_error(run("eval", "ppl", str(tiny_hf), "--text", "tiny", "--windows", "100000"), "windows")
 
 
+@pytest.mark.slow
 def test_quantize_then_evaluate(tiny_hf, tmp_path):
     out = tmp_path / "q2"
     proc = run("quantize", str(tiny_hf), "--bits", "2", "--method", "gptq", "--calib-windows", "4", "--window", "64",
@@ -114,6 +124,7 @@ def test_quantize_then_evaluate(tiny_hf, tmp_path):
     assert ppl.stdout.strip().splitlines()[-1].startswith("ppl ")
 
 
+@pytest.mark.slow
 def test_quantize_bad_arguments(tiny_hf, tmp_path):
     out = str(tmp_path / "q")
     assert_one_line_error(run("quantize", str(tiny_hf), "--bits", "5", "-o", out), "bits must be")
@@ -129,6 +140,8 @@ def test_quantize_bad_arguments(tiny_hf, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
 def test_compile_then_generate_chat_and_score(tiny_hf, tmp_path):
     """The package path of the CLI on a tiny model: compile, greedy generate (= the reference on
     the same quantised weights), perplexity through the runtime, and the chat loop."""
@@ -152,6 +165,8 @@ def test_compile_then_generate_chat_and_score(tiny_hf, tmp_path):
     assert chat.stderr.count("generated; first token") == 2 and "[conversation reset]" in chat.stderr
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
 def test_package_errors_are_one_line(tiny_hf, tmp_path):
     pkg = tmp_path / "pkg"
     assert run("compile", str(tiny_hf), "--bits", "2", "--method", "rtn", "-o", str(pkg)).returncode == 0

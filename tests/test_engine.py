@@ -17,6 +17,8 @@ from lutlm.errors import LutlmError
 from runtime_py.engine import GenerationError, Sampling
 from runtime_py.package import PackageError
 
+pytestmark = pytest.mark.gpu
+
 PROMPTS = [[5, 17, 42], [1, 2, 3, 4, 5, 6, 7, 8], [250, 11], list(range(30, 90)), [99]]
 
 
@@ -35,6 +37,7 @@ def collect(eng, prompt, n, sampling=Sampling()):
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_greedy_4bit_matches_reference_64_tokens(tiny):
     ckpt, root, refs = tiny
     eng = engine(root / "pkg4", ctx=128)
@@ -45,6 +48,7 @@ def test_greedy_4bit_matches_reference_64_tokens(tiny):
         assert collect(eng, prompt, 64) == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits,decode", [("3", "dequant"), ("4", "dequant8")])
 def test_dequantise_decode_packages_match_reference(tiny, bits, decode):
     ckpt, root, refs = tiny
@@ -56,6 +60,7 @@ def test_dequantise_decode_packages_match_reference(tiny, bits, decode):
         assert collect(eng, prompt, 24) == list(refs[bits].generate_greedy(prompt, 24, set(), n_ctx=128))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", ["3", "2", "t", "mixed"])
 def test_low_bit_packages_match_their_reference(tiny, bits):
     ckpt, root, refs = tiny
@@ -66,6 +71,7 @@ def test_low_bit_packages_match_their_reference(tiny, bits):
         assert collect(eng, prompt, 16) == list(refs[bits].generate_greedy(prompt, 16, set(), n_ctx=128))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits,group,budget", [("3", 16, None), ("2", 32, None), ("mixed", 32, 4.0)])
 def test_8bit_scales_match_their_reference(tiny, bits, group, budget):
     """8-bit scale codes in groups of 16, of 32 (three in a row of 96: a half-empty word), or mixed
@@ -145,6 +151,7 @@ def test_sampling_is_seeded_and_stays_in_vocabulary(tiny):
     assert collect(eng, PROMPTS[0], 20, Sampling(temperature=0.9, seed=12)) != a
 
 
+@pytest.mark.slow
 def test_soak_500_decode_steps_allocates_nothing(tiny):
     ckpt, root, refs = tiny
     eng = engine(root / "pkg4", ctx=128)
@@ -236,6 +243,7 @@ def test_damaged_packages(tiny):
             collect(eng, [1, 2], 2)
 
 
+@pytest.mark.slow
 def test_interrupted_compile_leaves_nothing(tiny, monkeypatch):
     ckpt, root, refs = tiny
     import lutlm.package as package

@@ -13,6 +13,8 @@ import pytest
 
 import hostile
 
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
 # Values no option of lutlm accepts (a negative count, NaN, infinity, text, nothing, bytes that
 # are not UTF-8 as Python passes them on), and values some options accept.
 NEVER = ["-1", "nan", "inf", "-inf", "1e309", "abc", "", "\udcff"]

@@ -29,6 +29,8 @@ import pytest
 import hostile
 from tiny_llama import CONFIG, write_gguf, write_hf_folder
 
+pytestmark = pytest.mark.slow
+
 SECONDS = 10.0  # a case slower than this fails (it is killed at twice this)
 PEAK_MIB = 256  # peak resident memory of a case (pages it shares with the forking interpreter uncounted)
 SPARSE = 6 << 30  # bytes of the sparse files: more than the memory limit if read

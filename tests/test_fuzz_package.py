@@ -23,6 +23,8 @@ from engine_fixtures import compile_package, tiny_checkpoint
 from lutlm.errors import LutlmError
 from runtime_py.package import VARIABLES, PackageError, folder_reader
 
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
 Edit = Callable[[Path], None]
 KERNEL = "argmax"  # a kernel the greedy plan binds on every adapter (no feature, no fallback)
 DELETE = object()

@@ -18,6 +18,7 @@ from tiny_llama import CONFIG, hf_forward, write_gguf, write_hf_folder
 PROMPT = [5, 17, 99, 3, 250, 42, 7, 8, 120]
 
 
+@pytest.mark.model
 def test_smollm2_gguf_config(checkpoint):
     c = checkpoint.config
     assert (c.architecture, c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_vocab) == (
@@ -31,6 +32,8 @@ def test_smollm2_gguf_config(checkpoint):
     assert "<|im_start|>" in checkpoint.chat_template
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_gguf_dequantisation_matches_the_gguf_package(model_path, checkpoint):
     reader = gguf.GGUFReader(model_path)
     for t in reader.tensors[:6]:
@@ -104,6 +107,7 @@ def test_not_a_gguf(tmp_path):
         load_checkpoint(bad)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("keep", [3, 24, 4000, 50_000_000])
 def test_truncated_gguf(tmp_path, model_path, keep):
     cut = tmp_path / "cut.gguf"

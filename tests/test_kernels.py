@@ -21,7 +21,7 @@ from kernel_harness import backend, kernel, run
 from lutlm_bench import step
 from lutlm_bench.kernels import browser_outputs
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 rng = np.random.default_rng(1234)
 TABLES = [matmul.Table(4, False), matmul.Table(4, True), matmul.Table(8, False), matmul.Table(8, True)]
 
@@ -346,6 +346,8 @@ def test_repetition_penalty():
         np.testing.assert_allclose(got, expect, rtol=1e-6)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.parametrize("bits,group,scale_bits", [("2", 32, 16), ("3", 16, 8)])
 def test_subgroup_kernels_equal_their_fallbacks_in_chromium(tmp_path, bits, group, scale_bits):
     """Subgroup GEMMs and prefill attention run only in a browser (Naga takes no `enable

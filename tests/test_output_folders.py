@@ -12,6 +12,8 @@ import pytest
 from test_cli import LUTLM, assert_one_line_error, run
 from tiny_llama import write_hf_folder
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory) -> Path:

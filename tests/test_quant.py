@@ -95,6 +95,7 @@ def _layer(k=256, n=64, tokens=2048):
     return w, x, h.matrix()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", ["4", "3", "2", "t"])
 @pytest.mark.parametrize("act_order", [True, False])
 def test_gptq_reduces_output_error_versus_rtn(bits, act_order):
@@ -155,11 +156,13 @@ def test_bad_requests(kwargs, message):
         Request(**kwargs).validate()
 
 
+@pytest.mark.model
 def test_group_must_divide_the_dimension(checkpoint):
     with pytest.raises(LutlmError, match="multiple of the group size 128"):
         quantize(checkpoint, Request(bits="3", group=128, method="rtn"), None)
 
 
+@pytest.mark.model
 def test_unaffordable_budget_fails_before_measuring(checkpoint, monkeypatch):
     """Measuring sensitivity takes minutes on a real model: a budget below the cheapest mix must stop first."""
     import lutlm.quant.pipeline as pipeline
@@ -177,6 +180,7 @@ def test_empty_calibration_text():
         calibration_windows({"empty": ""}, lambda text: [], 4, 512)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("spec", [QuantSpec(3, 32), QuantSpec(3, 16, scale_bits=8)])
 def test_store_round_trip_of_gptq_codes(tmp_path, checkpoint, spec):
     """GPTQ's act-order leaves codes in a permuted memory layout; the file must still hold them right,
@@ -212,6 +216,8 @@ def test_8bit_scales_stay_on_their_row_grid_and_cost_little():
     assert QuantSpec(3, 16, scale_bits=8).name == "q3g16d8"
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_compile_refuses_formats_the_kernels_cannot_read(checkpoint):
     from lutlm.package import gpu_tensors
 
@@ -223,6 +229,8 @@ def test_compile_refuses_formats_the_kernels_cannot_read(checkpoint):
         gpu_tensors(checkpoint, quantized, decode="dequant")
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_q4_1_requantisation_is_lossless(checkpoint, tmp_path):
     quantized, _, info = quantize(checkpoint, Request(bits="4", group=32, method="rtn"), None)
     assert info["bpw_linear"] == 5.0
@@ -234,6 +242,7 @@ def test_q4_1_requantisation_is_lossless(checkpoint, tmp_path):
     assert again.tensor_types["token_embd.weight"] == "s8g32"
 
 
+@pytest.mark.model
 def test_bits_per_weight_counts_scales_and_minimums(checkpoint):
     names = [n for n in checkpoint.tensors if ".attn_q." in n or ".ffn_down." in n]
     plan = {n: QuantSpec(3, 64) if "attn_q" in n else QuantSpec(2, 32) for n in names}
@@ -244,6 +253,8 @@ def test_bits_per_weight_counts_scales_and_minimums(checkpoint):
     assert QuantSpec.parse("t", 64).bpw == 2.25
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_damaged_quantised_checkpoint(checkpoint, tmp_path):
     quantized, _, info = quantize(checkpoint, Request(bits="2", group=64, method="rtn"), None)
     stored.write(tmp_path / "q", checkpoint, quantized, info)

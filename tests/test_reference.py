@@ -9,6 +9,8 @@ from lutlm.perplexity import load_text, perplexity, windows
 from lutlm.reference import Reference
 from runtime_py import ChatTemplate
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
@@ -22,6 +24,7 @@ def chat_answer(model, checkpoint, tokenizer, question: str, max_tokens: int = 2
     return tokenizer.decode(ids)
 
 
+@pytest.mark.slow
 def test_capital_of_france_is_paris(model, checkpoint, tokenizer):
     answer = chat_answer(model, checkpoint, tokenizer, "What is the capital of France?")
     assert "Paris" in answer
@@ -48,6 +51,7 @@ def test_context_overflow_is_an_error(model):
         model.forward([4, 5], cache)
 
 
+@pytest.mark.slow
 def test_perplexity_of_three_wiki_windows_matches_llama_cpp(model, tokenizer):
     """llama.cpp (llama-cpp-python) scores the first 3 windows of 512 tokens at 16.15 (Q4_1 weights)."""
     tokens = tokenizer.encode(load_text("wiki"))

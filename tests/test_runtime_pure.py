@@ -23,6 +23,7 @@ sys.meta_path.insert(0, Block())
 """
 
 
+@pytest.mark.model
 def test_runtime_imports_and_tokenizes_without_numpy(tokenizer_json):
     code = BLOCK_NUMPY + f"""
 import runtime_py

@@ -267,6 +267,7 @@ def downloads(port: int, count: int) -> None:
     print(json.dumps({"digests": digests, "s": time.perf_counter() - began}), flush=True)
 
 
+@pytest.mark.slow
 def test_200_parallel_downloads_complete_while_small_requests_stay_fast(tmp_path):
     """The issue's load against `lutlm serve` itself: 200 shard downloads at once all arrive whole
     (the old listen queue of 5 timed out 35 of them) while small requests keep being answered."""
@@ -306,6 +307,7 @@ def is_dropped(sock: socket.socket) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_50_slow_clients_are_dropped_after_the_read_timeout(site):
     """Silent clients, clients stuck mid-header and clients trickling a byte at a time all lose
     their connection within the read timeout (not a per-byte timeout: a trickle never ends one),
@@ -342,6 +344,7 @@ def test_50_slow_clients_are_dropped_after_the_read_timeout(site):
     assert resp.status == 200
 
 
+@pytest.mark.slow
 def test_excess_connections_wait_in_the_listen_queue(tmp_path):
     """With every handler busy, more clients are queued, not refused, and all get their answer."""
     shard = fake_package(tmp_path / "tiny", tmp_path / "nothing")
@@ -382,6 +385,7 @@ def test_clients_that_go_away_leave_no_traceback(tmp_path):
     assert "Traceback" not in err and "Error" not in err, err
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_is_dropped_quietly(tmp_path, capfd):
     """A client that asks for a shard and never reads it holds the only handler until the send
     times out; then the next client is served, and nothing is printed."""

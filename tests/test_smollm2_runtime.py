@@ -14,6 +14,8 @@ import pytest
 from engine_fixtures import compile_package, engine
 from runtime_py import ChatTemplate
 
+pytestmark = [pytest.mark.gpu, pytest.mark.model, pytest.mark.slow]
+
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
            "Explain photosynthesis to a child.", "Translate 'good morning' into Spanish."]
 TOKENS = int(os.environ.get("LUTLM_RUNTIME_TOKENS", 16))

@@ -12,6 +12,8 @@ from lutlm.assets import TEXT_NAMES, fetch
 from runtime_py import Tokenizer
 from runtime_py.tokenizer import bytes_to_unicode
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def hf(model_path):
@@ -26,6 +28,7 @@ def hf_plain(model_path):
     return tok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TEXT_NAMES)
 def test_texts_match_hf_and_round_trip(name, tokenizer, hf, hf_plain):
     text = fetch(name).read_text(encoding="utf-8")

@@ -21,6 +21,8 @@ from lutlm_bench.browser import AppPage, chromium
 from runtime_py.api import LutLM
 from runtime_py.package import FORMAT, VERSION
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 PROMPT = "Hello, world! Paris is"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "results" / "screenshots"
 
@@ -55,6 +57,7 @@ def ask(page, text, max_tokens=12):
     return AppPage(page, "").ask(text, {"temperature": 0, "max_tokens": max_tokens}, timeout_s=120)[0]
 
 
+@pytest.mark.gpu
 def test_chat_offline_and_cache(site, native_text):
     url, package = site
     offsite: list[str] = []
