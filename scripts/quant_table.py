@@ -74,7 +74,7 @@ def llama_quantize(model: str, ftype: str, target: Path) -> dict:
     from gguf import GGUFReader
 
     from lutlm.assets import resolve_source
-    from lutlm.quant.pipeline import LINEAR
+    from lutlm.models.llama import LINEAR
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
