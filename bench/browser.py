@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from lutlm.headless import AppPage, chromium  # noqa: F401 - AppPage: tests/test_web.py imports it from here
+from lutlm.headless import chromium
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

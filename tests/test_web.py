@@ -17,7 +17,7 @@ import pytest
 from engine_fixtures import compile_package, tiny_checkpoint
 from kernel_harness import backend
 from lutlm import webapp
-from lutlm_bench.browser import AppPage, chromium
+from lutlm.headless import AppPage, chromium
 from runtime_py.api import LutLM
 from runtime_py.package import FORMAT, VERSION
 
