@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -32,6 +33,7 @@ class OutputKind:
     marker: str
     format: str
     entries: frozenset[str]
+    name: re.Pattern[str] | None = None  # what the folder's own name must match, where the output records it
 
     def owns(self, folder: Path) -> bool:
         """True if `folder` is this kind's output as lutlm writes it (regular files, no symlinks)."""
@@ -50,11 +52,14 @@ class OutputKind:
         out = Path(out)
         if out.is_symlink():
             raise LutlmError(f"{out} is a symbolic link; give the folder itself as the output")
+        if out.exists():
+            here = Path.cwd().resolve()
+            if out.resolve() in (here, *here.parents):
+                raise LutlmError(f"{out} is the working folder or holds it; give a new folder as the output")
+        if self.name is not None and not self.name.fullmatch(out.name):
+            raise LutlmError(f"{out}: the folder's name names the {self.what}: give 1-128 letters, digits, '_', '.' or '-'")
         if not out.exists():
             return
-        here = Path.cwd().resolve()
-        if out.resolve() in (here, *here.parents):
-            raise LutlmError(f"{out} is the working folder or holds it; give a new folder as the output")
         if not out.is_dir():
             raise LutlmError(f"{out} exists and is not a folder; refusing to overwrite it")
         entries = {p.name for p in out.iterdir()}

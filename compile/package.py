@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from runtime_py.package import FORMAT, VERSION, PackageError, folder_reader, read_manifest, read_tokenizer
+from runtime_py.package import FORMAT, NAME, VERSION, PackageError, folder_reader, read_manifest, read_tokenizer
 
 from .atomic import OutputKind
 from .checkpoint import Checkpoint
@@ -34,7 +34,8 @@ from .plan import CHUNK, DECODE, build, dense_bits, dense_only, fused_groups
 from .quant.format import QTensor
 
 SHARD_BYTES = 32 << 20
-OUTPUT = OutputKind("model package", "manifest.json", FORMAT, frozenset({"manifest.json", "tokenizer.json", "kernels", "shards"}))
+OUTPUT = OutputKind("model package", "manifest.json", FORMAT, frozenset({"manifest.json", "tokenizer.json", "kernels", "shards"}),
+                    name=NAME)  # the manifest records the folder's name as the package's
 
 
 def _fuse(parts: list[QTensor]) -> QTensor:
@@ -48,7 +49,7 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
     decode dequantises, NAME.dense instead of planes for 8-bit codes), with the specs and shapes
     of the GPU weights and the output head's name."""
     c, arch = ckpt.config, architecture(ckpt.config.architecture)
-    missing = [n for n in [arch.EMBEDDING, *arch.linear_names(c)] if n not in quantized]
+    missing = [n for n in [*arch.embeddings(c), *arch.linear_names(c)] if n not in quantized]
     if missing:
         raise LutlmError(f"not quantised: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     formats = {q.spec for q in quantized.values()}
@@ -59,7 +60,7 @@ def gpu_tensors(ckpt: Checkpoint, quantized: dict[str, QTensor], decode: str = "
     if decode != "lut" and any(s.scale_bits == 8 for s in formats):
         raise LutlmError("the dequantise baseline (--decode dequant) reads f16 scales; 8-bit scales decode with the LUT GEMV")
     weights: dict[str, QTensor] = {arch.EMBEDDING: quantized[arch.EMBEDDING]}
-    head = arch.OUTPUT if arch.OUTPUT in quantized else arch.EMBEDDING
+    head = arch.EMBEDDING if c.tied_embeddings else arch.OUTPUT
     weights[head] = quantized[head]
     specs = {n: q.spec for n, q in quantized.items()}
     for layer in range(c.n_layer):

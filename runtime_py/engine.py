@@ -223,6 +223,8 @@ class Engine:
         """Negative log-likelihood of tokens[1:] given what precedes each, from an empty cache."""
         if not 2 <= len(tokens) <= self.ctx:
             raise GenerationError(f"scoring needs 2..{self.ctx} tokens, got {len(tokens)}")
+        if "score" not in self.plans:
+            raise GenerationError("this package has no score plan (perplexity); compile it again with this lutlm")
         await self._settle()
         self.history = []
         nll: list[float] = []

@@ -30,7 +30,7 @@ from .tokenizer import Tokenizer, TokenizerError
 FORMAT = "lutlm-package"
 VERSION = 2
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # the package's name (its folder's), tensor, kernel, plan and buffer names
 _PATH = re.compile(r"(?:kernels|shards)/[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 _TOKENIZER = re.compile(r"tokenizer\.json")  # where the runtime looks for it
 _SOURCE = re.compile(r"[^/\\\x00-\x1f]{0,255}")  # a base name: the package must not record a machine's paths
@@ -164,7 +164,7 @@ def _check_version(data: dict[str, Any]) -> None:
 
 def _check_header(data: dict[str, Any]) -> None:
     """The fields that describe the package rather than the model."""
-    _check(isinstance(data.get("name"), str) and bool(_NAME.fullmatch(data["name"])),
+    _check(isinstance(data.get("name"), str) and bool(NAME.fullmatch(data["name"])),
            f"manifest: name must be 1 to 128 letters, digits, '_', '.' or '-', not {reprlib.repr(data.get('name'))}")
     _check(isinstance(data.get("source"), str) and bool(_SOURCE.fullmatch(data["source"])),
            "manifest: source must be the base name of the model it was compiled from")
@@ -173,7 +173,7 @@ def _check_header(data: dict[str, Any]) -> None:
     template = data.get("chat_template")
     _check(template is None or (isinstance(template, str) and len(template) <= TEMPLATE_MAX_CHARS),
            f"manifest: chat_template must be null or a string of at most {TEMPLATE_MAX_CHARS} characters")
-    _check(isinstance(data.get("decode"), str) and bool(_NAME.fullmatch(data["decode"])),
+    _check(isinstance(data.get("decode"), str) and bool(NAME.fullmatch(data["decode"])),
            f"manifest: decode must be a name, not {reprlib.repr(data.get('decode'))}")
     _check(isinstance(data.get("quantization"), dict), "manifest: quantization must be an object")
     _int(data.get("chunk"), "chunk", 1, 4096)
@@ -223,7 +223,7 @@ def _check_files(data: dict[str, Any]) -> None:
 def _check_tensors(tensors: Any, shards: list[dict[str, Any]]) -> None:
     _check(isinstance(tensors, dict) and tensors, "manifest: tensors missing")
     for name, t in tensors.items():
-        _check(bool(_NAME.fullmatch(name)) and isinstance(t, dict), f"manifest: bad tensor entry {reprlib.repr(name)}")
+        _check(bool(NAME.fullmatch(name)) and isinstance(t, dict), f"manifest: bad tensor entry {reprlib.repr(name)}")
         shard = _int(t.get("shard"), f"tensor {name} shard", 0, len(shards) - 1)
         offset, size = _int(t.get("offset"), f"tensor {name} offset"), _int(t.get("bytes"), f"tensor {name} bytes", 4)
         _check(offset + size <= shards[shard]["bytes"], f"manifest: tensor {name} runs past the end of its shard")
@@ -236,9 +236,9 @@ def _check_tensors(tensors: Any, shards: list[dict[str, Any]]) -> None:
 def _check_kernels(kernels: Any) -> None:
     _check(isinstance(kernels, dict) and 0 < len(kernels) <= 1024, "manifest: kernels missing")
     for kid, k in kernels.items():
-        _check(bool(_NAME.fullmatch(kid)) and isinstance(k, dict), f"manifest: bad kernel entry {reprlib.repr(kid)}")
+        _check(bool(NAME.fullmatch(kid)) and isinstance(k, dict), f"manifest: bad kernel entry {reprlib.repr(kid)}")
         _file_entry(k, f"kernel {kid}", KERNEL_MAX_BYTES)
-        _check(isinstance(k.get("entry"), str) and bool(_NAME.fullmatch(k["entry"])), f"manifest: kernel {kid} entry")
+        _check(isinstance(k.get("entry"), str) and bool(NAME.fullmatch(k["entry"])), f"manifest: kernel {kid} entry")
         b = k.get("bindings")
         _check(isinstance(b, list) and 0 < len(b) <= 16 and all(
             isinstance(x, dict) and isinstance(x.get("name"), str) and x.get("access") in ("read", "read_write")
@@ -255,7 +255,7 @@ def _check_kernels(kernels: Any) -> None:
                f"manifest: kernel {kid} grid")
         _evaluates(g, {f: 1 for f, _ in u}, f"kernel {kid} grid")  # parses, and names only the kernel's own uniforms
         features = k.get("features", [])
-        _check(isinstance(features, list) and len(features) <= 8 and all(isinstance(f, str) and _NAME.fullmatch(f)
+        _check(isinstance(features, list) and len(features) <= 8 and all(isinstance(f, str) and NAME.fullmatch(f)
                                                                           for f in features),
                f"manifest: kernel {kid} features")
     for kid, k in kernels.items():
@@ -285,7 +285,7 @@ def _check_buffers(data: dict[str, Any]) -> None:
     """Size expressions of ctx and chunk that give a positive size from one token to the model's context."""
     buffers = data.get("buffers")
     _check(isinstance(buffers, dict) and len(buffers) <= 4096 and all(
-        bool(_NAME.fullmatch(n)) and isinstance(e, str) for n, e in buffers.items()),
+        bool(NAME.fullmatch(n)) and isinstance(e, str) for n, e in buffers.items()),
         "manifest: buffers must map names to size expressions")
     _check(not set(buffers) & set(data["tensors"]), "manifest: a buffer has the name of a tensor")
     _check("ids" in buffers and "rope" in buffers, "manifest: buffers ids and rope are required")
@@ -306,7 +306,7 @@ def _check_plans(plans: Any, data: dict[str, Any]) -> None:
     for pname, buffer in (("penalty", "seen"), ("score", "targets"), ("score", "nll")):  # the engine writes or reads them
         _check(pname not in plans or buffer in data["buffers"], f"manifest: plan {pname} needs a buffer {buffer}")
     for pname, steps in plans.items():
-        _check(bool(_NAME.fullmatch(pname)), f"manifest: bad plan name {reprlib.repr(pname)}")
+        _check(bool(NAME.fullmatch(pname)), f"manifest: bad plan name {reprlib.repr(pname)}")
         for i, st in enumerate(steps):
             _check_step(st, f"plan {pname} step {i}", data)
 

@@ -100,6 +100,19 @@ def test_perplexity_through_the_runtime(tiny):
     assert abs(np.exp(np.mean(got)) / np.exp(np.mean(want)) - 1) < 0.005
 
 
+def test_a_package_without_a_score_plan_says_so(tiny, tmp_path):
+    """The reader lets a package leave out `score` (lutlm always writes it): scoring one is then a
+    GenerationError, not a KeyError."""
+    import shutil
+
+    pkg = shutil.copytree(tiny[1] / "pkg4", tmp_path / "pkg4")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    del manifest["plans"]["score"]
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GenerationError, match="no score plan"):
+        asyncio.run(engine(pkg, ctx=64).score([1, 2, 3]))
+
+
 def test_multi_turn_reuses_the_cache(tiny):
     ckpt, root, refs = tiny
     eng = engine(root / "pkg4", ctx=128)

@@ -437,6 +437,33 @@ def test_compile_refuses_what_the_runtime_would(tmp_path):
     assert not (tmp_path / "pkg").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_folder_name_the_manifest_cannot_record_is_refused_before_any_work(tmp_path):
+    """The package's name is its folder's, and the runtime reads 1-128 of [A-Za-z0-9_.-]: such an
+    output is refused before the source is even read (was: after minutes of quantising)."""
+    from lutlm import build
+    from lutlm.quant.pipeline import Request
+
+    with pytest.raises(LutlmError, match="folder's name"):
+        build.compile_package(tmp_path / "my model", tmp_path / "no-such-model.gguf", Request(bits="4", method="rtn"))
+    assert not (tmp_path / "my model").exists()
+
+
+def test_an_untied_output_head_must_be_quantised(tmp_path):
+    """A separate head missing from the quantised tensors is an error (was: the package silently
+    used the embedding as its head)."""
+    from lutlm.intake import load_checkpoint
+    from lutlm.package import gpu_tensors
+    from lutlm.quant.pipeline import Request, quantize
+    from tiny_llama import CONFIG, write_hf_folder
+
+    write_hf_folder(tmp_path / "hf", cfg={**CONFIG, "tie_word_embeddings": False})
+    ckpt = load_checkpoint(tmp_path / "hf")
+    quantized, _, _ = quantize(ckpt, Request(bits="4", method="rtn"), None)
+    del quantized["output.weight"]
+    with pytest.raises(LutlmError, match="not quantised: output.weight"):
+        gpu_tensors(ckpt, quantized)
+
+
 def test_package_records_no_machine_path(package):
     """Every file it holds is listed with its hash, and no absolute path is written anywhere."""
     manifest = _manifest(package)
