@@ -138,7 +138,7 @@ def build(out: Path, packages: list[Path]) -> Path:
     listed = [listing(pkg) for pkg in packages]
     claim(out, packages)
     for src in (ROOT / "web").iterdir():
-        if src.is_file():
+        if src.is_file() and src.name != "README.md":  # the folder's documentation is not part of the app
             shutil.copy2(src, out / src.name)
     (out / "pyodide").mkdir()
     for file in PYODIDE_FILES:
