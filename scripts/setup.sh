@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Idempotent set-up for lutlm on Debian: system packages, a virtual environment with the
-# project installed editable, the npm dependencies, and the default model in the cache.
+# Idempotent set-up for lutlm on Debian: system packages (browser, software Vulkan, the wasm
+# toolchain), a virtual environment with the project installed editable, the npm dependencies,
+# and the default model in the cache.
 # Each step is skipped when what it makes is already there and up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(chromium chromium-driver mesa-vulkan-drivers)
+# The CPU kernels (shaders/cpu/*.c, built by lutlm.wasm): clang 19 for wasm32 with SIMD, and its wasm-ld.
+APT_PACKAGES+=(clang-19 lld-19)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || APT_PACKAGES+=(python3-venv python3-pip)
 

@@ -1,0 +1,195 @@
+"""The CPU kernels (shaders/cpu, WebAssembly SIMD built by lutlm.wasm) run natively in wasmtime.
+
+The LUT GEMV is checked twice: against a numpy model of its integer algorithm (int8 tables with
+one scale per weight group, exact integer sums), which it must match to float rounding, and
+against the float oracle `QTensor.dequantize() @ x` within the error that table quantisation
+allows (test_lut_gemv_float_oracle). Every weight goes in as a package stores it (the GPU layout
+of compile/kernels/layout.py) and is repacked to the CPU layout by the module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lutlm import wasm
+from lutlm.errors import LutlmError
+from lutlm.quant.format import QTensor, QuantSpec, quantize_rtn
+
+from cpu_harness import CpuKernels, kernels
+
+rng = np.random.default_rng(37)
+LEVELS = list(wasm.LEVELS)
+SMOLLM2 = [(576, 576), (960, 576), (1536, 576), (3072, 576), (576, 1536)]  # (N, K): o, q/k/v-ish, kv, gate/up, down
+MASKS = ((np.arange(16)[:, None] >> np.arange(4)) & 1).astype(bool)  # bit i of entry m selects input i
+
+
+def quantized(n: int, k: int, bits: int | str, group: int = 32) -> QTensor:
+    return quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec.parse(bits, group))
+
+
+def tables(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's tables, bit for bit: each chunk's 16 subset sums added in input order in f32,
+    scaled by 127 / (the group's largest |entry|) and rounded to nearest even; (tables (K/4, 16)
+    int8, table scales, activation sums) per group."""
+    k = x.size
+    sel = np.where(MASKS, x.astype(np.float32).reshape(-1, 1, 4), np.float32(0))
+    entries = ((sel[..., 0] + sel[..., 1]) + sel[..., 2]) + sel[..., 3]
+    top = np.abs(entries).reshape(k // group, -1).max(axis=1)
+    inv = np.where(top > 0, np.float32(127) / np.where(top > 0, top, 1), 0).astype(np.float32)
+    tq = np.rint(entries * np.repeat(inv, group // 4)[:, None]).astype(np.int8)
+    return tq, top / np.float32(127), x.astype(np.float64).reshape(-1, group).sum(axis=1)
+
+
+def lut_gemv_model(q: QTensor, x: np.ndarray) -> np.ndarray:
+    """y = W x as the kernel computes it: per plane j and chunk c the table entry the plane's 4 bits
+    select, summed exactly, times 2^j; then per group scale x table scale, plus minimum x sum(x)."""
+    n, k = q.codes.shape
+    g = q.spec.group
+    tq, tscale, xsum = tables(x, g)
+    chunks = q.codes.reshape(n, k // 4, 4).astype(np.int64)
+    acc = np.zeros((n, k // g), np.int64)
+    for j in range(q.spec.bits):
+        index = (((chunks >> j) & 1) << np.arange(4)).sum(axis=-1)
+        acc += tq[np.arange(k // 4), index].astype(np.int64).reshape(n, k // g, g // 4).sum(axis=-1) << j
+    return (acc * q.scale.astype(np.float64) * tscale + q.minimum.astype(np.float64) * xsum).sum(axis=1)
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def run_lut(q: QTensor, x: np.ndarray, level: str = "simd128") -> np.ndarray:
+    k = kernels(level)
+    return k.lut_gemv(k.repack(q), q, x)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_module_has_no_imports(level):
+    """Freestanding: no libc, no host functions; its own memory; only the kernels exported."""
+    module = kernels(level).module
+    assert [i.name for i in module.imports] == []
+    assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv",
+                                                "lut_weight_bytes", "lut_repack", "gemv_f32"}
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, "t"])
+@pytest.mark.parametrize("n,k", SMOLLM2)
+def test_lut_gemv_smollm2_shapes(n, k, bits):
+    q = quantized(n, k, bits)
+    x = rng.standard_normal(k).astype(np.float32)
+    assert rel_err(run_lut(q, x), lut_gemv_model(q, x)) < 1e-5
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("n,k,bits,group", [(1, 32, 2, 32), (17, 96, 3, 32), (100, 576, 4, 32),
+                                            (33, 576, 2, 64), (40, 1536, 3, 128), (16, 768, 4, 256),
+                                            (24, 192, "t", 96), (7, 576, 4, 192)])
+def test_lut_gemv_awkward_shapes(level, n, k, bits, group):
+    """Rows not a multiple of the 16-row tile (padded by the repack, never written past N), one
+    group, groups up to 256 (several 32-input runs each), both builds."""
+    q = quantized(n, k, bits, group)
+    x = rng.standard_normal(k).astype(np.float32)
+    assert rel_err(run_lut(q, x, level), lut_gemv_model(q, x)) < 1e-5
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_lut_gemv_16_bit_sums_at_their_largest(level):
+    """Equal positive inputs make every nonzero-index entry of a group's table 127 x (bits set)/4 at
+    most, and all-ones codes at 4 bits select 127 from every chunk: a 32-input run sums 15 x 8 x
+    127 = 15240 per row, the most the int16 accumulator ever holds, and must still be exact."""
+    q = quantized(32, 576, 4)
+    q.codes[:] = 15
+    x = np.full(576, 0.5, np.float32)
+    want = lut_gemv_model(q, x)
+    assert rel_err(run_lut(q, x, level), want) < 1e-5
+    assert rel_err(want, q.dequantize().astype(np.float64) @ x) < 1e-6  # a table of exact entries
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, "t"])
+def test_lut_gemv_float_oracle(bits):
+    """Against the dequantised weights times x. The only approximation is the int8 table: entry e
+    of group g becomes t * ts_g with |t * ts_g - e| <= ts_g / 2 (ts_g = max |e| / 127), and row r
+    of group g adds scale_rg x sum_j 2^j of G/4 such entries per plane. So, exactly,
+
+        |err_r| <= sum_g |scale_rg| ts_g / 2 x (2^b - 1) x G/4,
+
+    plus f32 rounding (1e-5 of the row's sum of |w x|). That worst case assumes every rounding
+    error has the same sign; they are really about uniform on [-ts/2, ts/2] (variance ts^2/12),
+    independent across chunks (the planes of one chunk may share an entry, so take them as fully
+    correlated): the row's standard deviation is sqrt(sum_g (scale_rg ts_g (2^b - 1))^2 G/4 / 12),
+    and every row must also be within 6 of those (a sum of at least 144 terms, thousands of rows)."""
+    q = quantized(1536, 576, bits)
+    x = rng.standard_normal(576).astype(np.float32)
+    w = q.dequantize().astype(np.float64)
+    err = np.abs(run_lut(q, x) - w @ x)
+    _, tscale, _ = tables(x, q.spec.group)
+    per_group = np.abs(q.scale.astype(np.float64)) * tscale * ((1 << q.spec.bits) - 1)
+    rounding = 1e-5 * (np.abs(w) @ np.abs(x))
+    assert np.all(err <= (per_group / 2 * q.spec.group / 4).sum(axis=1) + rounding)
+    assert np.all(err <= 6 * np.sqrt((per_group ** 2).sum(axis=1) * q.spec.group / 4 / 12) + rounding)
+
+
+def test_repack_is_the_documented_tile_layout():
+    """lut.h's layout from the codes directly: per 16-row tile, group, pair of chunks and plane, 16
+    bytes of nibbles (inputs 8p..8p+3 low, 8p+4..8p+7 high), then 16 f16 scales and 16 minimums."""
+    n, k, g = 20, 64, 32
+    q = quantized(n, k, 3, g)
+    cpu = kernels()
+    size = cpu.call("lut_weight_bytes", n, k, 3, g)
+    got = cpu.get(cpu.repack(q), np.uint8, size)
+    codes = np.zeros((32, k), np.uint8)
+    codes[:n] = q.codes
+    sm = np.zeros((2, 32, k // g), np.float16)
+    sm[:, :n] = q.scale, q.minimum
+    want = []
+    for t in range(2):
+        rows = codes[16 * t:16 * t + 16].reshape(16, k // g, g // 8, 2, 4)
+        for group in range(k // g):
+            for p in range(g // 8):
+                for j in range(3):
+                    nib = (((rows[:, group, p] >> j) & 1) << np.arange(4)).sum(axis=-1)
+                    want.append((nib[:, 0] | nib[:, 1] << 4).astype(np.uint8))
+            want += [np.ascontiguousarray(half[16 * t:16 * t + 16, group]).view(np.uint8) for half in sm]
+    np.testing.assert_array_equal(got, np.concatenate(want))
+
+
+@pytest.mark.parametrize("bits,group,scale_bits", [(3, 16, 8), (4, 32, 8), (8, 32, 16)])
+def test_unsupported_formats_are_refused(bits, group, scale_bits):
+    """8-bit scale codes (and so groups of 16) and 8-bit codes are not in the CPU layout yet."""
+    spec = QuantSpec(bits, group, scale_bits=scale_bits)
+    q = quantize_rtn(rng.standard_normal((16, 64)).astype(np.float32), spec)
+    with pytest.raises(LutlmError, match="do not take"):
+        kernels().repack(q)
+
+
+def test_gemv_f32():
+    """The fp32 baseline the LUT kernels are measured against: four rows per pass, a remainder."""
+    n, k = 7, 96
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    cpu = kernels()
+    y = cpu.alloc(4 * n)
+    cpu.call("gemv_f32", cpu.put(w), n, k, cpu.put(x), y)
+    assert rel_err(cpu.get(y, np.float32, n), w.astype(np.float64) @ x) < 1e-5
+
+
+def test_build_is_cached_by_content(tmp_path, monkeypatch):
+    """Same sources, flags and compiler: the same file; the output lives in $LUTLM_CACHE."""
+    monkeypatch.setenv("LUTLM_CACHE", str(tmp_path))
+    first = wasm.build("simd128")
+    assert first.parent == tmp_path / "wasm" and first.name.startswith("lutlm-cpu-simd128-")
+    stamp = first.stat().st_mtime_ns
+    assert wasm.build("simd128") == first and first.stat().st_mtime_ns == stamp
+    assert wasm.build("relaxed") != first
+
+
+def test_missing_toolchain_says_run_make_setup(monkeypatch):
+    monkeypatch.setattr(wasm, "CLANG", "clang-19-not-installed")
+    with pytest.raises(LutlmError, match="run make setup"):
+        wasm.build("simd128")
+
+
+def test_unknown_level_is_refused():
+    with pytest.raises(LutlmError, match="unknown SIMD level"):
+        wasm.build("avx512")
