@@ -73,6 +73,24 @@ def test_module_has_no_imports(level):
                                                 "lut_weight_bytes", "lut_repack", "gemv_f32"}
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("k,group", [(576, 32), (1536, 32), (768, 256), (96, 96)])
+def test_tables_bit_for_bit(level, k, group):
+    """The int8 tables and their scales exactly as the model's (a one-step difference in a single
+    entry would hide under the GEMV's float tolerance); activation sums to f32 rounding. With a
+    chunk of zeros, entries that cancel to zero, and a group of zeros (table scale 0)."""
+    x = rng.standard_normal(k).astype(np.float32)
+    x[:8] = 0
+    x[8:12] = [1.5, -1.5, 0.25, 3.0]
+    x[2 * group:3 * group] = 0
+    cpu = kernels(level)
+    table, tscale, xsum = cpu.tables(x, group)
+    tq, ts, xs = tables(x, group)
+    np.testing.assert_array_equal(cpu.get(table, np.int8, k * 4).reshape(-1, 16), tq)
+    np.testing.assert_array_equal(cpu.get(tscale, np.float32, k // group), ts)
+    np.testing.assert_allclose(cpu.get(xsum, np.float32, k // group), xs, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, "t"])
 @pytest.mark.parametrize("n,k", SMOLLM2)
 def test_lut_gemv_smollm2_shapes(n, k, bits):

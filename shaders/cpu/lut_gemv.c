@@ -12,33 +12,46 @@
    combined at most 15 x 1016 = 15240 (4 bits): inside int16. */
 #define RUN 32
 
-/* One group's tables: for each chunk of 4 activations its 16 subset sums, quantised to int8 with
-   the group's scale `tscale` = max |entry| / 127; `xsum` the group's activation sum. Each entry
-   is summed in input order and rounded to nearest even, which the numpy model repeats exactly.
-   Returns -1 for an unsupported shape. */
+/* The 16 subset sums of one chunk xc[0..3] as 4 f32x4 (entry m = 4q + lane in vector q), each
+   summed in input order, ((s0 + s1) + s2) + s3 with s_i = bit i of m ? xc[i] : 0, which the numpy
+   model repeats exactly. */
+static inline void subset_sums(const float *xc, v128_t e[4]) {
+    const v128_t bit0 = wasm_i32x4_make(0, -1, 0, -1), bit1 = wasm_i32x4_make(0, 0, -1, -1);
+    v128_t low = wasm_f32x4_add(wasm_v128_and(wasm_f32x4_splat(xc[0]), bit0),
+                                wasm_v128_and(wasm_f32x4_splat(xc[1]), bit1));
+    v128_t zero = wasm_f32x4_splat(0), x2 = wasm_f32x4_splat(xc[2]), x3 = wasm_f32x4_splat(xc[3]);
+    for (int q = 0; q < 4; q++)
+        e[q] = wasm_f32x4_add(wasm_f32x4_add(low, q & 1 ? x2 : zero), q & 2 ? x3 : zero);
+}
+
+/* One group's tables: for each chunk of 4 activations its 16 subset sums, rounded to nearest even
+   int8 after scaling by 127 / `top` (the group's largest |entry|), so `tscale` = top / 127; and
+   `xsum` the group's activation sum. Returns -1 for an unsupported shape. */
 EXPORT(lut_table) int lut_table(const float *x, int k, int group, int8_t *table, float *tscale, float *xsum) {
-    float entries[MAX_GROUP / 4 * 16];
     if (!lut_supported(1, k, 2, group))
         return -1;
     for (int g = 0; g < k / group; g++, x += group) {
-        float top = 0, sum = 0;
+        v128_t top = wasm_f32x4_splat(0), sum = wasm_f32x4_splat(0), e[4];
         for (int c = 0; c < group / 4; c++) {
-            const float *xc = x + 4 * c;
-            for (int m = 0; m < 16; m++) {
-                float e = (((m & 1 ? xc[0] : 0.0f) + (m & 2 ? xc[1] : 0.0f)) + (m & 4 ? xc[2] : 0.0f)) +
-                          (m & 8 ? xc[3] : 0.0f);
-                float a = __builtin_fabsf(e);
-                entries[16 * c + m] = e;
-                top = a > top ? a : top;
-            }
+            subset_sums(x + 4 * c, e);
+            for (int q = 0; q < 4; q++)
+                top = wasm_f32x4_pmax(top, wasm_f32x4_abs(e[q]));
+            sum = wasm_f32x4_add(sum, wasm_v128_load(x + 4 * c));
         }
-        for (int i = 0; i < group; i++)
-            sum += x[i];
-        float inv = top > 0 ? 127.0f / top : 0.0f;
-        for (int i = 0; i < group * 4; i++)
-            *table++ = (int8_t)__builtin_rintf(entries[i] * inv);
-        tscale[g] = top / 127.0f;
-        xsum[g] = sum;
+        top = wasm_f32x4_pmax(top, wasm_i32x4_shuffle(top, top, 2, 3, 0, 1));
+        float t = wasm_f32x4_extract_lane(wasm_f32x4_pmax(top, wasm_i32x4_shuffle(top, top, 1, 0, 3, 2)), 0);
+        v128_t inv = wasm_f32x4_splat(t > 0 ? 127.0f / t : 0.0f);
+        for (int c = 0; c < group / 4; c++, table += 16) {
+            subset_sums(x + 4 * c, e);
+            v128_t q[4];
+            for (int i = 0; i < 4; i++)
+                q[i] = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(e[i], inv)));
+            wasm_v128_store(table, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(q[0], q[1]),
+                                                           wasm_i16x8_narrow_i32x4(q[2], q[3])));
+        }
+        tscale[g] = t / 127.0f;
+        xsum[g] = wasm_f32x4_extract_lane(sum, 0) + wasm_f32x4_extract_lane(sum, 1) +
+                  wasm_f32x4_extract_lane(sum, 2) + wasm_f32x4_extract_lane(sum, 3);
     }
     return 0;
 }
