@@ -112,6 +112,20 @@ def test_lut_gemv_awkward_shapes(level, n, k, bits, group):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_lut_gemv_reads_every_kind_of_f16(level):
+    """Scales and minimums the kernel turns into f32 with integer operations: zeros of both signs,
+    subnormals, the largest finite f16, negative and positive values, one row per kind."""
+    special = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, 0.5, -3.25, 1e-3], np.float16)
+    n = special.size
+    q = quantized(n, 64, 3)
+    q.scale[:] = special[:, None]
+    q.minimum[:] = special[::-1, None]
+    x = rng.standard_normal(64).astype(np.float32)
+    want = lut_gemv_model(q, x)
+    np.testing.assert_allclose(run_lut(q, x, level), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_lut_gemv_16_bit_sums_at_their_largest(level):
     """Equal positive inputs make every nonzero-index entry of a group's table 127 x (bits set)/4 at
     most, and all-ones codes at 4 bits select 127 from every chunk: a 32-input run sums 15 x 8 x

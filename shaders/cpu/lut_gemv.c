@@ -56,21 +56,24 @@ EXPORT(lut_table) int lut_table(const float *x, int k, int group, int8_t *table,
     return 0;
 }
 
-/* f16 bits (in the low half of u32 lanes) to f32: the exponent rebiased by one multiply by
-   2^112, which also gets subnormals right; infinities and NaNs (never a valid scale) are not. */
-static inline v128_t f16_to_f32(v128_t h) {
-    v128_t magnitude = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x7fff)), 13);
-    v128_t sign = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x8000)), 16);
-    return wasm_v128_or(wasm_f32x4_mul(magnitude, wasm_f32x4_splat(0x1p112f)), sign);
+/* Four f16s (the upper halves of u32 lanes) to f32: an arithmetic shift puts exponent and mantissa
+   in place and keeps the sign, the mask clears the sign's copies, and one multiply by 2^112
+   rebiases the exponent, which also gets subnormals right; infinities and NaNs (never a valid
+   scale) are not. */
+static inline v128_t f16_to_f32(v128_t high_halves) {
+    v128_t bits = wasm_v128_and(wasm_i32x4_shr(high_halves, 3), wasm_i32x4_splat((int32_t)0x8fffffff));
+    return wasm_f32x4_mul(bits, wasm_f32x4_splat(0x1p112f));
 }
 
-/* y[16 rows] += (acc * scale * tscale + minimum * xsum) for one tile's group; `sm` its f16s. */
+/* y[16 rows] += acc * scale * tscale + minimum * xsum for one tile's group; `sm` its f16s. */
 static inline void scale_group(v128_t y[4], const v128_t acc[4], const uint16_t *sm, float tscale, float xsum) {
-    v128_t ts = wasm_f32x4_splat(tscale), xs = wasm_f32x4_splat(xsum);
+    const v128_t zero = wasm_i16x8_splat(0), ts = wasm_f32x4_splat(tscale), xs = wasm_f32x4_splat(xsum);
     for (int h = 0; h < 2; h++) {
         v128_t s = wasm_v128_load(sm + 8 * h), m = wasm_v128_load(sm + TILE + 8 * h);
-        v128_t sc[2] = {wasm_u32x4_extend_low_u16x8(s), wasm_u32x4_extend_high_u16x8(s)};
-        v128_t mn[2] = {wasm_u32x4_extend_low_u16x8(m), wasm_u32x4_extend_high_u16x8(m)};
+        v128_t sc[2] = {wasm_i16x8_shuffle(zero, s, 0, 8, 0, 9, 0, 10, 0, 11),
+                        wasm_i16x8_shuffle(zero, s, 0, 12, 0, 13, 0, 14, 0, 15)};
+        v128_t mn[2] = {wasm_i16x8_shuffle(zero, m, 0, 8, 0, 9, 0, 10, 0, 11),
+                        wasm_i16x8_shuffle(zero, m, 0, 12, 0, 13, 0, 14, 0, 15)};
         for (int q = 0; q < 2; q++) {
             v128_t term = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[2 * h + q]),
                                          wasm_f32x4_mul(f16_to_f32(sc[q]), ts));
