@@ -48,7 +48,7 @@ class CpuKernels:
         """The CPU layout of `q`, from the GPU layout a package stores (compile/kernels/layout.py)."""
         n, k = q.codes.shape
         spec = q.spec
-        size = self.call("lut_weight_bytes", n, k, spec.bits, spec.group)
+        size = self.call("lut_weight_bytes", n, k, spec.bits, spec.group, spec.scale_bits)
         out = self.alloc(size) if size else 0
         planes, sm = self.put(layout.planes(q)), self.put(layout.scale_min(q))
         if not size or self.call("lut_repack", planes, sm, n, k, spec.bits, spec.group, spec.scale_bits, out):
@@ -67,8 +67,9 @@ class CpuKernels:
         """y = W x, W repacked (`repack`) from `q`."""
         n, k = q.codes.shape
         y = self.alloc(4 * n)
-        if self.call("lut_gemv", w, n, k, q.spec.bits, q.spec.group, *self.tables(x, q.spec.group), y):
-            raise LutlmError(f"the CPU LUT GEMV does not take {q.spec.name} weights of shape {n}x{k}")
+        spec = q.spec
+        if self.call("lut_gemv", w, n, k, spec.bits, spec.group, spec.scale_bits, *self.tables(x, spec.group), y):
+            raise LutlmError(f"the CPU LUT GEMV does not take {spec.name} weights of shape {n}x{k}")
         return self.get(y, np.float32, n)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from lutlm import wasm
 from lutlm.errors import LutlmError
-from lutlm.quant.format import QTensor, QuantSpec, quantize_rtn
+from lutlm.quant.format import QTensor, QuantSpec, StepGrid, quantize_rtn
 
 from cpu_harness import CpuKernels, kernels
 
@@ -24,8 +24,8 @@ SMOLLM2 = [(576, 576), (960, 576), (1536, 576), (3072, 576), (576, 1536)]  # (N,
 MASKS = ((np.arange(16)[:, None] >> np.arange(4)) & 1).astype(bool)  # bit i of entry m selects input i
 
 
-def quantized(n: int, k: int, bits: int | str, group: int = 32) -> QTensor:
-    return quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec.parse(bits, group))
+def quantized(n: int, k: int, bits: int | str, group: int = 32, scale_bits: int = 16) -> QTensor:
+    return quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec.parse(bits, group, scale_bits))
 
 
 def tables(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,22 +91,27 @@ def test_tables_bit_for_bit(level, k, group):
     np.testing.assert_allclose(cpu.get(xsum, np.float32, k // group), xs, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, "t"])
+@pytest.mark.parametrize("bits,group,scale_bits", [(2, 32, 16), (3, 32, 16), (4, 32, 16), ("t", 32, 16),
+                                                   (3, 16, 8), (2, 16, 8), (4, 64, 8)])
 @pytest.mark.parametrize("n,k", SMOLLM2)
-def test_lut_gemv_smollm2_shapes(n, k, bits):
-    q = quantized(n, k, bits)
+def test_lut_gemv_smollm2_shapes(n, k, bits, group, scale_bits):
+    """Every LUT format of lutlm's packages: f16 scales, and 8-bit scale codes with per-row steps
+    (groups of 16 take only those in a package)."""
+    q = quantized(n, k, bits, group, scale_bits)
     x = rng.standard_normal(k).astype(np.float32)
     assert rel_err(run_lut(q, x), lut_gemv_model(q, x)) < 1e-5
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("n,k,bits,group", [(1, 32, 2, 32), (17, 96, 3, 32), (100, 576, 4, 32),
-                                            (33, 576, 2, 64), (40, 1536, 3, 128), (16, 768, 4, 256),
-                                            (24, 192, "t", 96), (7, 576, 4, 192)])
-def test_lut_gemv_awkward_shapes(level, n, k, bits, group):
+@pytest.mark.parametrize("n,k,bits,group,scale_bits", [
+    (1, 32, 2, 32, 16), (17, 96, 3, 32, 16), (100, 576, 4, 32, 16), (33, 576, 2, 64, 16), (40, 1536, 3, 128, 16),
+    (16, 768, 4, 256, 16), (24, 192, "t", 96, 16), (7, 576, 4, 192, 16), (5, 32, 3, 16, 16),
+    (1, 32, 2, 16, 8), (19, 96, 4, 32, 8), (50, 576, 3, 192, 8)])
+def test_lut_gemv_awkward_shapes(level, n, k, bits, group, scale_bits):
     """Rows not a multiple of the 16-row tile (padded by the repack, never written past N), one
-    group, groups up to 256 (several 32-input runs each), both builds."""
-    q = quantized(n, k, bits, group)
+    group, groups of 16 and up to 256 (several 32-input runs each), an odd number of groups with
+    8-bit scales (a half-empty word in the package), both builds."""
+    q = quantized(n, k, bits, group, scale_bits)
     x = rng.standard_normal(k).astype(np.float32)
     assert rel_err(run_lut(q, x, level), lut_gemv_model(q, x)) < 1e-5
 
@@ -162,34 +167,43 @@ def test_lut_gemv_float_oracle(bits):
     assert np.all(err <= 6 * np.sqrt((per_group ** 2).sum(axis=1) * q.spec.group / 4 / 12) + rounding)
 
 
-def test_repack_is_the_documented_tile_layout():
-    """lut.h's layout from the codes directly: per 16-row tile, group, pair of chunks and plane, 16
-    bytes of nibbles (inputs 8p..8p+3 low, 8p+4..8p+7 high), then 16 f16 scales and 16 minimums."""
-    n, k, g = 20, 64, 32
-    q = quantized(n, k, 3, g)
+@pytest.mark.parametrize("scale_bits", [16, 8])
+def test_repack_is_the_documented_tile_layout(scale_bits):
+    """lut.h's layout from the codes directly: per 16-row tile (8-bit scales: first its rows' f16
+    steps), per group, pair of chunks and plane 16 bytes of nibbles (inputs 8p..8p+3 low, 8p+4..8p+7
+    high), then 16 scales and 16 minimums (f16, or 8-bit codes). Rows past N are zeros."""
+    n, k, g = 20, 96, 32
+    q = quantized(n, k, 3, g, scale_bits)
     cpu = kernels()
-    size = cpu.call("lut_weight_bytes", n, k, 3, g)
-    got = cpu.get(cpu.repack(q), np.uint8, size)
-    codes = np.zeros((32, k), np.uint8)
-    codes[:n] = q.codes
-    sm = np.zeros((2, 32, k // g), np.float16)
-    sm[:, :n] = q.scale, q.minimum
+    got = cpu.get(cpu.repack(q), np.uint8, cpu.call("lut_weight_bytes", n, k, 3, g, scale_bits))
+
+    def padded(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, np.zeros((32 - n, *a.shape[1:]), a.dtype)])
+
+    codes = padded(q.codes)
+    if scale_bits == 16:
+        scales = [padded(q.scale.astype(np.float16)), padded(q.minimum.astype(np.float16))]
+    else:
+        scales = [padded(c) for c in StepGrid.of(q.steps).codes(q.scale, q.minimum)]
+        steps = padded(q.steps)
     want = []
     for t in range(2):
-        rows = codes[16 * t:16 * t + 16].reshape(16, k // g, g // 8, 2, 4)
+        rows = slice(16 * t, 16 * t + 16)
+        if scale_bits == 8:
+            want += [np.ascontiguousarray(steps[rows, i]).view(np.uint8) for i in range(2)]
+        chunks = codes[rows].reshape(16, k // g, g // 8, 2, 4)
         for group in range(k // g):
             for p in range(g // 8):
                 for j in range(3):
-                    nib = (((rows[:, group, p] >> j) & 1) << np.arange(4)).sum(axis=-1)
+                    nib = (((chunks[:, group, p] >> j) & 1) << np.arange(4)).sum(axis=-1)
                     want.append((nib[:, 0] | nib[:, 1] << 4).astype(np.uint8))
-            want += [np.ascontiguousarray(half[16 * t:16 * t + 16, group]).view(np.uint8) for half in sm]
+            want += [np.ascontiguousarray(a[rows, group]).view(np.uint8) for a in scales]
     np.testing.assert_array_equal(got, np.concatenate(want))
 
 
-@pytest.mark.parametrize("bits,group,scale_bits", [(3, 16, 8), (4, 32, 8), (8, 32, 16)])
-def test_unsupported_formats_are_refused(bits, group, scale_bits):
-    """8-bit scale codes (and so groups of 16) and 8-bit codes are not in the CPU layout yet."""
-    spec = QuantSpec(bits, group, scale_bits=scale_bits)
+@pytest.mark.parametrize("spec", [QuantSpec(8, 32), QuantSpec(8, 32, symmetric=True)], ids=str)
+def test_8_bit_codes_are_refused(spec):
+    """8-bit codes (the embedding and head) are for a dense kernel, not a bit-serial lookup."""
     q = quantize_rtn(rng.standard_normal((16, 64)).astype(np.float32), spec)
     with pytest.raises(LutlmError, match="do not take"):
         kernels().repack(q)

@@ -9,7 +9,7 @@
 #include "lut.h"
 
 /* Run bound: a plane's 16-bit sum over 32 inputs is at most 8 chunks x 127 = 1016, the planes
-   combined at most 15 x 1016 = 15240 (4 bits): inside int16. */
+   combined at most 15 x 1016 = 15240 (4 bits): inside int16. Groups of 16 are one shorter run. */
 #define RUN 32
 
 /* The 16 subset sums of one chunk xc[0..3] as 4 f32x4 (entry m = 4q + lane in vector q), each
@@ -28,7 +28,7 @@ static inline void subset_sums(const float *xc, v128_t e[4]) {
    int8 after scaling by 127 / `top` (the group's largest |entry|), so `tscale` = top / 127; and
    `xsum` the group's activation sum. Returns -1 for an unsupported shape. */
 EXPORT(lut_table) int lut_table(const float *x, int k, int group, int8_t *table, float *tscale, float *xsum) {
-    if (!lut_supported(1, k, 2, group))
+    if (!lut_supported(1, k, 2, group, 16))
         return -1;
     for (int g = 0; g < k / group; g++, x += group) {
         v128_t top = wasm_f32x4_splat(0), sum = wasm_f32x4_splat(0), e[4];
@@ -65,35 +65,48 @@ static inline v128_t f16_to_f32(v128_t high_halves) {
     return wasm_f32x4_mul(bits, wasm_f32x4_splat(0x1p112f));
 }
 
-/* y[16 rows] += acc * scale * tscale + minimum * xsum for one tile's group; `sm` its f16s. */
-static inline void scale_group(v128_t y[4], const v128_t acc[4], const uint16_t *sm, float tscale, float xsum) {
-    const v128_t zero = wasm_i16x8_splat(0), ts = wasm_f32x4_splat(tscale), xs = wasm_f32x4_splat(xsum);
-    for (int h = 0; h < 2; h++) {
-        v128_t s = wasm_v128_load(sm + 8 * h), m = wasm_v128_load(sm + TILE + 8 * h);
-        v128_t sc[2] = {wasm_i16x8_shuffle(zero, s, 0, 8, 0, 9, 0, 10, 0, 11),
-                        wasm_i16x8_shuffle(zero, s, 0, 12, 0, 13, 0, 14, 0, 15)};
-        v128_t mn[2] = {wasm_i16x8_shuffle(zero, m, 0, 8, 0, 9, 0, 10, 0, 11),
-                        wasm_i16x8_shuffle(zero, m, 0, 12, 0, 13, 0, 14, 0, 15)};
-        for (int q = 0; q < 2; q++) {
-            v128_t term = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[2 * h + q]),
-                                         wasm_f32x4_mul(f16_to_f32(sc[q]), ts));
-            y[2 * h + q] = wasm_f32x4_add(y[2 * h + q], wasm_f32x4_add(term, wasm_f32x4_mul(f16_to_f32(mn[q]), xs)));
-        }
+/* 16 f16s to f32, rows 0-3, 4-7, 8-11, 12-15. */
+static inline void load_f16(const uint16_t *h, v128_t out[4]) {
+    const v128_t zero = wasm_i16x8_splat(0);
+    for (int i = 0; i < 2; i++) {
+        v128_t v = wasm_v128_load(h + 8 * i);
+        out[2 * i] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 8, 0, 9, 0, 10, 0, 11));
+        out[2 * i + 1] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 12, 0, 13, 0, 14, 0, 15));
     }
 }
 
-/* One tile of 16 rows; `bits` is a constant in each caller so the plane loops unroll. */
+/* 16 8-bit codes times their rows' steps. */
+static inline void load_codes(const uint8_t *c, const v128_t step[4], v128_t out[4]) {
+    v128_t v = wasm_v128_load(c);
+    v128_t half[2] = {wasm_u16x8_extend_low_u8x16(v), wasm_u16x8_extend_high_u8x16(v)};
+    for (int i = 0; i < 2; i++) {
+        out[2 * i] = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_low_u16x8(half[i])), step[2 * i]);
+        out[2 * i + 1] = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_high_u16x8(half[i])), step[2 * i + 1]);
+    }
+}
+
+/* One tile of 16 rows into y; `bits` and `d8` (8-bit scales) are constants in each caller, so
+   the plane loops unroll and the scale format is chosen at compile time. */
 static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, const int bits, int group,
-                                                       const int8_t *table, const float *tscale,
+                                                       const int d8, const int8_t *table, const float *tscale,
                                                        const float *xsum, v128_t y[4]) {
     const v128_t low = wasm_i8x16_splat(0x0f);
+    const int run = group < RUN ? group : RUN;
+    v128_t step_s[4], step_m[4];
+    if (d8) {
+        load_f16((const uint16_t *)w, step_s);
+        load_f16((const uint16_t *)w + TILE, step_m);
+        for (int q = 0; q < 4; q++)
+            step_m[q] = wasm_f32x4_neg(step_m[q]);  /* minimum = -b x step */
+        w += lut_tile_header(8);
+    }
     for (int g = 0; g < k / group; g++) {
         v128_t acc[4] = {wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0)};
-        for (int run = 0; run < group / RUN; run++) {
+        for (int r = 0; r < group / run; r++) {
             v128_t lo[4], hi[4];  /* per plane: rows 0-7 and 8-15, 16-bit */
             for (int j = 0; j < bits; j++)
                 lo[j] = hi[j] = wasm_i16x8_splat(0);
-            for (int p = 0; p < RUN / 8; p++, table += 32) {
+            for (int p = 0; p < run / 8; p++, table += 32) {
                 v128_t t0 = wasm_v128_load(table), t1 = wasm_v128_load(table + 16);
                 for (int j = 0; j < bits; j++, w += 16) {
                     v128_t v = wasm_v128_load(w);
@@ -113,24 +126,37 @@ static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, 
             acc[2] = wasm_i32x4_add(acc[2], wasm_i32x4_extend_low_i16x8(hi[0]));
             acc[3] = wasm_i32x4_add(acc[3], wasm_i32x4_extend_high_i16x8(hi[0]));
         }
-        scale_group(y, acc, (const uint16_t *)w, tscale[g], xsum[g]);
-        w += 4 * TILE;
+        v128_t scale[4], minimum[4];
+        if (d8) {
+            load_codes(w, step_s, scale);
+            load_codes(w + TILE, step_m, minimum);
+        } else {
+            load_f16((const uint16_t *)w, scale);
+            load_f16((const uint16_t *)w + TILE, minimum);
+        }
+        w += lut_scale_bytes(d8 ? 8 : 16);
+        /* y += acc x scale x tscale + minimum x xsum */
+        v128_t ts = wasm_f32x4_splat(tscale[g]), xs = wasm_f32x4_splat(xsum[g]);
+        for (int q = 0; q < 4; q++)
+            y[q] = wasm_f32x4_add(y[q], wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[q]),
+                                                                      wasm_f32x4_mul(scale[q], ts)),
+                                                       wasm_f32x4_mul(minimum[q], xs)));
     }
 }
 
 /* y (n) = W x from the tables of x (lut_table) and W in the CPU layout (lut_repack). Returns -1
-   for an unsupported shape. */
-EXPORT(lut_gemv) int lut_gemv(const uint8_t *w, int n, int k, int bits, int group, const int8_t *table,
-                              const float *tscale, const float *xsum, float *y) {
-    if (!lut_supported(n, k, bits, group))
+   for an unsupported shape or format. */
+EXPORT(lut_gemv) int lut_gemv(const uint8_t *w, int n, int k, int bits, int group, int scale_bits,
+                              const int8_t *table, const float *tscale, const float *xsum, float *y) {
+    if (!lut_supported(n, k, bits, group, scale_bits))
         return -1;
-    size_t stride = (size_t)(k / group) * lut_block_bytes(bits, group);
-    for (int r0 = 0; r0 < n; r0 += TILE, w += stride) {
+    for (int r0 = 0; r0 < n; r0 += TILE, w += lut_tile_bytes(k, bits, group, scale_bits)) {
         v128_t acc[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
+        int d8 = scale_bits == 8;
         switch (bits) {
-        case 2: tile(w, k, 2, group, table, tscale, xsum, acc); break;
-        case 3: tile(w, k, 3, group, table, tscale, xsum, acc); break;
-        default: tile(w, k, 4, group, table, tscale, xsum, acc); break;
+        case 2: d8 ? tile(w, k, 2, group, 1, table, tscale, xsum, acc) : tile(w, k, 2, group, 0, table, tscale, xsum, acc); break;
+        case 3: d8 ? tile(w, k, 3, group, 1, table, tscale, xsum, acc) : tile(w, k, 3, group, 0, table, tscale, xsum, acc); break;
+        default: d8 ? tile(w, k, 4, group, 1, table, tscale, xsum, acc) : tile(w, k, 4, group, 0, table, tscale, xsum, acc); break;
         }
         float out[TILE];
         for (int q = 0; q < 4; q++)
