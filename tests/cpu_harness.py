@@ -12,7 +12,7 @@ import wasmtime
 from lutlm import wasm
 from lutlm.errors import LutlmError
 from lutlm.kernels import layout
-from lutlm.quant.format import QTensor
+from lutlm.quant.format import QTensor, QuantSpec
 
 
 class CpuKernels:
@@ -46,12 +46,15 @@ class CpuKernels:
 
     def repack(self, q: QTensor) -> int:
         """The CPU layout of `q`, from the GPU layout a package stores (compile/kernels/layout.py)."""
-        n, k = q.codes.shape
-        spec = q.spec
+        return self.repack_words(layout.planes(q), layout.scale_min(q), q.codes.shape, q.spec)
+
+    def repack_words(self, planes: np.ndarray, sm: np.ndarray, shape: tuple[int, int], spec: QuantSpec) -> int:
+        """The CPU layout from a package's `NAME.planes` and `NAME.sm` u32 words."""
+        n, k = shape
         size = self.call("lut_weight_bytes", n, k, spec.bits, spec.group, spec.scale_bits)
         out = self.alloc(size) if size else 0
-        planes, sm = self.put(layout.planes(q)), self.put(layout.scale_min(q))
-        if not size or self.call("lut_repack", planes, sm, n, k, spec.bits, spec.group, spec.scale_bits, out):
+        words = self.put(planes.astype(np.uint32)), self.put(sm.astype(np.uint32))
+        if not size or self.call("lut_repack", *words, n, k, spec.bits, spec.group, spec.scale_bits, out):
             raise LutlmError(f"the CPU LUT kernels do not take {spec.name} weights of shape {n}x{k}")
         return out
 

@@ -9,14 +9,19 @@ of compile/kernels/layout.py) and is repacked to the CPU layout by the module.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from lutlm import wasm
 from lutlm.errors import LutlmError
+from lutlm.package import write
+from lutlm.quant.pipeline import Request, quantize
 from lutlm.quant.format import QTensor, QuantSpec, StepGrid, quantize_rtn
 
-from cpu_harness import CpuKernels, kernels
+from cpu_harness import kernels
+from engine_fixtures import tiny_checkpoint
 
 rng = np.random.default_rng(37)
 LEVELS = list(wasm.LEVELS)
@@ -199,6 +204,36 @@ def test_repack_is_the_documented_tile_layout(scale_bits):
                     want.append((nib[:, 0] | nib[:, 1] << 4).astype(np.uint8))
             want += [np.ascontiguousarray(a[rows, group]).view(np.uint8) for a in scales]
     np.testing.assert_array_equal(got, np.concatenate(want))
+
+
+@pytest.mark.slow
+def test_a_package_runs_on_the_cpu(tmp_path):
+    """One package, two backends: a tiny Llama compiled to 3-bit groups of 16 with 8-bit scales
+    (the package's most involved `sm` layout); each layer-0 weight's `planes` and `sm` read from
+    the shards as the GPU engine reads them, repacked by the module, and multiplied. Fused weights
+    (q/k/v, gate/up) are their parts' rows in order."""
+    ckpt = tiny_checkpoint(tmp_path / "hf")
+    quantized, _, info = quantize(ckpt, Request(bits="3", method="rtn", group=16, scale_bits=8), None)
+    write(tmp_path / "pkg", ckpt, quantized, info)
+    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text(encoding="utf-8"))
+
+    def words(name: str) -> np.ndarray:
+        t = manifest["tensors"][name]
+        data = (tmp_path / "pkg" / manifest["shards"][t["shard"]]["file"]).read_bytes()
+        return np.frombuffer(data[t["offset"]:t["offset"] + t["bytes"]], np.uint32).reshape(t["shape"])
+
+    parts = {"blk.0.qkv": ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"],
+             "blk.0.gate_up": ["blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"],
+             "blk.0.attn_output.weight": ["blk.0.attn_output.weight"],
+             "blk.0.ffn_down.weight": ["blk.0.ffn_down.weight"]}
+    cpu = kernels()
+    for name, names in parts.items():
+        qs = [quantized[p] for p in names]
+        q = QTensor(qs[0].spec, *(np.concatenate([getattr(p, f) for p in qs]) for f in ("codes", "scale", "minimum", "steps")))
+        assert manifest["quantization"]["tensors"][name] == q.spec.name
+        x = rng.standard_normal(q.codes.shape[1]).astype(np.float32)
+        w = cpu.repack_words(words(f"{name}.planes"), words(f"{name}.sm"), q.codes.shape, q.spec)
+        assert rel_err(cpu.lut_gemv(w, q, x), lut_gemv_model(q, x)) < 1e-5, name
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(8, 32), QuantSpec(8, 32, symmetric=True)], ids=str)
