@@ -244,6 +244,15 @@ def test_8_bit_codes_are_refused(spec):
         kernels().repack(q)
 
 
+@pytest.mark.parametrize("n,k,bits,group,scale_bits", [
+    (16, 48, 2, 32, 16), (16, 64, 5, 32, 16), (16, 64, 1, 32, 16), (16, 96, 2, 48, 16), (16, 64, 2, 512, 16),
+    (16, 64, 2, 32, 4), (0, 64, 2, 32, 16), (-16, 64, 2, 32, 16), (1 << 25, 64, 2, 32, 16), (16, 1 << 25, 2, 32, 16),
+    ((1 << 24), (1 << 24) - 64, 4, 64, 16)])
+def test_weight_bytes_refuse_what_the_kernels_cannot_take(n, k, bits, group, scale_bits):
+    """Shapes and formats outside lut.h's, and a weight too large for wasm32 memory: 0 bytes."""
+    assert kernels().call("lut_weight_bytes", n, k, bits, group, scale_bits) == 0
+
+
 def test_gemv_f32():
     """The fp32 baseline the LUT kernels are measured against: four rows per pass, a remainder."""
     n, k = 7, 96
@@ -255,14 +264,17 @@ def test_gemv_f32():
     assert rel_err(cpu.get(y, np.float32, n), w.astype(np.float64) @ x) < 1e-5
 
 
-def test_build_is_cached_by_content(tmp_path, monkeypatch):
-    """Same sources, flags and compiler: the same file; the output lives in $LUTLM_CACHE."""
-    monkeypatch.setenv("LUTLM_CACHE", str(tmp_path))
+def test_build_is_reproducible_and_cached(tmp_path, monkeypatch):
+    """Same sources, flags and compiler: the same bytes under the same name in another cache, and
+    no rebuild in the same one; the output lives in $LUTLM_CACHE."""
+    monkeypatch.setenv("LUTLM_CACHE", str(tmp_path / "a"))
     first = wasm.build("simd128")
-    assert first.parent == tmp_path / "wasm" and first.name.startswith("lutlm-cpu-simd128-")
+    assert first.parent == tmp_path / "a" / "wasm" and first.name.startswith("lutlm-cpu-simd128-")
     stamp = first.stat().st_mtime_ns
     assert wasm.build("simd128") == first and first.stat().st_mtime_ns == stamp
-    assert wasm.build("relaxed") != first
+    monkeypatch.setenv("LUTLM_CACHE", str(tmp_path / "b"))
+    again = wasm.build("simd128")
+    assert again.name == first.name and again.read_bytes() == first.read_bytes()
 
 
 def test_missing_toolchain_says_run_make_setup(monkeypatch):

@@ -3,11 +3,13 @@
    and Pyodide need no numpy. */
 #include "lut.h"
 
-/* Bytes of a weight in the CPU layout, or 0 when the shape or format is not supported. */
+/* Bytes of a weight in the CPU layout, or 0 when the shape or format is not supported or the
+   weight would not fit in half of wasm32's address space (so no size or offset wraps). */
 EXPORT(lut_weight_bytes) size_t lut_weight_bytes(int n, int k, int bits, int group, int scale_bits) {
     if (!lut_supported(n, k, bits, group, scale_bits))
         return 0;
-    return (size_t)((n + TILE - 1) / TILE) * lut_tile_bytes(k, bits, group, scale_bits);
+    uint64_t bytes = (uint64_t)((n + TILE - 1) / TILE) * lut_tile_bytes(k, bits, group, scale_bits);
+    return bytes > 0x7fffffff ? 0 : (size_t)bytes;
 }
 
 /* Row r0 + r of a GPU-layout array with `n` rows (the row index fastest), 0 past the last row. */
