@@ -1,7 +1,7 @@
 /* T-MAC's LUT GEMV for bit-plane weights, y = W x, in T-MAC's CPU design (docs/kernels.md, "CPU
    kernels"): int8 tables per 4 activations with one table scale per weight group, table lookups
-   by i8x16 swizzle, 16-bit accumulation over runs of 32 inputs, then widened, scaled, and the group minimum times the
-   group's activation sum added. The weights are in the CPU tile layout of lut.h.
+   by i8x16 swizzle, 16-bit accumulation over runs of 32 inputs, then widened, scaled, and the
+   group minimum times the group's activation sum added. The weights are in lut.h's tile layout.
 
    A weight w = q * scale + minimum with q = sum_j 2^j b_j, so the dot of a row's group with x is
    scale * sum_j 2^j sum_c T_c[b_j of chunk c] + minimum * sum(x over the group), where T_c[m] is
