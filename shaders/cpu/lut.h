@@ -25,7 +25,8 @@
    (the 16-bit sums run over 32 inputs, or a whole group of 16), f16 (16) or 8-bit scales. */
 static inline int lut_supported(int n, int k, int bits, int group, int scale_bits) {
     return n > 0 && n <= MAX_DIM && k <= MAX_DIM && bits >= 2 && bits <= 4 &&
-           (group == 16 || (group % 32 == 0 && group <= MAX_GROUP)) && k >= group && k % group == 0 && k % 32 == 0 && (scale_bits == 16 || scale_bits == 8);
+           (group == 16 || (group % 32 == 0 && group <= MAX_GROUP)) && k >= group && k % group == 0 &&
+           k % 32 == 0 && (scale_bits == 16 || scale_bits == 8);
 }
 
 /* Bytes of one tile's group scales and minimums: 16 f16s each, or 16 8-bit codes each. */
