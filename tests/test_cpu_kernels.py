@@ -9,16 +9,16 @@ of compile/kernels/layout.py) and is repacked to the CPU layout by the module.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from lutlm import wasm
 from lutlm.errors import LutlmError
+from lutlm.models import llama
 from lutlm.package import write
 from lutlm.quant.pipeline import Request, quantize
 from lutlm.quant.format import QTensor, QuantSpec, StepGrid, quantize_rtn
+from runtime_py.package import folder_reader, load_tensors, read_manifest
 
 from cpu_harness import kernels
 from engine_fixtures import tiny_checkpoint
@@ -215,17 +215,15 @@ def test_a_package_runs_on_the_cpu(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "hf")
     quantized, _, info = quantize(ckpt, Request(bits="3", method="rtn", group=16, scale_bits=8), None)
     write(tmp_path / "pkg", ckpt, quantized, info)
-    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text(encoding="utf-8"))
+    read = folder_reader(str(tmp_path / "pkg"))
+    manifest = read_manifest(read)
+    tensors = load_tensors(manifest, read)
 
     def words(name: str) -> np.ndarray:
-        t = manifest["tensors"][name]
-        data = (tmp_path / "pkg" / manifest["shards"][t["shard"]]["file"]).read_bytes()
-        return np.frombuffer(data[t["offset"]:t["offset"] + t["bytes"]], np.uint32).reshape(t["shape"])
+        return np.frombuffer(tensors[name], np.uint32).reshape(manifest["tensors"][name]["shape"])
 
-    parts = {"blk.0.qkv": ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"],
-             "blk.0.gate_up": ["blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"],
-             "blk.0.attn_output.weight": ["blk.0.attn_output.weight"],
-             "blk.0.ffn_down.weight": ["blk.0.ffn_down.weight"]}
+    block = llama.block(0)
+    parts = {**block.fused, block.attn_output: (block.attn_output,), block.ffn_down: (block.ffn_down,)}
     cpu = kernels()
     for name, names in parts.items():
         qs = [quantized[p] for p in names]
