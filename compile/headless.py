@@ -39,8 +39,7 @@ def chromium(offsite: list[str] | None = None, webgpu: bool = True, profile: Pat
         try:
             def seen(request: Any) -> None:
                 url = request.url
-                if offsite is not None and url.split(":", 1)[0] in ("http", "https", "ws", "wss") \
-                        and not url.startswith("http://127.0.0.1:"):
+                if url.split(":", 1)[0] in ("http", "https", "ws", "wss") and not url.startswith("http://127.0.0.1:"):
                     offsite.append(url)
 
             if offsite is not None:
