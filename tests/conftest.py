@@ -79,14 +79,14 @@ def _watch(owner: object, names: tuple[str, ...], marker: str) -> None:
 
 
 def pytest_configure(config) -> None:
-    import playwright.sync_api
-
-    import lutlm.assets
+    import lutlm.headless
     from runtime_py.gpu_wgpu import WgpuBackend
 
     _watch(lutlm.assets, ("fetch",), "model")
     _watch(WgpuBackend, ("__init__", "create_buffer", "submit"), "gpu")
-    _watch(playwright.sync_api, ("sync_playwright",), "browser")
+    # every Chromium start goes through the product's driver (it alone calls sync_playwright), and
+    # watching it there spares every pytest start the import of Playwright itself
+    _watch(lutlm.headless, ("chromium",), "browser")
 
 
 @pytest.hookimpl(tryfirst=True)
