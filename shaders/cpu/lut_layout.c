@@ -17,17 +17,22 @@ static inline uint32_t row_word(const uint32_t *words, int n, int r0, int r) {
     return r0 + r < n ? words[r0 + r] : 0;
 }
 
+/* One tile's f16 pairs from a GPU-layout row of words (low half, high half) as two runs of 16 f16s:
+   a group's scales and minimums, or the steps of 8-bit scales. */
+static uint8_t *tile_pairs(uint8_t *out, const uint32_t *words, int n, int r0) {
+    uint16_t *low = (uint16_t *)out, *high = low + TILE;
+    for (int r = 0; r < TILE; r++) {
+        uint32_t pair = row_word(words, n, r0, r);
+        low[r] = (uint16_t)pair, high[r] = (uint16_t)(pair >> 16);
+    }
+    return out + 4 * TILE;
+}
+
 /* One tile's group scales: f16 pairs (scale low, minimum high) as two runs of 16 f16s, or the two
    8-bit codes of group g, bytes 2(g % 2) and 2(g % 2) + 1 of word g / 2, as two runs of 16 bytes. */
 static uint8_t *tile_scales(uint8_t *out, const uint32_t *sm, int n, int r0, int g, int scale_bits) {
-    if (scale_bits == 16) {
-        uint16_t *scale = (uint16_t *)out, *minimum = scale + TILE;
-        for (int r = 0; r < TILE; r++) {
-            uint32_t pair = row_word(sm + (size_t)g * n, n, r0, r);
-            scale[r] = (uint16_t)pair, minimum[r] = (uint16_t)(pair >> 16);
-        }
-        return out + lut_scale_bytes(16);
-    }
+    if (scale_bits == 16)
+        return tile_pairs(out, sm + (size_t)g * n, n, r0);
     for (int r = 0; r < TILE; r++) {
         uint32_t codes = row_word(sm + (size_t)(g / 2) * n, n, r0, r) >> (16 * (g % 2));
         out[r] = (uint8_t)codes, out[TILE + r] = (uint8_t)(codes >> 8);
@@ -45,14 +50,8 @@ EXPORT(lut_repack) int lut_repack(const uint32_t *planes, const uint32_t *sm, in
         return -1;
     int groups = k / group;
     for (int r0 = 0; r0 < n; r0 += TILE) {
-        if (scale_bits == 8) {
-            uint16_t *steps = (uint16_t *)out;
-            for (int r = 0; r < TILE; r++) {
-                uint32_t pair = row_word(sm + (size_t)((groups + 1) / 2) * n, n, r0, r);
-                steps[r] = (uint16_t)pair, steps[TILE + r] = (uint16_t)(pair >> 16);
-            }
-            out += lut_tile_header(scale_bits);
-        }
+        if (scale_bits == 8)  /* the tile header: the steps, in the word row after the codes */
+            out = tile_pairs(out, sm + (size_t)((groups + 1) / 2) * n, n, r0);
         for (int g = 0; g < groups; g++) {
             for (int p = 0; p < group / 8; p++) {
                 int at = g * group + 8 * p;
