@@ -30,10 +30,11 @@ def regular_size(path: Path, limit: int, what: str = "file") -> int:
     return st.st_size
 
 
-def open_regular(path: Path, what: str = "file") -> BinaryIO:
-    """`path` opened for binary reading if it is a regular file (symlinks followed). O_NONBLOCK
-    keeps a named pipe swapped in after the check from blocking the open, and fstat settles it."""
-    regular_size(path, 1 << 62, what)
+def open_regular(path: Path, what: str = "file", limit: int = 1 << 62) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (symlinks followed) of at most
+    `limit` bytes. O_NONBLOCK keeps a named pipe swapped in after the check from blocking the
+    open, and fstat settles it."""
+    regular_size(path, limit, what)
     try:
         f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
     except OSError as exc:
@@ -47,8 +48,7 @@ def open_regular(path: Path, what: str = "file") -> BinaryIO:
 def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
     """The whole of a regular file of at most `limit` bytes, its size checked before reading and
     read no further than the limit (a file that grows meanwhile is refused)."""
-    regular_size(path, limit, what)
-    with open_regular(path, what) as f:
+    with open_regular(path, what, limit) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise LutlmError(f"{path}: grew past {limit >> 20} MiB while being read")
