@@ -61,23 +61,25 @@ def default_out(source: str) -> Path:
     return Path("results/bench") if source == DEFAULT_MODEL else Path(f"results/bench-{_stem(source)}")
 
 
-def packages(source: str, variants: list[str], cache: Path) -> list[Path]:
-    """The variants' packages of SOURCE, compiled into `cache` unless they are there."""
+def packages(source: str, path: Path, variants: list[str], cache: Path) -> list[Path]:
+    """The variants' packages of SOURCE (read from `path`, where it resolved), compiled into `cache`
+    unless they are there."""
     out = {v: cache / f"{_stem(source)}-{v}" for v in variants}
     for v, folder in out.items():
         if not _current(folder, "manifest.json"):
             print(f"bench: compiling {v} into {folder}", file=sys.stderr)
-            build.compile_package(folder, source, *VARIANTS[v], build.on_stderr())
+            build.compile_package(folder, path, *VARIANTS[v], build.on_stderr())
     return [out[v] for v in variants]
 
 
-def exports(source: str, cache: Path) -> dict[str, Path]:
-    """SOURCE at 4 bits exported to ONNX in each dtype, into `cache` unless they are there."""
+def exports(source: str, path: Path, cache: Path) -> dict[str, Path]:
+    """SOURCE (read from `path`) at 4 bits exported to ONNX in each dtype, into `cache` unless they
+    are there."""
     out = {d: cache / f"{_stem(source)}-onnx-{d}" for d in EXPORTS}
     for d, folder in out.items():
         if not _current(folder, "lutlm-export.json"):
             print(f"bench: exporting {d} into {folder}", file=sys.stderr)
-            build.export_onnx(folder, source, Request("4", method="rtn"), d, build.on_stderr())
+            build.export_onnx(folder, path, Request("4", method="rtn"), d, build.on_stderr())
     return out
 
 
@@ -92,7 +94,7 @@ def parse_list(value: str | None, allowed: tuple[str, ...] | dict[str, Any], wha
     return items
 
 
-def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
+def _rows(source: str, gguf: Path, pkgs: list[Path], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
           budget_s: float, cache: Path) -> Iterator[dict[str, Any]]:
     """The run's rows in order, each as soon as it is measured (a lutlm package's, a peer's), so
     that a run stopped part way keeps everything it finished."""
@@ -105,7 +107,6 @@ def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], n
         yield from model.run_browser(paths, sizes, new_tokens, reps)
     manifest, texts = model.package_prompts(paths[0], sizes)
     chats = [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()]
-    gguf = resolve_source(source)
     if {"wllama", "llama.cpp"} & set(systems) and gguf.suffix != ".gguf":
         print(f"wllama, llama.cpp: skipped: {source} is not a GGUF file", file=sys.stderr)
     elif gguf.suffix == ".gguf":
@@ -114,7 +115,7 @@ def _rows(source: str, pkgs: list[Path], systems: list[str], sizes: list[int], n
         if "llama.cpp" in systems:
             yield from peers.run_llama_cpp(gguf, chats, new_tokens, reps, manifest["eos_ids"])
     if "transformers.js" in systems:
-        yield from peers.run_transformers(exports(source, cache), chats, new_tokens, reps, budget_s)
+        yield from peers.run_transformers(exports(source, gguf, cache), chats, new_tokens, reps, budget_s)
 
 
 def main(source: str, variants: list[str], systems: list[str], sizes: list[int], new_tokens: int, reps: int,
@@ -124,11 +125,12 @@ def main(source: str, variants: list[str], systems: list[str], sizes: list[int],
     and exits 130."""
     from . import report
 
-    pkgs = packages(source, variants, cache)
+    path = resolve_source(source)  # once: a fetched model's sha256 is checked each time it is resolved
+    pkgs = packages(source, path, variants, cache)
     rows: list[dict[str, Any]] = []
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for row in _rows(source, pkgs, systems, sizes, new_tokens, reps, budget_s, cache):
+        for row in _rows(source, path, pkgs, systems, sizes, new_tokens, reps, budget_s, cache):
             rows.append(row)
     except KeyboardInterrupt:
         if rows:

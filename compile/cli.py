@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from . import build
-from .assets import ASSETS, DEFAULT_MODEL, fetch, resolve_source
+from .assets import ASSETS, DEFAULT_MODEL, fetch
 from .errors import LutlmError
 
 if TYPE_CHECKING:
@@ -346,7 +346,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
     systems = suite.parse_list(args.systems, suite.SYSTEMS, "--systems")
     if args.peer_budget <= 0:
         raise LutlmError("--peer-budget must be positive (seconds)")
-    resolve_source(args.source)  # a clear error before minutes of work
     out = Path(args.out) if args.out else suite.default_out(args.source)
     suite.main(args.source, variants, systems, sizes, args.new_tokens, args.reps, args.peer_budget, Path(args.build),
                Path(args.json) if args.json else None, out, sys.argv)
