@@ -73,14 +73,34 @@ def package(path: str | Path) -> Path:
     return Path(path)
 
 
-def open_package(path: Path, ctx: int | None = None, progress: Progress = SILENT) -> LutLM:
-    """A model package loaded by the runtime onto the native GPU (wgpu), its KV cache sized for
-    `ctx` tokens (None: the runtime's default), every file checked against the manifest."""
+DEVICES = ("gpu", "cpu")
+
+
+def open_package(path: Path, ctx: int | None = None, progress: Progress = SILENT, device: str = "gpu") -> LutLM:
+    """A model package loaded by the runtime, its KV cache sized for `ctx` tokens (None: the
+    runtime's default), every file checked against the manifest: on the native GPU (wgpu) or, with
+    `device="cpu"`, on the WebAssembly SIMD kernels in wasmtime (the browser's CPU path, natively)."""
     from runtime_py.api import LutLM
-    from runtime_py.gpu_wgpu import WgpuBackend
 
     progress.note(f"loading {path}")
-    return LutLM.from_folder(str(path), WgpuBackend(), ctx)
+    return LutLM.from_folder(str(path), backend(device), ctx)
+
+
+def backend(device: str) -> Any:
+    """The runtime backend of `device` ("gpu": wgpu-py; "cpu": the CPU kernels in wasmtime, built
+    first if the cache lacks them)."""
+    if device == "gpu":
+        from runtime_py.gpu_wgpu import WgpuBackend
+
+        return WgpuBackend()
+    if device == "cpu":
+        from runtime_py.cpu import CpuBackend
+        from runtime_py.cpu_wasmtime import WasmtimeModule
+
+        from . import wasm
+
+        return CpuBackend(WasmtimeModule({level: str(wasm.build(level)) for level in wasm.LEVELS}))
+    raise LutlmError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
 
 
 def load(source: str | Path, tensors: bool = True, progress: Progress = SILENT) -> Checkpoint:

@@ -57,7 +57,7 @@ def cmd_eval_ppl(args: argparse.Namespace) -> None:
     progress = build.on_stderr()
     on_gpu = build.is_package(args.source)
     if on_gpu:
-        llm = build.open_package(Path(args.source), args.window, progress)
+        llm = build.open_package(Path(args.source), args.window, progress, args.device)
         tokens = llm.tokenizer.encode(text)
     else:
         ckpt = build.load(args.source, progress=progress)
@@ -90,7 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .generation import generate
 
     gen = generate(args.source, args.prompt, _sampling(args), args.max_tokens, args.chat, args.system, args.ctx,
-                   build.on_stderr())
+                   build.on_stderr(), args.device)
     t0 = time.perf_counter()
     for piece in gen.pieces(args.ids):
         sys.stdout.write(piece)
@@ -106,7 +106,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     package = build.package(args.package)
     _sampling(args).validate()  # at once, not after the first message
-    llm = build.open_package(package, args.ctx, build.on_stderr())
+    llm = build.open_package(package, args.ctx, build.on_stderr(), args.device)
     messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
     print("chat with " + llm.model + " - /reset starts over, /exit (or Ctrl-D) leaves", file=sys.stderr)
 
@@ -351,6 +351,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
                Path(args.json) if args.json else None, out, sys.argv)
 
 
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=build.DEVICES, default="gpu",
+                   help="where a model package runs: gpu (WebGPU through wgpu-py) or cpu (the WebAssembly SIMD kernels "
+                        "in wasmtime, the browser's CPU path)")
+
+
 def _at_least(lo: int):
     """An argparse type: an integer no smaller than `lo` (a negative --ctx is an error, not a default)."""
     def parse(text: str) -> int:
@@ -394,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default="wiki", help="wiki, tiny, c4, code, technical, multilingual, or a file path")
     p.add_argument("--windows", type=_at_least(1), default=40, help="number of windows (default 40)")
     p.add_argument("--window", type=_at_least(2), default=512, help="tokens per window (default 512)")
+    _device_option(p)
     p.set_defaults(func=cmd_eval_ppl)
 
     p = sub.add_parser("quantize", help="quantise a model's weights to 4, 3, 2 bits, ternary or a mix")
@@ -416,12 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="q4", help="q4 (MatMulNBits; codes of up to 4 bits, power-of-two groups) or fp32")
     p.set_defaults(func=cmd_export_onnx)
 
-    p = sub.add_parser("chat", help="interactive chat with a model package on the GPU (wgpu)")
+    p = sub.add_parser("chat", help="interactive chat with a model package (GPU through wgpu, or --device cpu)")
     p.add_argument("package", metavar="PACKAGE")
     p.add_argument("--system", help="system message")
     p.add_argument("--max-tokens", type=_at_least(1), default=512)
     p.add_argument("--ctx", type=_at_least(1), help="context length of the KV cache (default: the model's, at most 2048)")
     _sampling_options(p, temperature=0.7)
+    _device_option(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("generate", help="generate from a model package (GPU) or any SOURCE (numpy reference, greedy)")
@@ -433,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=_at_least(1), help="context length of the KV cache (default: the model's, at most 2048)")
     p.add_argument("--ids", action="store_true", help="write generated token ids instead of text")
     _sampling_options(p, temperature=None)
+    _device_option(p)
     p.set_defaults(func=cmd_generate)
 
 

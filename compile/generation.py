@@ -40,14 +40,14 @@ class Generation:
 
 def generate(source: str, prompt: str, sampling: Sampling, max_tokens: int = 128, chat: bool = False,
              system: str | None = None, ctx: int | None = None,
-             progress: build.Progress = build.SILENT) -> Generation:
+             progress: build.Progress = build.SILENT, device: str = "gpu") -> Generation:
     """Start generating after `prompt`: in the model's chat template (after `system`, if given)
     with `chat`, else as plain text after BOS where the model wants one. A model package runs with
     `sampling`; the numpy reference decodes greedily only (its context: `ctx`, else the model's
-    up to 2048 tokens)."""
+    up to 2048 tokens). `device`: where a package runs (build.DEVICES)."""
     if build.is_package(source):
         sampling.validate()  # before the package is loaded
-        llm = build.open_package(Path(source), ctx, progress)
+        llm = build.open_package(Path(source), ctx, progress, device)
         cfg = llm.engine.manifest.config
         ids = _prompt(llm.tokenizer, llm.template if chat else None, cfg["bos_id"] if cfg["add_bos"] else None,
                       prompt, system)

@@ -62,18 +62,20 @@ class Plan:
     buffers: dict[str, str] = field(default_factory=dict)
     plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def kernel(self, name: str, builder: Callable[..., Any], *args: Any) -> str:
+    def kernel(self, name: str, builder: Callable[..., Any], *args: Any, cpu: dict[str, Any]) -> str:
+        """Kernel NAME from `builder(*args)`, with `cpu`: the CPU backend's op that computes the
+        same (its name and integer parameters; docs/package-format.md, "Kernels")."""
         if name not in self.kernels:
-            self.kernels[name] = emit(builder(*args), name).to_json()
+            self.kernels[name] = {**emit(builder(*args), name).to_json(), "cpu": cpu}
         return name
 
-    def subgroup_kernel(self, name: str, builder: Callable[..., Any], *args: Any) -> str:
+    def subgroup_kernel(self, name: str, builder: Callable[..., Any], *args: Any, cpu: dict[str, Any]) -> str:
         """`builder`'s subgroup variant as NAME_sg, with the plain kernel NAME as its `fallback`,
         which a runtime whose adapter lacks the `subgroups` feature binds instead."""
-        base = self.kernel(name, builder, *args)
+        base = self.kernel(name, builder, *args, cpu=cpu)
         fast = name + "_sg"
         if fast not in self.kernels:
-            self.kernels[fast] = {**emit(builder(*args, subgroups=True), fast).to_json(), "fallback": base}
+            self.kernels[fast] = {**emit(builder(*args, subgroups=True), fast).to_json(), "fallback": base, "cpu": cpu}
         return fast
 
     @property
@@ -93,7 +95,8 @@ class Plan:
             {"kernel": kid, "bind": [bind[b["name"]] for b in meta["bindings"]], "sizes": uniforms})
 
     def table(self, plan: str, x: str, k: int, x0: Any = 0) -> str:
-        kid = self.kernel(f"lut_table_k{k}{self._span}", matmul.lut_table, k, self.tab)
+        kid = self.kernel(f"lut_table_k{k}{self._span}", matmul.lut_table, k, self.tab,
+                          cpu={"op": "lut_table", "k": k, "span": self.tab.span})
         self.step(plan, kid, {"x": x, "table": f"table{k}"}, {"x0": x0})
         return f"table{k}"
 
@@ -103,7 +106,10 @@ class Plan:
         if plan == "prefill" or plan == "score":
             codes = stored(spec)
             kid = self.subgroup_kernel(f"gemm_k{k}_{codes[0]}{spec.bits}_g{spec.group}{_d8(spec)}", matmul.gemm, k,
-                                       spec.bits, spec.group, codes == "dense", spec.scale_bits)
+                                       spec.bits, spec.group, codes == "dense", spec.scale_bits,
+                                       cpu={"op": "gemm", "k": k, "bits": spec.bits, "group": spec.group,
+                                            "dense": int(codes == "dense"), "scale_bits": spec.scale_bits,
+                                            "span": self.tab.span})
             self.step(plan, kid, {"w": f"{weight}.{codes}", "sm": weight + ".sm", "x": x, "y": y},
                       {"m": "m", "n": n, "ldy": ldy, "y0": y0})
         else:
@@ -114,14 +120,16 @@ class Plan:
         if self.decode != "lut" or dense_only(spec):
             bits, tile = dense_bits(spec), DENSE_TILE if self.decode == "lut" else DECODE[self.decode]
             kid = self.kernel(f"dequant_gemv_k{k}_b{bits}_g{spec.group}_r{tile}", matmul.dequant_gemv, k, bits,
-                              spec.group, tile)
+                              spec.group, tile, cpu={"op": "dense_gemv", "k": k, "bits": bits, "group": spec.group})
             self.step(plan, kid, {"x": x, "w": weight + ".dense", "sm": weight + ".sm", "y": y},
                       {"n": n, "x0": x0, "y0": y0})
             return
         if not table_ready:
             self.table(plan, x, k, x0)
         kid = self.kernel(f"lut_gemv_k{k}_p{spec.bits}_g{spec.group}{_d8(spec)}{self._span}", matmul.lut_gemv, k,
-                          spec.bits, spec.group, self.tab, spec.scale_bits)
+                          spec.bits, spec.group, self.tab, spec.scale_bits,
+                          cpu={"op": "lut_gemv", "k": k, "bits": spec.bits, "group": spec.group,
+                               "scale_bits": spec.scale_bits, "span": self.tab.span})
         self.step(plan, kid, {"w": weight + ".planes", "sm": weight + ".sm", "table": f"table{k}", "y": y},
                   {"n": n, "y0": y0})
 
@@ -177,19 +185,26 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
     emb = arch.EMBEDDING
     codes = stored(specs[emb])
     embed = p.kernel(f"embed_k{e}_{codes[0]}{specs[emb].bits}_g{specs[emb].group}", layers.embed, e,
-                     specs[emb].bits, specs[emb].group, codes == "dense")
-    norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e)
-    rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w)
+                     specs[emb].bits, specs[emb].group, codes == "dense",
+                     cpu={"op": "embed", "k": e, "bits": specs[emb].bits, "group": specs[emb].group,
+                          "dense": int(codes == "dense")})
+    norm = p.kernel(f"rms_norm_d{e}", layers.rms_norm, e, cpu={"op": "rms_norm", "d": e, "residual": 0})
+    heads = {"heads": c.n_head, "kv_heads": c.n_head_kv, "head_dim": hd}
+    rope = p.kernel(f"rope_append_q{c.n_head}_k{c.n_head_kv}", layers.rope_append, c.n_head, c.n_head_kv, hd, c.n_rot, qkv_w,
+                    cpu={"op": "rope_append", **heads, "n_rot": c.n_rot, "stride": qkv_w})
     # prefill: one invocation per (kv head, token), a subgroup variant where head_dim % 4 == 0; decode:
     # splits of the cache, then their merge (four dimensions per load, so head_dim % 4 == 0; otherwise
     # the prefill kernel serves decode too)
     prefill_attention = p.kernel if hd % subgroups.SHARE else p.subgroup_kernel
-    attends = {"prefill": [prefill_attention("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w)]}
+    attends = {"prefill": [prefill_attention("attention", attention.attention, c.n_head, c.n_head_kv, hd, qkv_w,
+                                             cpu={"op": "attention", **heads, "q_stride": qkv_w})]}
     attends["decode"] = attends["prefill"] if hd % 4 else [
-        p.kernel(f"attention_split_q{c.n_head}_k{c.n_head_kv}", attention.split, c.n_head, c.n_head_kv, hd, qkv_w),
-        p.kernel(f"attention_merge_q{c.n_head}", attention.merge, c.n_head, hd)]
-    glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff)
-    add_norm = p.kernel(f"add_rms_norm_d{e}", layers.rms_norm, e, True)
+        p.kernel(f"attention_split_q{c.n_head}_k{c.n_head_kv}", attention.split, c.n_head, c.n_head_kv, hd, qkv_w,
+                 cpu={"op": "attention_split", **heads, "q_stride": qkv_w}),
+        p.kernel(f"attention_merge_q{c.n_head}", attention.merge, c.n_head, hd,
+                 cpu={"op": "attention_merge", "heads": c.n_head, "head_dim": hd})]
+    glu = p.kernel(f"swiglu_f{ff}", layers.swiglu, ff, cpu={"op": "swiglu", "ff": ff})
+    add_norm = p.kernel(f"add_rms_norm_d{e}", layers.rms_norm, e, True, cpu={"op": "rms_norm", "d": e, "residual": 1})
     eps = float(c.rms_eps)
     run = {"m": "m", "pos": "pos", "ctx": "ctx"}
     for plan in ("prefill", "decode"):
@@ -222,13 +237,13 @@ def build(config: ModelConfig, specs: dict[str, QuantSpec], shapes: dict[str, tu
 
     # the last token's logits (x0 picks its row of h), then the next id into ids[0]
     p.gemv("head", head, "h", "logits", 0, f"(m - 1) * {e}", table_ready=False)
-    p.step("penalty", p.kernel("penalize", sampling.penalize), {"logits": "logits", "seen": "seen", "ids": "ids"},
+    p.step("penalty", p.kernel("penalize", sampling.penalize, cpu={"op": "penalize"}), {"logits": "logits", "seen": "seen", "ids": "ids"},
            {"n": c.n_vocab, "count": "seen_count", "penalty": "penalty"})
-    p.step("greedy", p.kernel("argmax", sampling.argmax), {"logits": "logits", "out": "ids"}, {"n": c.n_vocab})
-    p.step("sample", p.kernel("sample", sampling.sample), {"logits": "logits", "probs": "probs", "out": "ids"},
+    p.step("greedy", p.kernel("argmax", sampling.argmax, cpu={"op": "argmax"}), {"logits": "logits", "out": "ids"}, {"n": c.n_vocab})
+    p.step("sample", p.kernel("sample", sampling.sample, cpu={"op": "sample"}), {"logits": "logits", "probs": "probs", "out": "ids"},
            {"n": c.n_vocab, "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
             "seed": "seed", "step": "step"})
     p.matmul("score", head, "h", "logits", 0, c.n_vocab, table_ready=False)
-    p.step("score", p.kernel("nll", sampling.nll), {"logits": "logits", "targets": "targets", "out": "nll"},
+    p.step("score", p.kernel("nll", sampling.nll, cpu={"op": "nll"}), {"logits": "logits", "targets": "targets", "out": "nll"},
            {"m": "m", "n": c.n_vocab})
     return p

@@ -94,11 +94,13 @@ class Engine:
     def load(cls, manifest: Manifest, read: Reader, backend: Backend, ctx: int | None = None) -> "Engine":
         """The engine of a parsed manifest; `read(path, size)` gives a file of the package (a folder
         natively, fetched files in a browser). Every file is read and verified against the manifest
-        before the backend is first asked anything (which kernels it can bind)."""
+        before the backend is asked to hold anything; first it says whether it runs the plans' kernels
+        at all (the CPU backend refuses a package without CPU ops before reading a shard)."""
+        steps = {st["kernel"] for plan in manifest["plans"].values() for st in plan}
+        backend.check({kid: {**manifest["kernels"][kid], "name": kid} for kid in sorted(steps)})
         wgsl = {kid: read_text(manifest, read, k["file"]) for kid, k in manifest["kernels"].items()}
         tensors = load_tensors(manifest, read)
-        bound = {usable(manifest["kernels"], st["kernel"], backend.features)
-                 for steps in manifest["plans"].values() for st in steps}
+        bound = {usable(manifest["kernels"], kid, backend.features) for kid in steps}
         return cls(manifest, tensors, {kid: wgsl[kid] for kid in sorted(bound)}, backend, ctx)
 
     def _fill_rope(self, theta: float, pairs: int, n_rot: int) -> None:

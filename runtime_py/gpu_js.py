@@ -106,6 +106,9 @@ class JsBackend:
                 _js({"layout": "auto", "compute": {"module": module, "entryPoint": kernel["entry"]}}))
         return self._pipelines[key]
 
+    def check(self, kernels: dict[str, dict[str, Any]]) -> None:
+        """Every WGSL kernel is for WebGPU; what the adapter lacks, `bind` finds out."""
+
     def bind(self, kernel: dict[str, Any], buffers: Sequence[Any]) -> Call:
         size = check_kernel(kernel, buffers, self.features)
         pipeline = self._pipeline(kernel)

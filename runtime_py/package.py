@@ -258,9 +258,20 @@ def _check_kernels(kernels: Any) -> None:
         _check(isinstance(features, list) and len(features) <= 8 and all(isinstance(f, str) and NAME.fullmatch(f)
                                                                           for f in features),
                f"manifest: kernel {kid} features")
+        if "cpu" in k:
+            _check_cpu(k["cpu"], kid)
     for kid, k in kernels.items():
         if "fallback" in k:
             _check_fallback(kernels, kid)
+
+
+def _check_cpu(cpu: Any, kid: str) -> None:
+    """A kernel's CPU op: its name and at most 16 named parameters, each an integer in 0..2^24
+    (sizes, bit widths, flags). Whether the CPU backend knows the op is its own check at load."""
+    _check(isinstance(cpu, dict) and len(cpu) <= 17 and isinstance(cpu.get("op"), str) and bool(NAME.fullmatch(cpu["op"]))
+           and all(isinstance(name, str) and NAME.fullmatch(name) and _is_int(v) and 0 <= v <= 1 << 24
+                   for name, v in cpu.items() if name != "op"),
+           f"manifest: kernel {kid} cpu must be {{\"op\": NAME, PARAMETER: integer in 0..2^24, ...}}")
 
 
 def _check_fallback(kernels: dict[str, Any], kid: str) -> None:

@@ -20,3 +20,9 @@ EXPORT(alloc) void *alloc(size_t bytes) {
 
 /* Frees everything alloc handed out (the memory stays grown). */
 EXPORT(reset) void reset(void) { top = 0; }
+
+/* Frees what alloc handed out from `start` on: the host's scratch for a repack. */
+EXPORT(release) void release(void *start) {
+    if ((uintptr_t)start >= (uintptr_t)&__heap_base && (uintptr_t)start <= top)
+        top = (uintptr_t)start;
+}

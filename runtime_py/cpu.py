@@ -1,0 +1,237 @@
+"""The CPU backend: the `gpu.Backend` protocol on WebAssembly SIMD kernels (shaders/cpu).
+
+Every buffer lives in one wasm module's memory; each kernel of the package names the CPU op that
+computes the same (its `cpu` entry), and a bound call is a record of u32 words (the op, its
+parameters, its buffers' offsets, its uniforms) that `submit` hands to the module's `run` as one
+list: a decode step crosses into the module once. The module is the same file natively
+(wasmtime, `cpu_wasmtime`) and in a browser (JavaScript's WebAssembly, `cpu_js`); both give this
+module a `Wasm`.
+
+Bit-plane weights are repacked at load from the package's GPU layout into the CPU tile layout
+(the module does it: Pyodide has no numpy), so one package serves both backends; a weight is kept
+in the GPU layout only where an op reads it so (the embedding gather).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from .gpu import Call, GPUError
+
+
+class Wasm(Protocol):
+    """One instance of the CPU kernels' module."""
+
+    level: str  # "relaxed" or "simd128"
+
+    def call(self, name: str, *args: int) -> int: ...
+    def write(self, ptr: int, data: bytes) -> None: ...
+    def read(self, ptr: int, size: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Op:
+    """A CPU op: the record's words are `params` (from the kernel's `cpu` entry), the offsets of
+    the buffers bound as `buffers` (a `?` suffix: optional, 0 when the kernel has no such binding)
+    and `uniforms` ((name, struct code), looked up in the step's sizes, else in `defaults`)."""
+
+    params: tuple[str, ...]
+    buffers: tuple[str, ...]
+    uniforms: tuple[tuple[str, str], ...] = ()
+    repack: str = ""  # the binding whose bit-planes (with `sm`) the op reads in the CPU layout
+
+
+_RUN = (("m", "i"), ("pos", "i"), ("ctx", "i"))
+_HEADS = ("heads", "kv_heads", "head_dim")
+# In run.c's order: an op's code is its index.
+OPS: dict[str, Op] = {
+    "embed": Op(("k", "bits", "group", "dense"), ("ids", "w", "sm", "x"), (("m", "i"), ("n", "i"))),
+    "rms_norm": Op(("d", "residual"), ("x", "y?", "weight", "out"), (("m", "i"), ("eps", "f"))),
+    "rope_append": Op((*_HEADS, "n_rot", "stride"), ("qkv", "cs", "kc", "vc"), _RUN),
+    "attention": Op((*_HEADS, "q_stride"), ("q", "kc", "vc", "out"), _RUN),
+    "attention_split": Op((*_HEADS, "q_stride"), ("q", "kc", "vc", "part"), _RUN[1:]),
+    "attention_merge": Op(("heads", "head_dim"), ("part", "out")),
+    "swiglu": Op(("ff",), ("gu", "act"), (("m", "i"),)),
+    "lut_table": Op(("k", "span"), ("x", "table"), (("x0", "i"),)),
+    "lut_gemv": Op(("k", "bits", "group", "scale_bits", "span"), ("w", "table", "y"), (("n", "i"), ("y0", "i")),
+                   repack="w"),
+    "gemm": Op(("k", "bits", "group", "dense", "scale_bits", "span", "scratch"), ("x", "w", "sm", "y"),
+               (("m", "i"), ("n", "i"), ("ldy", "i"), ("y0", "i")), repack="w"),
+    "dense_gemv": Op(("k", "bits", "group"), ("x", "w", "sm", "y"), (("n", "i"), ("x0", "i"), ("y0", "i"))),
+    "penalize": Op((), ("logits", "seen", "ids"), (("n", "i"), ("count", "i"), ("penalty", "f"))),
+    "argmax": Op((), ("logits", "out"), (("n", "i"),)),
+    "sample": Op((), ("logits", "probs", "out"), (("n", "i"), ("temperature", "f"), ("top_k", "i"), ("top_p", "f"),
+                                                  ("seed", "I"), ("step", "I"))),
+    "nll": Op((), ("logits", "targets", "out"), (("m", "i"), ("n", "i"))),
+}
+CODES = {name: code for code, name in enumerate(OPS)}
+
+
+class CpuBuffer:
+    """A buffer of the module's memory. A weight's bytes wait on the host until a bind says which
+    layout its op reads (`raw`: as the package stores them; `tiles`: repacked), so a bit-plane
+    weight only the LUT ops read is never copied in twice."""
+
+    def __init__(self, backend: "CpuBackend", size: int, data: bytes | None) -> None:
+        self.backend, self.size, self.data = backend, size, data
+        self._raw = 0 if data is not None else backend.alloc(size, "a buffer")
+        self._tiles = 0
+
+    @property
+    def raw(self) -> int:
+        if not self._raw:
+            self._raw = self.backend.alloc(self.size, "a weight")
+            self.backend.wasm.write(self._raw, bytes(self.data or b""))
+        return self._raw
+
+    def tiles(self, sm: "CpuBuffer", params: dict[str, int]) -> int:
+        """The CPU tile layout of these bit-planes with their scales `sm` (the shape from `params`)."""
+        if not self._tiles:
+            b = self.backend
+            k, bits, group, scale_bits = (params[p] for p in ("k", "bits", "group", "scale_bits"))
+            n = self.size // (4 * bits * (k // 32)) if k >= 32 and bits else 0
+            size = b.wasm.call("lut_weight_bytes", n, k, bits, group, scale_bits)
+            if not size or n * 4 * bits * (k // 32) != self.size:
+                raise GPUError(f"the CPU kernels do not take {bits}-bit weights in groups of {group} "
+                               f"({scale_bits}-bit scales) of {self.size} bytes with {k} inputs")
+            out = b.alloc(size, "a repacked weight")
+            if self._raw and sm._raw:  # already in memory (written by the host): repack in place
+                rc = b.wasm.call("lut_repack", self._raw, sm._raw, n, k, bits, group, scale_bits, out)
+            else:  # copied in, repacked, and the copies freed again
+                planes, scales = b.alloc(self.size, "a weight"), b.alloc(sm.size, "a weight")
+                b.wasm.write(planes, bytes(self.data or b""))
+                b.wasm.write(scales, bytes(sm.data or b""))
+                rc = b.wasm.call("lut_repack", planes, scales, n, k, bits, group, scale_bits, out)
+                b.wasm.call("release", planes)
+            if rc:
+                raise GPUError(f"the CPU kernels cannot repack a {bits}-bit weight of {n}x{k}")
+            self._tiles = out
+        return self._tiles
+
+
+class CpuBackend:
+    """`gpu.Backend` on the CPU kernels' module `wasm` (one compute thread)."""
+
+    features: set[str] = set()  # no subgroups: the plain kernel of each pair is bound
+
+    def __init__(self, wasm: Wasm) -> None:
+        self.wasm = wasm
+        self.info = {"backend": "cpu", "simd": wasm.level, "threads": 1,
+                     "description": f"WebAssembly SIMD ({wasm.level}), 1 thread"}
+        self.limits = {"max-storage-buffer-binding-size": 1 << 31, "max-buffer-size": 1 << 31}
+        for name, op in OPS.items():
+            words = len(op.params) + len(op.buffers) + len(op.uniforms)
+            if wasm.call("run_words", CODES[name]) != words:
+                raise GPUError(f"the CPU kernels' module does not match this runtime (op {name}): rebuild it")
+        self.allocated = {"buffers": 0, "bytes": 0}
+        self._commands, self._room = 0, 0
+        self.scratch, self._scratch_size = 0, 0  # the GEMM's tables for a chunk of tokens
+
+    def alloc(self, size: int, what: str) -> int:
+        ptr = self.wasm.call("alloc", max(size, 4))
+        if not ptr:
+            used = self.wasm.call("alloc", 0) / 2**20
+            raise GPUError(f"out of memory for the CPU backend: {what} needs {size / 2**20:.1f} MiB more than the "
+                           f"{used:.0f} MiB in use, and WebAssembly memory cannot grow that far (at most 4096 MiB, "
+                           "less where the browser limits it)")
+        self.allocated["buffers"] += 1
+        self.allocated["bytes"] += size
+        return ptr
+
+    def create_buffer(self, size: int, data: bytes | None = None) -> CpuBuffer:
+        return CpuBuffer(self, max(4, -(-size // 4) * 4), bytes(data) if data else None)
+
+    def write_buffer(self, buf: CpuBuffer, data: bytes, offset: int = 0) -> None:
+        if offset < 0 or offset + len(data) > buf.size:
+            raise GPUError(f"a write of {len(data)} bytes at {offset} overruns a buffer of {buf.size}")
+        self.wasm.write(buf.raw + offset, bytes(data))
+
+    def check(self, kernels: dict[str, dict[str, Any]]) -> None:
+        for kernel in kernels.values():
+            self._op(kernel)
+
+    def _op(self, kernel: dict[str, Any]) -> Op:
+        """The kernel's CPU op, or the error that the package's format is not one this backend runs."""
+        cpu = kernel.get("cpu")
+        if not isinstance(cpu, dict):
+            raise GPUError(f"this package has no CPU kernels (kernel {kernel['name']} names no CPU op; packages "
+                           "compiled before the CPU backend have none): compile it again with this lutlm, or use WebGPU")
+        op = OPS.get(cpu["op"])
+        missing = [p for p in op.params if p not in cpu and p != "scratch"] if op else []
+        if op is None or missing:
+            raise GPUError(f"kernel {kernel['name']}: the CPU backend has no op {cpu['op']!r}"
+                           f"{' with ' + ', '.join(missing) if missing else ''} (a newer lutlm's package?): "
+                           "use WebGPU or this lutlm's compiler")
+        return op
+
+    def bind(self, kernel: dict[str, Any], buffers: Sequence[CpuBuffer]) -> Call:
+        op, cpu = self._op(kernel), kernel["cpu"]
+        by_name = {b["name"]: buf for b, buf in zip(kernel["bindings"], buffers)}
+        params = dict(cpu)
+        if "scratch" in op.params and "x" in by_name:  # room for the tables of as many tokens as x holds
+            params["scratch"] = self._scratch(by_name["x"].size // max(4 * params.get("k", 1), 4), params)
+        missing = [b for b in op.buffers if not b.endswith("?") and b not in by_name]
+        if missing or len(buffers) != len(kernel["bindings"]):
+            raise GPUError(f"kernel {kernel['name']}: its CPU op {cpu['op']} lacks {', '.join(missing) or 'bindings'}")
+        if op.repack and "sm" not in by_name and not params.get("dense"):
+            raise GPUError(f"kernel {kernel['name']}: no scales bound for its weight")
+        ptrs = []
+        for b in op.buffers:
+            name = b.rstrip("?")
+            buf = by_name.get(name)
+            if buf is None or (name == "sm" and op.repack and not params.get("dense")):
+                ptrs.append(0)  # absent, or scales the CPU layout holds already
+            elif name == op.repack and not params.get("dense"):
+                ptrs.append(buf.tiles(by_name["sm"], params))
+            else:
+                ptrs.append(buf.raw)
+        head = struct.pack(f"<{2 + len(op.params) + len(op.buffers)}I", CODES[cpu["op"]],
+                           len(op.params) + len(op.buffers) + len(op.uniforms),
+                           *(params[p] for p in op.params), *ptrs)
+        return CpuCall(kernel, op, head, None)
+
+    def _scratch(self, tokens: int, params: dict[str, int]) -> int:
+        """The GEMM's scratch (the tables of `tokens` tokens), grown to the most any bind asks."""
+        need = self.wasm.call("lut_gemm_scratch", tokens, params.get("k", 0), max(params.get("span", 32), 1))
+        if need > self._scratch_size:
+            self.scratch, self._scratch_size = self.alloc(need, "the prefill tables"), need
+        return self.scratch
+
+    def submit(self, calls: Sequence[Call]) -> None:
+        records = b"".join(c.data for c in calls)
+        if len(records) > self._room:
+            self._room = max(len(records), 2 * self._room)
+            self._commands = self.alloc(self._room, "the command list")
+        self.wasm.write(self._commands, records)
+        failed = self.wasm.call("run", self._commands, len(calls))
+        if failed:
+            raise GPUError(f"kernel {calls[failed - 1].kernel['name']}: the CPU kernels refused its shape or format")
+
+    def read_later(self, buf: CpuBuffer, size: int, offset: int = 0) -> bytes:
+        """The CPU has run everything submitted: the bytes are read now, before later work changes them."""
+        return self.wasm.read(buf.raw + offset, size)
+
+    async def wait(self, pending: bytes) -> bytes:
+        return pending
+
+
+class CpuCall(Call):
+    """A bound CPU op: `data` is its whole record, the uniform words packed by `set`."""
+
+    def __init__(self, kernel: dict[str, Any], op: Op, head: bytes, uniform: Any) -> None:
+        super().__init__(kernel, op, head, uniform)
+        self._fmt = "<" + "".join(code for _, code in op.uniforms)
+
+    def set(self, sizes: dict[str, int | float]) -> "CpuCall":
+        op: Op = self.pipeline
+        try:
+            values = [sizes[name] for name, _ in op.uniforms]
+        except KeyError as exc:
+            raise GPUError(f"{self.kernel['name']}: no value for uniform {exc.args[0]!r}") from None
+        try:
+            self.data = self.bind_group + struct.pack(self._fmt, *values)
+        except struct.error as exc:
+            raise GPUError(f"{self.kernel['name']}: a uniform value does not fit its type ({exc})") from None
+        return self

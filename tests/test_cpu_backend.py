@@ -1,0 +1,170 @@
+"""The CPU backend (runtime_py.cpu on the WebAssembly SIMD module, natively in wasmtime) running
+real packages of a tiny random Llama: the same engine and plans as the GPU, token for token
+against the numpy reference on the same quantised weights, perplexity, the chat cache, sampling,
+and what it refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from engine_fixtures import compile_package, tiny_checkpoint
+from lutlm import wasm
+from runtime_py.api import LutLM
+from runtime_py.cpu import CODES, OPS, CpuBackend
+from runtime_py.cpu_wasmtime import WasmtimeModule
+from runtime_py.engine import Sampling
+from runtime_py.gpu import GPUError
+
+PROMPTS = [[5, 17, 42], [1, 2, 3, 4, 5, 6, 7, 8], [250, 11], list(range(30, 90)), [99]]
+
+
+def module(level: str = "relaxed") -> WasmtimeModule:
+    return WasmtimeModule({level: str(wasm.build(level))})
+
+
+def engine(package, ctx=128, level="relaxed"):
+    eng = LutLM.from_folder(str(package), CpuBackend(module(level)), ctx).engine
+    eng.eos = set()  # the reference has no stop id either
+    return eng
+
+
+def collect(eng, prompt, n, sampling=Sampling()):
+    async def go():
+        return [t async for t in eng.generate(prompt, n, sampling)]
+    eng.reset()
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-cpu")
+    ckpt = tiny_checkpoint(root / "hf")
+    return ckpt, root, {"4": compile_package(ckpt, root / "pkg4", "4")}
+
+
+def package(tiny, bits, group=32, scale_bits=16, budget=None, decode="lut"):
+    ckpt, root, refs = tiny
+    key = f"{bits}g{group}s{scale_bits}{decode}"
+    if key not in refs:
+        refs[key] = compile_package(ckpt, root / key, bits, budget, decode, group, scale_bits)
+    return root / key, refs[key]
+
+
+def test_the_record_layout_is_the_modules():
+    """Each op's record length in runtime_py.cpu is the one run.c expects (else the backend
+    refuses the module), and an unknown op or a wrong count stops the list at that record."""
+    cpu = CpuBackend(module("simd128"))
+    for name, op in OPS.items():
+        assert cpu.wasm.call("run_words", CODES[name]) == len(op.params) + len(op.buffers) + len(op.uniforms), name
+    assert cpu.wasm.call("run_words", len(OPS)) == -1
+    cmd = cpu.alloc(16, "a test")
+    cpu.wasm.write(cmd, np.array([len(OPS), 0], np.uint32).tobytes())
+    assert cpu.wasm.call("run", cmd, 1) == 1
+    cpu.wasm.write(cmd, np.array([CODES["argmax"], 2], np.uint32).tobytes())  # argmax takes 3 words
+    assert cpu.wasm.call("run", cmd, 1) == 1
+
+
+@pytest.mark.parametrize("level", list(wasm.LEVELS))
+def test_greedy_4bit_matches_reference(tiny, level):
+    ckpt, root, refs = tiny
+    eng = engine(root / "pkg4", level=level)
+    for prompt in PROMPTS:
+        assert collect(eng, prompt, 32) == list(refs["4"].generate_greedy(prompt, 32, set(), n_ctx=128)), prompt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits,group,scale_bits,budget,decode", [
+    ("3", 16, 8, None, "lut"), ("2", 32, 16, None, "lut"), ("t", 32, 16, None, "lut"), ("mixed", 32, 16, 3.0, "lut"),
+    ("mixed", 32, 8, 4.0, "lut"), ("3", 32, 16, None, "dequant"), ("4", 32, 16, None, "dequant8")])
+def test_every_format_matches_its_reference(tiny, bits, group, scale_bits, budget, decode):
+    """3-bit groups of 16 with 8-bit scales, 2-bit, ternary, mixed precision (one table serving
+    groups of 16 and larger), and the dequantise-decode packages: decode GEMVs, and prefill GEMMs
+    for the 60-token prompt."""
+    pkg, reference = package(tiny, bits, group, scale_bits, budget, decode)
+    eng = engine(pkg)
+    for prompt in PROMPTS[:4]:
+        assert collect(eng, prompt, 16) == list(reference.generate_greedy(prompt, 16, set(), n_ctx=128)), prompt
+
+
+def test_perplexity_within_half_a_percent(tiny):
+    ckpt, root, refs = tiny
+    tokens = [int(t) for t in np.random.default_rng(3).integers(0, 300, 120)]
+    got = asyncio.run(engine(root / "pkg4").score(tokens))
+    model = refs["4"]
+    logits = model.forward(tokens, model.new_cache(128), all_logits=True).astype(np.float64)
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    want = (lse - logits[np.arange(len(tokens)), tokens[1:] + [0]])[:-1]
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+    assert abs(np.exp(np.mean(got)) / np.exp(np.mean(want)) - 1) < 0.005
+
+
+def test_chat_cache_sampling_and_penalty(tiny):
+    """A second turn reuses the cache and matches a fresh engine; seeded sampling repeats and
+    differs with the seed; the repetition penalty and a stop id behave as on the GPU."""
+    ckpt, root, refs = tiny
+    eng, fresh = engine(root / "pkg4"), engine(root / "pkg4")
+    first = collect(eng, PROMPTS[1], 10)
+    turn2 = PROMPTS[1] + first + [7, 8, 9]
+    eng.history = PROMPTS[1] + first[:-1]
+    async def go(e, p, n):
+        return [t async for t in e.generate(p, n)]
+    assert asyncio.run(go(eng, turn2, 12)) == collect(fresh, turn2, 12)
+    s = Sampling(temperature=0.9, top_k=40, top_p=0.95, seed=11)
+    a = collect(eng, PROMPTS[0], 20, s)
+    assert collect(eng, PROMPTS[0], 20, s) == a and all(0 <= t < 300 for t in a)
+    assert collect(eng, PROMPTS[0], 20, Sampling(temperature=0.9, seed=12)) != a
+    assert collect(eng, PROMPTS[0], 8, Sampling(temperature=1.0, top_k=1, seed=5)) == collect(eng, PROMPTS[0], 8)
+    model, prompt, penalty = refs["4"], [5, 5, 17, 42, 17], 1.5
+    cache = model.new_cache(128)
+    logits, seen, want = model.forward(prompt, cache), set(prompt), []
+    for _ in range(12):
+        adj = logits.astype(np.float64).copy()
+        idx = sorted(seen)
+        adj[idx] = np.where(adj[idx] > 0, adj[idx] / penalty, adj[idx] * penalty)
+        want.append(int(np.argmax(adj)))
+        seen.add(want[-1])
+        logits = model.forward([want[-1]], cache)
+    assert collect(eng, prompt, 12, Sampling(repetition_penalty=penalty)) == want
+
+
+def test_a_package_without_cpu_ops_is_refused_before_its_weights(tiny, tmp_path):
+    ckpt, root, refs = tiny
+    pkg = shutil.copytree(root / "pkg4", tmp_path / "old")
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    for k in manifest["kernels"].values():
+        del k["cpu"]
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    for shard in (pkg / "shards").iterdir():
+        shard.write_bytes(b"")  # never read: the refusal comes first
+    with pytest.raises(GPUError, match="no CPU kernels"):
+        engine(pkg)
+    manifest["kernels"][next(iter(manifest["kernels"]))]["cpu"] = {"op": "conv3d"}
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GPUError, match="no op 'conv3d'"):
+        engine(pkg)
+
+
+def test_memory_that_cannot_grow_names_the_megabytes(tiny):
+    cpu = CpuBackend(module("simd128"))
+    with pytest.raises(GPUError, match=r"needs 3072\.0 MiB more .* cannot grow"):
+        cpu.alloc(3 << 30, "a test")
+        cpu.alloc(3 << 30, "a test")
+
+
+def test_device_cpu_on_the_command_line(tiny, capsys):
+    """`lutlm generate PACKAGE --device cpu` decodes what the reference decodes after the same prompt."""
+    from lutlm.cli import main
+    from lutlm.generation import generate
+
+    ckpt, root, refs = tiny
+    gen = generate(str(root / "pkg4"), "hi", Sampling(), 8, device="cpu")
+    eos = {ckpt.config.eos_id}
+    assert list(gen.tokens) == list(refs["4"].generate_greedy(gen.ids, 8, eos, n_ctx=128))
+    main(["generate", str(root / "pkg4"), "--prompt", "hi", "--max-tokens", "8", "--ids", "--device", "cpu"])
+    assert capsys.readouterr().out.split() == [str(t) for t in generate(str(root / "pkg4"), "hi", Sampling(), 8,
+                                                                        device="cpu").tokens]
