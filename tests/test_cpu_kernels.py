@@ -80,7 +80,10 @@ def test_module_has_no_imports(level):
     assert [i.name for i in module.imports] == []
     assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv", "lut_gemm",
                                                 "lut_gemm_scratch", "lut_weight_bytes", "lut_repack", "dense_gemv",
-                                                "dense_gemm", "gemv_f32"}
+                                                "dense_gemm", "gemv_f32", "release", "run", "run_words", "cpu_embed",
+                                                "cpu_rms_norm", "cpu_swiglu", "cpu_rope_append", "cpu_attention",
+                                                "cpu_attention_max_ctx", "cpu_argmax", "cpu_penalize", "cpu_sample",
+                                                "cpu_nll"}
 
 
 @pytest.mark.parametrize("level", LEVELS)
