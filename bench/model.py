@@ -1,5 +1,6 @@
 """`lutlm bench model PACKAGE...`: load time, time to first token, prefill and decode tokens/s of
-model packages on the native runtime (wgpu-py; lavapipe here), same prompts for every package.
+model packages on the native runtime (wgpu-py, lavapipe here; or the CPU kernels in wasmtime) and
+in the web app, same prompts for every package.
 
 Workload: fixed ChatML prompts (~40 and ~400 tokens with SmolLM2's template), greedy, a fixed
 number of new tokens (end-of-sequence ignored so that every run decodes the same count), a fresh
@@ -37,18 +38,24 @@ def prompts(tokenizer: Any, template: Any, sizes: list[int]) -> dict[int, tuple[
 
 
 async def _one(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, float]:
+    """One generation's times; on the CPU backend also the host's share of a decode step (the
+    step's time outside the module's `run`: Python building and writing the command list)."""
     llm.reset()
+    backend = llm.engine.backend
     t0 = time.perf_counter()
-    first, count = None, 0
+    first, count, busy = None, 0, 0.0
     from runtime_py.engine import Sampling
 
     async for _ in llm.engine.generate(prompt, new_tokens, Sampling()):
         count += 1
         if first is None:
-            first = time.perf_counter()
+            first, busy = time.perf_counter(), getattr(backend, "kernel_seconds", 0.0)
     end = time.perf_counter()
-    return {"ttft_s": first - t0, "prefill_tps": len(prompt) / (first - t0),
-            "decode_tps": (count - 1) / (end - first) if count > 1 else float("nan"), "new_tokens": count}
+    out = {"ttft_s": first - t0, "prefill_tps": len(prompt) / (first - t0),
+           "decode_tps": (count - 1) / (end - first) if count > 1 else float("nan"), "new_tokens": count}
+    if hasattr(backend, "kernel_seconds") and count > 1:
+        out["host_ms_per_token"] = 1000 * ((end - first) - (backend.kernel_seconds - busy)) / (count - 1)
+    return out
 
 
 def row(system: str, variant: str, where: str, prompt_tokens: int, new_tokens: int, load_s: float,
@@ -56,7 +63,7 @@ def row(system: str, variant: str, where: str, prompt_tokens: int, new_tokens: i
     """One result row: median, min and max of the samples' ttft_s, prefill_tps and decode_tps (the
     medians also printed). A sample without a decode rate (one token) counts for ttft only."""
     med, spread = {}, {}
-    for key in ("ttft_s", "prefill_tps", "decode_tps"):
+    for key in ("ttft_s", "prefill_tps", "decode_tps", "host_ms_per_token"):
         values = [s[key] for s in samples if s.get(key) is not None]
         if values:
             med[key] = round(statistics.median(values), 3)
@@ -86,30 +93,35 @@ def package_prompts(package: str, sizes: list[int]) -> tuple[dict[str, Any], dic
     return manifest, prompts(tokenizer, ChatTemplate.from_template(manifest["chat_template"]), sizes)
 
 
-def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> Iterator[dict[str, Any]]:
-    """The workload natively, one row per package and prompt as each is measured."""
+def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int, device: str = "gpu") -> Iterator[dict[str, Any]]:
+    """The workload natively (`device`: wgpu-py's GPU, or the CPU kernels in wasmtime, one thread),
+    one row per package and prompt as each is measured."""
     import gc
 
+    from lutlm import build
     from runtime_py.api import LutLM
-    from runtime_py.gpu_wgpu import WgpuBackend
 
-    backend = WgpuBackend()
-    adapter = f"{backend.info['device']}, {backend.info['description']}"
+    backend = build.backend(device)
     for pkg in packages:
         loads = []
         for _ in range(2):  # the first read of the files in this run, then again (page cache warm)
             llm = None
             gc.collect()
+            if device == "cpu":  # a module per load: its memory only grows
+                backend = build.backend(device)
             before = backend.allocated["bytes"]
             t0 = time.perf_counter()
             llm = LutLM.from_folder(pkg, backend)
             loads.append(time.perf_counter() - t0)
         gpu_bytes = backend.allocated["bytes"] - before
+        adapter = backend.info["description"] if device == "cpu" else \
+            f"{backend.info['device']}, {backend.info['description']}"
         llm.engine.eos = set()
         name = variant(llm.engine.manifest.data, Path(pkg).name)
         for size, (_, prompt) in prompts(llm.tokenizer, llm.template, sizes).items():
             samples = [asyncio.run(_one(llm, prompt, new_tokens)) for _ in range(reps)]
-            yield row("lutlm", name, "native", len(prompt), new_tokens, loads[0], samples, adapter=adapter,
+            yield row("lutlm", name, "native" if device == "gpu" else "native-cpu", len(prompt), new_tokens, loads[0],
+                      samples, adapter=adapter,
                       warm_load_s=round(loads[1], 3), gpu_bytes=gpu_bytes)
 
 
@@ -165,6 +177,8 @@ def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json
     rows = []
     if "native" in where:
         rows += run(packages, sizes, new_tokens, reps)
+    if "cpu" in where:
+        rows += run(packages, sizes, new_tokens, reps, device="cpu")
     if "browser" in where:
         rows += run_browser(packages, sizes, new_tokens, reps)
     report.write(rows, Path(json_path) if json_path else None, None, command)

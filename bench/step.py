@@ -1,4 +1,5 @@
-"""`lutlm bench step PACKAGE`: where a decode step's (or prefill chunk's) time goes, per kernel.
+"""`lutlm bench step PACKAGE`: where a decode step's (or prefill chunk's) time goes, per kernel,
+on WebGPU (native, browser) or on the CPU backend.
 
 The package's own decode, head and greedy plans (with `--prefill M`, its prefill and head plans
 for a chunk of M prompt tokens): its WGSL, buffers and dispatch grids at position `pos`, the cache
@@ -12,6 +13,7 @@ the host's share of a real decode: building the calls, the uniform writes and th
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -100,14 +102,56 @@ def markdown(all_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_cpu(package: Path, pos: int, rounds: int, ctx: int | None, prefill: int,
+            target_s: float = 0.04) -> list[dict[str, Any]]:
+    """The same step on the CPU backend (the package's own weights, in wasmtime): the engine's
+    command records of the step, each kernel's apart and all together, each sample repeated to
+    last ~`target_s`, rounds interleaved. The records run as the engine runs them: one `run` call
+    into the module per list."""
+    import time
+
+    from lutlm import build
+    from runtime_py.engine import Sampling
+
+    eng = build.open_package(package, ctx, device="cpu").engine
+    m, plans = (prefill, PREFILL) if prefill else (1, DECODE)
+    if not pos + m <= eng.ctx:
+        raise LutlmError(f"--pos {pos} plus the step's tokens exceed the {eng.ctx}-token context")
+    calls = eng._calls(plans, eng._variables(m, pos, Sampling(), 0))
+    names = ["step"] + list(dict.fromkeys(c.kernel["name"] for c in calls))
+    groups = [calls] + [[c for c in calls if c.kernel["name"] == n] for n in names[1:]]
+    samples: list[list[float]] = [[] for _ in groups]
+    for _ in range(rounds):
+        for group, out in zip(groups, samples):
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < target_s:
+                eng.backend.submit(group)
+                reps += 1
+            out.append(1000 * (time.perf_counter() - t0) / reps)
+    info = {"where": "cpu", "adapter": eng.backend.info["description"]}
+    step_ms = statistics.median(samples[0])
+    return [{**info, "pos": pos, "ctx": eng.ctx, "tokens": m, "kernel": name, "dispatches": len(group),
+             "ms": round(statistics.median(s), 3), "ms_per_dispatch": round(statistics.median(s) / len(group), 4),
+             "share": round(statistics.median(s) / step_ms, 4), "samples": [round(v, 3) for v in s]}
+            for name, group, s in zip(names, groups, samples)]
+
+
 def main(package: Path, where: list[str], pos: int, rounds: int, json_path: str | None, ctx: int | None = None,
          prefill: int = 0, without: Sequence[str] = ()) -> None:
     """Time a decode step, or with `prefill` > 0 a prefill chunk of that many tokens; `without`
-    names browser features to leave unused (their kernels' fallbacks run), for A/B runs."""
+    names browser features to leave unused (their kernels' fallbacks run), for A/B runs. `where`:
+    native and browser (WebGPU), cpu (the CPU kernels in wasmtime)."""
     wl, names, ctx = workload(package, pos, ctx, prefill)
     m = prefill or 1
     what = f"prefill of {m} tokens from" if prefill else "decode step at"
     print(f"{package.name}: {what} position {pos} of a {ctx}-token context, {len(wl.cases[0]['calls'])} "
           f"dispatches of {len(names) - 1} kernels", file=sys.stderr)
-    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(info, names, wl, samples, pos, ctx, m),
-                           json_path, without)))
+    gpu = [w for w in where if w != "cpu"]
+    all_rows = measure(wl, gpu, rounds, lambda info, samples: rows(info, names, wl, samples, pos, ctx, m),
+                       None) if gpu else []
+    if "cpu" in where:
+        all_rows += run_cpu(package, pos, rounds, ctx, prefill)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(all_rows, indent=1) + "\n")
+    print(markdown(all_rows))

@@ -2,7 +2,7 @@
 
 It compiles the lutlm variants it needs (cached under build/bench/), exports the same weights to
 ONNX for transformers.js, then measures every system on the same chat prompts: lutlm natively
-(wgpu-py) and in headless Chromium (SwiftShader WebGPU), wllama (llama.cpp wasm) and
+(wgpu-py; and its CPU kernels in wasmtime) and in headless Chromium (SwiftShader WebGPU), wllama (llama.cpp wasm) and
 transformers.js (WebGPU, wasm) in Chromium, and llama.cpp natively when llama-cpp-python is
 installed. A system that cannot run is skipped with a message.
 
@@ -35,7 +35,7 @@ VARIANTS: dict[str, tuple[Request, str]] = {
     "q4-dequant": (Request("4", method="rtn"), "dequant"),
     "q4-dequant8": (Request("4", method="rtn"), "dequant8"),
 }
-SYSTEMS = ("lutlm-native", "lutlm-browser", "wllama", "transformers.js", "llama.cpp")
+SYSTEMS = ("lutlm-native", "lutlm-cpu", "lutlm-browser", "wllama", "transformers.js", "llama.cpp")
 EXPORTS = ("q4", "fp32")
 
 
@@ -103,6 +103,8 @@ def _rows(source: str, gguf: Path, pkgs: list[Path], systems: list[str], sizes: 
     paths = [str(p) for p in pkgs]
     if "lutlm-native" in systems:
         yield from model.run(paths, sizes, new_tokens, reps)
+    if "lutlm-cpu" in systems:
+        yield from model.run(paths, sizes, new_tokens, reps, device="cpu")
     if "lutlm-browser" in systems:
         yield from model.run_browser(paths, sizes, new_tokens, reps)
     manifest, texts = model.package_prompts(paths[0], sizes)

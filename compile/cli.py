@@ -198,10 +198,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(out)
 
 
-def _where(args: argparse.Namespace) -> list[str]:
+def _where(args: argparse.Namespace, places: tuple[str, ...] = ("native", "browser")) -> list[str]:
     where = [w.strip() for w in args.where.split(",") if w.strip()]
-    if not where or set(where) - {"native", "browser"}:
-        raise LutlmError(f"--where takes native, browser or both (comma-separated), not {args.where!r}")
+    if not where or set(where) - set(places):
+        raise LutlmError(f"--where takes {', '.join(places)} (comma-separated), not {args.where!r}")
     return where
 
 
@@ -218,7 +218,7 @@ def cmd_bench_step(args: argparse.Namespace) -> None:
     from lutlm_bench import step
 
     pkg = build.package(args.package)
-    where = _where(args)
+    where = _where(args, ("native", "browser", "cpu"))
     if args.rounds < 1 or args.pos < 0 or args.prefill < 0:
         raise LutlmError("--rounds must be at least 1, --pos and --prefill at least 0")
     without = [f for f in args.without.split(",") if f]
@@ -334,7 +334,7 @@ def cmd_bench_model(args: argparse.Namespace) -> None:
     for pkg in args.packages:
         build.package(pkg)
     sizes = _bench_workload(args)
-    where = _where(args)
+    where = _where(args, ("native", "cpu", "browser"))
     model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, sys.argv)
 
 
@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_kernels)
     p = benches.add_parser("step", help="a package's decode step (or prefill chunk) per kernel, natively and in Chromium")
     p.add_argument("package", metavar="PACKAGE")
-    p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
+    p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium), cpu (the CPU "
+                                                              "kernels in wasmtime), comma-separated")
     p.add_argument("--pos", type=int, default=48, help="position of the decoded token (default 48)")
     p.add_argument("--prefill", type=int, default=0, metavar="M",
                    help="time a prefill chunk of M prompt tokens from --pos instead of a decode step")
@@ -490,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_step)
     p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
-    p.add_argument("--where", default="native", help="native (wgpu-py), browser (the web app in headless Chromium) or both")
+    p.add_argument("--where", default="native", help="native (wgpu-py), cpu (the CPU kernels in wasmtime), browser (the web "
+                                                     "app in headless Chromium), comma-separated")
     _workload_options(p)
     p.set_defaults(func=cmd_bench_model)
     return parser

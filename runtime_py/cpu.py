@@ -15,6 +15,7 @@ in the GPU layout only where an op reads it so (the embedding gather).
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -128,6 +129,7 @@ class CpuBackend:
         self.allocated = {"buffers": 0, "bytes": 0}
         self._commands, self._room = 0, 0
         self.scratch, self._scratch_size = 0, 0  # the GEMM's tables for a chunk of tokens
+        self.kernel_seconds = 0.0  # inside the module's `run`: the rest of a step's time is the host's
 
     def alloc(self, size: int, what: str) -> int:
         ptr = self.wasm.call("alloc", max(size, 4))
@@ -205,7 +207,9 @@ class CpuBackend:
             self._room = max(len(records), 2 * self._room)
             self._commands = self.alloc(self._room, "the command list")
         self.wasm.write(self._commands, records)
+        t0 = time.perf_counter()
         failed = self.wasm.call("run", self._commands, len(calls))
+        self.kernel_seconds += time.perf_counter() - t0
         if failed:
             raise GPUError(f"kernel {calls[failed - 1].kernel['name']}: the CPU kernels refused its shape or format")
 
