@@ -58,22 +58,61 @@ class CpuKernels:
             raise LutlmError(f"the CPU LUT kernels do not take {spec.name} weights of shape {n}x{k}")
         return out
 
-    def tables(self, x: np.ndarray, group: int) -> tuple[int, int, int]:
+    def tables(self, x: np.ndarray, span: int) -> tuple[int, int, int]:
         """Offsets of the int8 tables, table scales and activation sums of `x` (lut_table)."""
         k = x.size
-        table, tscale, xsum = self.alloc(4 * k), self.alloc(4 * (k // group)), self.alloc(4 * (k // group))
-        if self.call("lut_table", self.put(x.astype(np.float32)), k, group, table, tscale, xsum):
-            raise LutlmError(f"the CPU LUT tables do not take {k} inputs in groups of {group}")
+        table, tscale, xsum = self.alloc(4 * k), self.alloc(4 * (k // span)), self.alloc(4 * (k // span))
+        if self.call("lut_table", self.put(x.astype(np.float32)), k, span, table, tscale, xsum):
+            raise LutlmError(f"the CPU LUT tables do not take {k} inputs in spans of {span}")
         return table, tscale, xsum
 
-    def lut_gemv(self, w: int, q: QTensor, x: np.ndarray) -> np.ndarray:
-        """y = W x, W repacked (`repack`) from `q`."""
+    def lut_gemv(self, w: int, q: QTensor, x: np.ndarray, span: int | None = None) -> np.ndarray:
+        """y = W x, W repacked (`repack`) from `q`; the table's span that of `q`'s package unless given."""
+        n, k = q.codes.shape
+        span = span or default_span(q.spec)
+        y = self.alloc(4 * n)
+        if self.call("lut_gemv", w, *self._format(q), span, *self.tables(x, span), y):
+            raise LutlmError(f"the CPU LUT GEMV does not take {q.spec.name} weights of shape {n}x{k} in spans of {span}")
+        return self.get(y, np.float32, n)
+
+    def lut_gemm(self, w: int, q: QTensor, xs: np.ndarray, span: int | None = None, ldy: int | None = None) -> np.ndarray:
+        """Y (m, ldy) with row t = W x_t for the m rows x_t of `xs` (lut_gemm); columns past n untouched (NaN)."""
+        n, k = q.codes.shape
+        m, span, ldy = xs.shape[0], span or default_span(q.spec), ldy or n
+        scratch = self.alloc(self.call("lut_gemm_scratch", m, k, span))
+        y = self.put(np.full((m, ldy), np.nan, np.float32))
+        if self.call("lut_gemm", w, *self._format(q), span, self.put(xs.astype(np.float32)), m, y, ldy, scratch):
+            raise LutlmError(f"the CPU LUT GEMM does not take {q.spec.name} weights of shape {n}x{k} in spans of {span}")
+        return self.get(y, np.float32, m * ldy).reshape(m, ldy)
+
+    @staticmethod
+    def _format(q: QTensor) -> tuple[int, ...]:
+        return (*q.codes.shape, q.spec.bits, q.spec.group, q.spec.scale_bits)
+
+    def dense(self, q: QTensor, bits: int) -> tuple[int, int]:
+        """Offsets of a package's dense words (`NAME.dense`, codes `bits` wide) and f16 pairs `NAME.sm`."""
+        return self.put(layout.dense(q, bits).astype(np.uint32)), self.put(layout.scale_min(q).astype(np.uint32))
+
+    def dense_gemv(self, q: QTensor, bits: int, x: np.ndarray) -> np.ndarray:
         n, k = q.codes.shape
         y = self.alloc(4 * n)
-        spec = q.spec
-        if self.call("lut_gemv", w, n, k, spec.bits, spec.group, spec.scale_bits, *self.tables(x, spec.group), y):
-            raise LutlmError(f"the CPU LUT GEMV does not take {spec.name} weights of shape {n}x{k}")
+        if self.call("dense_gemv", *self.dense(q, bits), n, k, bits, q.spec.group, self.put(x.astype(np.float32)), y):
+            raise LutlmError(f"the CPU dense GEMV does not take {bits}-bit codes of shape {n}x{k}, groups of {q.spec.group}")
         return self.get(y, np.float32, n)
+
+    def dense_gemm(self, q: QTensor, bits: int, xs: np.ndarray, ldy: int | None = None) -> np.ndarray:
+        n, k = q.codes.shape
+        m, ldy = xs.shape[0], ldy or n
+        y = self.put(np.full((m, ldy), np.nan, np.float32))
+        if self.call("dense_gemm", *self.dense(q, bits), n, k, bits, q.spec.group, self.put(xs.astype(np.float32)),
+                     m, y, ldy):
+            raise LutlmError(f"the CPU dense GEMM does not take {bits}-bit codes of shape {n}x{k}, groups of {q.spec.group}")
+        return self.get(y, np.float32, m * ldy).reshape(m, ldy)
+
+
+def default_span(spec: QuantSpec) -> int:
+    """The table span of a package whose only weights are `spec`'s: 16 for groups of 16, else 32."""
+    return 16 if spec.group == 16 else 32
 
 
 @lru_cache(maxsize=None)

@@ -1,10 +1,12 @@
 """The CPU kernels (shaders/cpu, WebAssembly SIMD built by lutlm.wasm) run natively in wasmtime.
 
 The LUT GEMV is checked twice: against a numpy model of its integer algorithm (int8 tables with
-one scale per weight group, exact integer sums), which it must match to float rounding, and
-against the float oracle `QTensor.dequantize() @ x` within the error that table quantisation
-allows (test_lut_gemv_float_oracle). Every weight goes in as a package stores it (the GPU layout
-of compile/kernels/layout.py) and is repacked to the CPU layout by the module.
+one scale per span of 16 or 32 inputs, exact integer sums), which it must match to float
+rounding, and against the float oracle `QTensor.dequantize() @ x` within the error that table
+quantisation allows (test_lut_gemv_float_oracle). The LUT GEMM must equal the GEMV per token
+exactly; the dense (dequantise) kernels are checked against the float oracle. Every weight goes in
+as a package stores it (the GPU layout of compile/kernels/layout.py); the LUT kernels' weights are
+repacked to the CPU layout by the module.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from lutlm.quant.pipeline import Request, quantize
 from lutlm.quant.format import QTensor, QuantSpec, StepGrid, quantize_rtn
 from runtime_py.package import folder_reader, load_tensors, read_manifest
 
-from cpu_harness import kernels
+from cpu_harness import default_span, kernels
 from engine_fixtures import tiny_checkpoint
 
 rng = np.random.default_rng(37)
@@ -33,40 +35,42 @@ def quantized(n: int, k: int, bits: int | str, group: int = 32, scale_bits: int 
     return quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec.parse(bits, group, scale_bits))
 
 
-def tables(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tables(x: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kernel's tables, bit for bit: each chunk's 16 subset sums added in input order in f32,
-    scaled by 127 / (the group's largest |entry|) and rounded to nearest even; (tables (K/4, 16)
-    int8, table scales, activation sums) per group."""
+    scaled by 127 / (the span's largest |entry|) and rounded to nearest even; (tables (K/4, 16)
+    int8, table scales, activation sums) per span."""
     k = x.size
     sel = np.where(MASKS, x.astype(np.float32).reshape(-1, 1, 4), np.float32(0))
     entries = ((sel[..., 0] + sel[..., 1]) + sel[..., 2]) + sel[..., 3]
-    top = np.abs(entries).reshape(k // group, -1).max(axis=1)
+    top = np.abs(entries).reshape(k // span, -1).max(axis=1)
     inv = np.where(top > 0, np.float32(127) / np.where(top > 0, top, 1), 0).astype(np.float32)
-    tq = np.rint(entries * np.repeat(inv, group // 4)[:, None]).astype(np.int8)
-    return tq, top / np.float32(127), x.astype(np.float64).reshape(-1, group).sum(axis=1)
+    tq = np.rint(entries * np.repeat(inv, span // 4)[:, None]).astype(np.int8)
+    return tq, top / np.float32(127), x.astype(np.float64).reshape(-1, span).sum(axis=1)
 
 
-def lut_gemv_model(q: QTensor, x: np.ndarray) -> np.ndarray:
+def lut_gemv_model(q: QTensor, x: np.ndarray, span: int | None = None) -> np.ndarray:
     """y = W x as the kernel computes it: per plane j and chunk c the table entry the plane's 4 bits
-    select, summed exactly, times 2^j; then per group scale x table scale, plus minimum x sum(x)."""
+    select, summed exactly over each span, times 2^j; each span's sum times its table scale; then
+    per group times the scale, plus minimum x the group's activation sum."""
     n, k = q.codes.shape
-    g = q.spec.group
-    tq, tscale, xsum = tables(x, g)
+    g, span = q.spec.group, span or default_span(q.spec)
+    tq, tscale, xsum = tables(x, span)
     chunks = q.codes.reshape(n, k // 4, 4).astype(np.int64)
-    acc = np.zeros((n, k // g), np.int64)
+    acc = np.zeros((n, k // span), np.int64)
     for j in range(q.spec.bits):
         index = (((chunks >> j) & 1) << np.arange(4)).sum(axis=-1)
-        acc += tq[np.arange(k // 4), index].astype(np.int64).reshape(n, k // g, g // 4).sum(axis=-1) << j
-    return (acc * q.scale.astype(np.float64) * tscale + q.minimum.astype(np.float64) * xsum).sum(axis=1)
+        acc += tq[np.arange(k // 4), index].astype(np.int64).reshape(n, k // span, span // 4).sum(axis=-1) << j
+    per_group = (acc * tscale).reshape(n, k // g, g // span).sum(axis=-1)
+    return (per_group * q.scale.astype(np.float64) + q.minimum.astype(np.float64) * xsum.reshape(-1, g // span).sum(axis=1)).sum(axis=1)
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def run_lut(q: QTensor, x: np.ndarray, level: str = "simd128") -> np.ndarray:
+def run_lut(q: QTensor, x: np.ndarray, level: str = "simd128", span: int | None = None) -> np.ndarray:
     k = kernels(level)
-    return k.lut_gemv(k.repack(q), q, x)
+    return k.lut_gemv(k.repack(q), q, x, span)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -74,26 +78,34 @@ def test_module_has_no_imports(level):
     """Freestanding: no libc, no host functions; its own memory; only the kernels exported."""
     module = kernels(level).module
     assert [i.name for i in module.imports] == []
-    assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv",
-                                                "lut_weight_bytes", "lut_repack", "gemv_f32"}
+    assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv", "lut_gemm",
+                                                "lut_gemm_scratch", "lut_weight_bytes", "lut_repack", "dense_gemv",
+                                                "dense_gemm", "gemv_f32"}
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("k,group", [(576, 32), (1536, 32), (768, 256), (96, 96)])
-def test_tables_bit_for_bit(level, k, group):
+@pytest.mark.parametrize("k,span", [(576, 32), (1536, 32), (576, 16), (48, 16)])
+def test_tables_bit_for_bit(level, k, span):
     """The int8 tables and their scales exactly as the model's (a one-step difference in a single
     entry would hide under the GEMV's float tolerance); activation sums to f32 rounding. With a
-    chunk of zeros, entries that cancel to zero, and a group of zeros (table scale 0)."""
+    chunk of zeros, entries that cancel to zero, and a span of zeros (table scale 0)."""
     x = rng.standard_normal(k).astype(np.float32)
     x[:8] = 0
     x[8:12] = [1.5, -1.5, 0.25, 3.0]
-    x[2 * group:3 * group] = 0
+    x[span:2 * span] = 0
     cpu = kernels(level)
-    table, tscale, xsum = cpu.tables(x, group)
-    tq, ts, xs = tables(x, group)
+    table, tscale, xsum = cpu.tables(x, span)
+    tq, ts, xs = tables(x, span)
     np.testing.assert_array_equal(cpu.get(table, np.int8, k * 4).reshape(-1, 16), tq)
-    np.testing.assert_array_equal(cpu.get(tscale, np.float32, k // group), ts)
-    np.testing.assert_allclose(cpu.get(xsum, np.float32, k // group), xs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cpu.get(tscale, np.float32, k // span), ts)
+    np.testing.assert_allclose(cpu.get(xsum, np.float32, k // span), xs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,span", [(576, 8), (576, 64), (40, 16), (0, 16), (1 << 25, 32)])
+def test_tables_refuse_other_spans(k, span):
+    """Spans other than 16 and 32, k not a multiple of the span, no inputs or too many: -1."""
+    cpu = kernels()
+    assert cpu.call("lut_table", cpu.alloc(4 * 576), k, span, *(cpu.alloc(4 * 576) for _ in range(3))) == -1
 
 
 @pytest.mark.parametrize("bits,group,scale_bits", [(2, 32, 16), (3, 32, 16), (4, 32, 16), ("t", 32, 16),
@@ -119,6 +131,102 @@ def test_lut_gemv_awkward_shapes(level, n, k, bits, group, scale_bits):
     q = quantized(n, k, bits, group, scale_bits)
     x = rng.standard_normal(k).astype(np.float32)
     assert rel_err(run_lut(q, x, level), lut_gemv_model(q, x)) < 1e-5
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("n,k,bits,group,scale_bits,span", [
+    (40, 576, 3, 64, 16, 16), (40, 576, 3, 64, 16, 32), (24, 768, 4, 256, 16, 16), (17, 576, 2, 32, 8, 16),
+    (33, 1536, "t", 192, 16, 16)])
+def test_lut_gemv_mixed_spans(level, n, k, bits, group, scale_bits, span):
+    """A mixed-precision package's one table per input (span 16 when any of its weights has groups
+    of 16) serves weights of every group: several spans per group, each with its own table scale."""
+    q = quantized(n, k, bits, group, scale_bits)
+    x = rng.standard_normal(k).astype(np.float32)
+    assert rel_err(run_lut(q, x, level, span), lut_gemv_model(q, x, span)) < 1e-5
+
+
+@pytest.mark.parametrize("group,span", [(16, 32), (32, 64), (32, 8)])
+def test_lut_gemv_refuses_a_span_its_groups_do_not_hold(group, span):
+    q = quantized(16, 64, 3, group, 8)
+    cpu = kernels()
+    w, y = cpu.repack(q), cpu.alloc(64)
+    tables = cpu.tables(np.zeros(64, np.float32), 16)
+    assert cpu.call("lut_gemv", w, 16, 64, 3, group, 8, span, *tables, y) == -1
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("n,k,bits,group,scale_bits,span,m,ldy", [
+    (576, 576, 2, 32, 16, 32, 1, 576), (960, 576, 3, 16, 8, 16, 64, 960), (33, 1536, 4, 64, 16, 16, 5, 40),
+    (3072, 576, "t", 32, 16, 32, 3, 3072)])
+def test_lut_gemm_is_the_gemv_per_token(level, n, k, bits, group, scale_bits, span, m, ldy):
+    """Prefill: each token's row of Y bit for bit as lut_gemv gives it (the same tables and tile
+    arithmetic), rows of ldy > n left alone past n, one token to 64."""
+    q = quantized(n, k, bits, group, scale_bits)
+    xs = rng.standard_normal((m, k)).astype(np.float32)
+    cpu = kernels(level)
+    w = cpu.repack(q)
+    got = cpu.lut_gemm(w, q, xs, span, ldy)
+    assert np.isnan(got[:, n:]).all()
+    for t in range(m):
+        np.testing.assert_array_equal(got[t, :n], cpu.lut_gemv(w, q, xs[t], span))
+    assert rel_err(got[-1, :n], lut_gemv_model(q, xs[-1], span)) < 1e-5
+
+
+def test_lut_gemm_scratch_and_refusals():
+    """The scratch holds each token's tables, scales and sums; no tokens, a bad span, or a Y row
+    shorter than n is refused."""
+    cpu = kernels()
+    assert cpu.call("lut_gemm_scratch", 64, 576, 32) == 64 * (576 * 4 + 576 // 32 * 8)
+    assert cpu.call("lut_gemm_scratch", 3, 1536, 16) == 3 * (1536 * 4 + 1536 // 16 * 8)
+    assert cpu.call("lut_gemm_scratch", 0, 576, 32) == cpu.call("lut_gemm_scratch", 4, 576, 64) == 0
+    assert cpu.call("lut_gemm_scratch", 1 << 20, 1 << 12, 32) == 0  # 16 GiB
+    q = quantized(16, 64, 2)
+    w, x, y, scratch = cpu.repack(q), cpu.alloc(4 * 64), cpu.alloc(4 * 64), cpu.alloc(4096)
+    for m, span, ldy in ((0, 32, 16), (1, 64, 16), (1, 32, 15)):
+        assert cpu.call("lut_gemm", w, 16, 64, 2, 32, 16, span, x, m, y, ldy, scratch) == -1
+
+
+def dense_oracle(q: QTensor, xs: np.ndarray) -> np.ndarray:
+    return xs.astype(np.float64) @ q.dequantize().astype(np.float64).T
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("n,k,group", [(576, 576, 32), (49, 768, 64), (100, 768, 128), (3, 256, 256)])
+def test_dense_gemv(level, n, k, bits, group):
+    """The package's dense words and f16 pairs read in place: every code width and group, rows not
+    a multiple of the 16-row block (never read or written past n)."""
+    q = quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec(bits, group))
+    x = rng.standard_normal(k).astype(np.float32)
+    assert rel_err(kernels(level).dense_gemv(q, bits, x), dense_oracle(q, x)) < 1e-5
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("n,k,bits,group,m,ldy", [(49, 576, 8, 32, 64, 64), (3072, 576, 8, 32, 3, 3072),
+                                                  (576, 1536, 4, 64, 1, 600), (20, 64, 2, 32, 7, 20)])
+def test_dense_gemm(level, n, k, bits, group, m, ldy):
+    """m tokens: each row of Y as dense_gemv gives it, bit for bit; rows of ldy > n left alone."""
+    q = quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec(bits, group))
+    xs = rng.standard_normal((m, k)).astype(np.float32)
+    cpu = kernels(level)
+    got = cpu.dense_gemm(q, bits, xs, ldy)
+    assert np.isnan(got[:, n:]).all()
+    assert rel_err(got[:, :n], dense_oracle(q, xs)) < 1e-5
+    for t in (0, m - 1):
+        np.testing.assert_array_equal(got[t, :n], cpu.dense_gemv(q, bits, xs[t]))
+
+
+@pytest.mark.parametrize("n,k,bits,group,m,ldy", [
+    (16, 64, 3, 32, 1, 16), (16, 96, 8, 64, 1, 16), (16, 64, 2, 8, 1, 16), (0, 64, 8, 32, 1, 16),
+    (16, 0, 8, 32, 1, 16), (16, 64, 8, 32, 0, 16), (16, 64, 8, 32, 1, 15)])
+def test_dense_refuses_what_it_cannot_take(n, k, bits, group, m, ldy):
+    """Bits other than 2, 4, 8; k not a multiple of the group; a group that splits a word; no rows,
+    inputs or tokens; a Y row shorter than n."""
+    cpu = kernels()
+    buf = cpu.alloc(4096)
+    assert cpu.call("dense_gemm", buf, buf, n, k, bits, group, buf, m, buf, ldy) == -1
+    if m == 1 and ldy == 16:
+        assert cpu.call("dense_gemv", buf, buf, n, k, bits, group, buf, buf) == -1
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -148,28 +256,29 @@ def test_lut_gemv_16_bit_sums_at_their_largest(level):
     assert rel_err(want, q.dequantize().astype(np.float64) @ x) < 1e-6  # a table of exact entries
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, "t"])
-def test_lut_gemv_float_oracle(bits):
+@pytest.mark.parametrize("bits,span", [(2, 32), (3, 32), (4, 32), ("t", 32), (3, 16)])
+def test_lut_gemv_float_oracle(bits, span):
     """Against the dequantised weights times x. The only approximation is the int8 table: entry e
-    of group g becomes t * ts_g with |t * ts_g - e| <= ts_g / 2 (ts_g = max |e| / 127), and row r
-    of group g adds scale_rg x sum_j 2^j of G/4 such entries per plane. So, exactly,
+    of span s becomes t * ts_s with |t * ts_s - e| <= ts_s / 2 (ts_s = max |e| / 127), and row r
+    adds scale_rg x sum_j 2^j of span/4 such entries per plane for each span s of group g. So,
+    with P_rs = |scale_rg| ts_s (2^b - 1), exactly
 
-        |err_r| <= sum_g |scale_rg| ts_g / 2 x (2^b - 1) x G/4,
+        |err_r| <= sum_s P_rs / 2 x span/4,
 
     plus f32 rounding (1e-5 of the row's sum of |w x|). That worst case assumes every rounding
     error has the same sign; they are really about uniform on [-ts/2, ts/2] (variance ts^2/12),
     independent across chunks (the planes of one chunk may share an entry, so take them as fully
-    correlated): the row's standard deviation is sqrt(sum_g (scale_rg ts_g (2^b - 1))^2 G/4 / 12),
-    and every row must also be within 6 of those (a sum of at least 144 terms, thousands of rows)."""
-    q = quantized(1536, 576, bits)
+    correlated): the row's standard deviation is sqrt(sum_s P_rs^2 span/4 / 12), and every row
+    must also be within 6 of those (a sum of at least 144 terms, thousands of rows)."""
+    q = quantized(1536, 576, bits, 64)
     x = rng.standard_normal(576).astype(np.float32)
     w = q.dequantize().astype(np.float64)
-    err = np.abs(run_lut(q, x) - w @ x)
-    _, tscale, _ = tables(x, q.spec.group)
-    per_group = np.abs(q.scale.astype(np.float64)) * tscale * ((1 << q.spec.bits) - 1)
+    err = np.abs(run_lut(q, x, span=span) - w @ x)
+    _, tscale, _ = tables(x, span)
+    per_span = np.repeat(np.abs(q.scale.astype(np.float64)), 64 // span, axis=1) * tscale * ((1 << q.spec.bits) - 1)
     rounding = 1e-5 * (np.abs(w) @ np.abs(x))
-    assert np.all(err <= (per_group / 2 * q.spec.group / 4).sum(axis=1) + rounding)
-    assert np.all(err <= 6 * np.sqrt((per_group ** 2).sum(axis=1) * q.spec.group / 4 / 12) + rounding)
+    assert np.all(err <= (per_span / 2 * span / 4).sum(axis=1) + rounding)
+    assert np.all(err <= 6 * np.sqrt((per_span ** 2).sum(axis=1) * span / 4 / 12) + rounding)
 
 
 @pytest.mark.parametrize("scale_bits", [16, 8])

@@ -21,13 +21,24 @@
 
 #define MAX_DIM (1 << 24)  /* rows or inputs: a tile's bytes stay far inside 32 bits */
 
-/* The formats the CPU kernels take: 2-4 bit-planes, groups of 16 or a multiple of 32 up to 256
-   (the 16-bit sums run over 32 inputs, or a whole group of 16), f16 (16) or 8-bit scales. */
+/* The formats the CPU kernels take: 2-4 bit-planes, groups of 16 or a multiple of 32 up to 256,
+   f16 (16) or 8-bit scales. */
 static inline int lut_supported(int n, int k, int bits, int group, int scale_bits) {
     return n > 0 && n <= MAX_DIM && k <= MAX_DIM && bits >= 2 && bits <= 4 &&
            (group == 16 || (group % 32 == 0 && group <= MAX_GROUP)) && k >= group && k % group == 0 &&
            k % 32 == 0 && (scale_bits == 16 || scale_bits == 8);
 }
+
+/* The activation tables (lut_table) have one scale and one activation sum per span of inputs: 32,
+   or 16 in a package with groups of 16, so that every weight of the package (whatever its group,
+   a multiple of the span) reads the one table of its input (the GPU plan's matmul.Table.span). */
+static inline int span_supported(int k, int span) {
+    return (span == 16 || span == 32) && k > 0 && k <= MAX_DIM && k % span == 0;
+}
+
+/* Bytes of one input's tables: k/4 chunks of 16 int8 entries, then k/span f32 table scales, then
+   k/span f32 activation sums. */
+static inline size_t lut_table_bytes(int k, int span) { return (size_t)k * 4 + (size_t)(k / span) * 8; }
 
 /* Bytes of one tile's group scales and minimums: 16 f16s each, or 16 8-bit codes each. */
 static inline size_t lut_scale_bytes(int scale_bits) { return (scale_bits == 16 ? 4 : 2) * TILE; }

@@ -1,16 +1,15 @@
 /* T-MAC's LUT GEMV for bit-plane weights, y = W x, in T-MAC's CPU design (docs/kernels.md, "CPU
-   kernels"): int8 tables per 4 activations with one table scale per weight group, table lookups
-   by i8x16 swizzle, 16-bit accumulation over runs of 32 inputs, then widened, scaled, and the
-   group minimum times the group's activation sum added. The weights are in lut.h's tile layout.
+   kernels"): int8 tables per 4 activations with one table scale per span of inputs (lut.h), table
+   lookups by i8x16 swizzle, 16-bit sums over each span, each widened and times its table scale
+   into a float group sum, then the group's scale applied and its minimum times the group's
+   activation sum added. The weights are in lut.h's tile layout; lut_gemm is the same per token
+   over several tokens (prefill).
 
    A weight w = q * scale + minimum with q = sum_j 2^j b_j, so the dot of a row's group with x is
    scale * sum_j 2^j sum_c T_c[b_j of chunk c] + minimum * sum(x over the group), where T_c[m] is
    the sum of chunk c's activations selected by the 4 bits of m. */
+#include "f16.h"
 #include "lut.h"
-
-/* Run bound: a plane's 16-bit sum over 32 inputs is at most 8 chunks x 127 = 1016, the planes
-   combined at most 15 x 1016 = 15240 (4 bits): inside int16. Groups of 16 are one shorter run. */
-#define RUN 32
 
 /* The 16 subset sums of one chunk xc[0..3] as 4 f32x4 (entry m = 4q + lane in vector q), each
    summed in input order, ((s0 + s1) + s2) + s3 with s_i = bit i of m ? xc[i] : 0, which the numpy
@@ -24,15 +23,16 @@ static inline void subset_sums(const float *xc, v128_t e[4]) {
         e[q] = wasm_f32x4_add(wasm_f32x4_add(low, q & 1 ? x2 : zero), q & 2 ? x3 : zero);
 }
 
-/* One group's tables: for each chunk of 4 activations its 16 subset sums, rounded to nearest even
-   int8 after scaling by 127 / `top` (the group's largest |entry|), so `tscale` = top / 127; and
-   `xsum` the group's activation sum. Returns -1 for an unsupported shape. */
-EXPORT(lut_table) int lut_table(const float *x, int k, int group, int8_t *table, float *tscale, float *xsum) {
-    if (!lut_supported(1, k, 2, group, 16))
+/* The tables of x (k inputs): for each chunk of 4 activations its 16 subset sums, rounded to
+   nearest even int8 after scaling by 127 / `top` (the largest |entry| of the chunk's span), so
+   the span's `tscale` = top / 127; and `xsum` each span's activation sum. Returns -1 for an
+   unsupported shape. */
+EXPORT(lut_table) int lut_table(const float *x, int k, int span, int8_t *table, float *tscale, float *xsum) {
+    if (!span_supported(k, span))
         return -1;
-    for (int g = 0; g < k / group; g++, x += group) {
+    for (int s = 0; s < k / span; s++, x += span) {
         v128_t top = wasm_f32x4_splat(0), sum = wasm_f32x4_splat(0), e[4];
-        for (int c = 0; c < group / 4; c++) {
+        for (int c = 0; c < span / 4; c++) {
             subset_sums(x + 4 * c, e);
             for (int q = 0; q < 4; q++)
                 top = wasm_f32x4_pmax(top, wasm_f32x4_abs(e[q]));
@@ -41,7 +41,7 @@ EXPORT(lut_table) int lut_table(const float *x, int k, int group, int8_t *table,
         top = wasm_f32x4_pmax(top, wasm_i32x4_shuffle(top, top, 2, 3, 0, 1));
         float t = wasm_f32x4_extract_lane(wasm_f32x4_pmax(top, wasm_i32x4_shuffle(top, top, 1, 0, 3, 2)), 0);
         v128_t inv = wasm_f32x4_splat(t > 0 ? 127.0f / t : 0.0f);
-        for (int c = 0; c < group / 4; c++, table += 16) {
+        for (int c = 0; c < span / 4; c++, table += 16) {
             subset_sums(x + 4 * c, e);
             v128_t q[4];
             for (int i = 0; i < 4; i++)
@@ -49,20 +49,11 @@ EXPORT(lut_table) int lut_table(const float *x, int k, int group, int8_t *table,
             wasm_v128_store(table, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(q[0], q[1]),
                                                            wasm_i16x8_narrow_i32x4(q[2], q[3])));
         }
-        tscale[g] = t / 127.0f;
-        xsum[g] = wasm_f32x4_extract_lane(sum, 0) + wasm_f32x4_extract_lane(sum, 1) +
+        tscale[s] = t / 127.0f;
+        xsum[s] = wasm_f32x4_extract_lane(sum, 0) + wasm_f32x4_extract_lane(sum, 1) +
                   wasm_f32x4_extract_lane(sum, 2) + wasm_f32x4_extract_lane(sum, 3);
     }
     return 0;
-}
-
-/* Four f16s (the upper halves of u32 lanes) to f32: an arithmetic shift puts exponent and mantissa
-   in place and keeps the sign, the mask clears the sign's copies, and one multiply by 2^112
-   rebiases the exponent, which also gets subnormals right; infinities and NaNs (never a valid
-   scale) are not. */
-static inline v128_t f16_to_f32(v128_t high_halves) {
-    v128_t bits = wasm_v128_and(wasm_i32x4_shr(high_halves, 3), wasm_i32x4_splat((int32_t)0x8fffffff));
-    return wasm_f32x4_mul(bits, wasm_f32x4_splat(0x1p112f));
 }
 
 /* 16 f16s to f32, rows 0-3, 4-7, 8-11, 12-15. */
@@ -85,13 +76,16 @@ static inline void load_codes(const uint8_t *c, const v128_t step[4], v128_t out
     }
 }
 
-/* One tile of 16 rows into y; `bits` and `d8` (8-bit scales) are constants in each caller, so
-   the plane loops unroll and the scale format is chosen at compile time. */
+/* One tile of 16 rows: out[r] = row r's dot with the input. `bits`, `d8` (8-bit scales) and
+   `span` are constants in each instance (tile_fn), so the plane and chunk loops unroll and the
+   scale format is chosen at compile time. A plane's 16-bit sum over a span of at most 32 inputs is
+   at most 8 chunks x 127 = 1016, the planes combined at most 15 x 1016 = 15240 (4 bits): inside
+   int16. */
 static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, const int bits, int group,
-                                                       const int d8, const int8_t *table, const float *tscale,
-                                                       const float *xsum, v128_t y[4]) {
+                                                       const int d8, const int span, const int8_t *table,
+                                                       const float *tscale, const float *xsum, float *out) {
     const v128_t low = wasm_i8x16_splat(0x0f);
-    const int run = group < RUN ? group : RUN;
+    v128_t y[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
     v128_t step_s[4], step_m[4];
     if (d8) {
         load_f16((const uint16_t *)w, step_s);
@@ -101,30 +95,34 @@ static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, 
         w += lut_tile_header(8);
     }
     for (int g = 0; g < k / group; g++) {
-        v128_t acc[4] = {wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0)};
-        for (int r = 0; r < group / run; r++) {
+        v128_t acc[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
+        float xs = 0;
+        for (int s = 0; s < group / span; s++, tscale++, xsum++) {
             v128_t lo[4], hi[4];  /* per plane: rows 0-7 and 8-15, 16-bit */
             for (int j = 0; j < bits; j++)
                 lo[j] = hi[j] = wasm_i16x8_splat(0);
-            for (int p = 0; p < run / 8; p++, table += 32) {
+            for (int p = 0; p < span / 8; p++, table += 32) {
                 v128_t t0 = wasm_v128_load(table), t1 = wasm_v128_load(table + 16);
                 for (int j = 0; j < bits; j++, w += 16) {
                     v128_t v = wasm_v128_load(w);
                     v128_t a = SWIZZLE(t0, wasm_v128_and(v, low)), b = SWIZZLE(t1, wasm_u8x16_shr(v, 4));
-                    lo[j] = wasm_i16x8_add(lo[j], wasm_i16x8_add(wasm_i16x8_extend_low_i8x16(a),
-                                                                 wasm_i16x8_extend_low_i8x16(b)));
-                    hi[j] = wasm_i16x8_add(hi[j], wasm_i16x8_add(wasm_i16x8_extend_high_i8x16(a),
-                                                                 wasm_i16x8_extend_high_i8x16(b)));
+                    /* row r's two entries side by side, added pairwise in one instruction */
+                    v128_t ab_lo = wasm_i8x16_shuffle(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                    v128_t ab_hi = wasm_i8x16_shuffle(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                    lo[j] = wasm_i16x8_add(lo[j], wasm_i16x8_extadd_pairwise_i8x16(ab_lo));
+                    hi[j] = wasm_i16x8_add(hi[j], wasm_i16x8_extadd_pairwise_i8x16(ab_hi));
                 }
             }
             for (int j = 1; j < bits; j++) {
                 lo[0] = wasm_i16x8_add(lo[0], wasm_i16x8_shl(lo[j], j));
                 hi[0] = wasm_i16x8_add(hi[0], wasm_i16x8_shl(hi[j], j));
             }
-            acc[0] = wasm_i32x4_add(acc[0], wasm_i32x4_extend_low_i16x8(lo[0]));
-            acc[1] = wasm_i32x4_add(acc[1], wasm_i32x4_extend_high_i16x8(lo[0]));
-            acc[2] = wasm_i32x4_add(acc[2], wasm_i32x4_extend_low_i16x8(hi[0]));
-            acc[3] = wasm_i32x4_add(acc[3], wasm_i32x4_extend_high_i16x8(hi[0]));
+            v128_t ts = wasm_f32x4_splat(*tscale), run[4] = {
+                wasm_i32x4_extend_low_i16x8(lo[0]), wasm_i32x4_extend_high_i16x8(lo[0]),
+                wasm_i32x4_extend_low_i16x8(hi[0]), wasm_i32x4_extend_high_i16x8(hi[0])};
+            for (int q = 0; q < 4; q++)
+                acc[q] = wasm_f32x4_add(acc[q], wasm_f32x4_mul(wasm_f32x4_convert_i32x4(run[q]), ts));
+            xs += *xsum;
         }
         v128_t scale[4], minimum[4];
         if (d8) {
@@ -135,34 +133,88 @@ static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, 
             load_f16((const uint16_t *)w + TILE, minimum);
         }
         w += lut_scale_bytes(d8 ? 8 : 16);
-        /* y += acc x scale x tscale + minimum x xsum */
-        v128_t ts = wasm_f32x4_splat(tscale[g]), xs = wasm_f32x4_splat(xsum[g]);
+        v128_t xsv = wasm_f32x4_splat(xs);  /* y += acc x scale + minimum x the group's xsum */
         for (int q = 0; q < 4; q++)
-            y[q] = wasm_f32x4_add(y[q], wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[q]),
-                                                                      wasm_f32x4_mul(scale[q], ts)),
-                                                       wasm_f32x4_mul(minimum[q], xs)));
+            y[q] = wasm_f32x4_add(y[q], wasm_f32x4_add(wasm_f32x4_mul(acc[q], scale[q]), wasm_f32x4_mul(minimum[q], xsv)));
     }
+    for (int q = 0; q < 4; q++)
+        wasm_v128_store(out + 4 * q, y[q]);
+}
+
+/* The instances of tile: one per plane count (2-4), scale format and span. */
+typedef void tile_fn(const uint8_t *w, int k, int group, const int8_t *table, const float *tscale, const float *xsum,
+                     float *out);
+#define TILE_FN(b, d8, span)                                                                                    \
+    static void tile_##b##_##d8##_##span(const uint8_t *w, int k, int group, const int8_t *table,             \
+                                          const float *tscale, const float *xsum, float *out) {                 \
+        tile(w, k, b, group, d8, span, table, tscale, xsum, out);                                               \
+    }
+#define TILE_FNS(b) TILE_FN(b, 0, 16) TILE_FN(b, 0, 32) TILE_FN(b, 1, 16) TILE_FN(b, 1, 32)
+TILE_FNS(2)
+TILE_FNS(3)
+TILE_FNS(4)
+#define TILE_ROW(b) {{tile_##b##_0_16, tile_##b##_0_32}, {tile_##b##_1_16, tile_##b##_1_32}}
+static tile_fn *const TILES[3][2][2] = {TILE_ROW(2), TILE_ROW(3), TILE_ROW(4)};
+
+/* The tile instance for a weight, or 0 for an unsupported shape, format or span. */
+static tile_fn *tile_for(int n, int k, int bits, int group, int scale_bits, int span) {
+    if (!lut_supported(n, k, bits, group, scale_bits) || !span_supported(k, span) || group % span)
+        return 0;
+    return TILES[bits - 2][scale_bits == 8][span == 32];
+}
+
+/* The tile's first `rows` outputs (fewer than 16 in the last tile) into y. */
+static void store_rows(float *y, const float *out, int rows) {
+    for (int r = 0; r < TILE && r < rows; r++)
+        y[r] = out[r];
 }
 
 /* y (n) = W x from the tables of x (lut_table) and W in the CPU layout (lut_repack). Returns -1
-   for an unsupported shape or format. */
-EXPORT(lut_gemv) int lut_gemv(const uint8_t *w, int n, int k, int bits, int group, int scale_bits,
+   for an unsupported shape, format or span. */
+EXPORT(lut_gemv) int lut_gemv(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, int span,
                               const int8_t *table, const float *tscale, const float *xsum, float *y) {
-    if (!lut_supported(n, k, bits, group, scale_bits))
+    tile_fn *fn = tile_for(n, k, bits, group, scale_bits, span);
+    if (!fn)
         return -1;
     for (int r0 = 0; r0 < n; r0 += TILE, w += lut_tile_bytes(k, bits, group, scale_bits)) {
-        v128_t acc[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
-        int d8 = scale_bits == 8;
-        switch (bits) {
-        case 2: d8 ? tile(w, k, 2, group, 1, table, tscale, xsum, acc) : tile(w, k, 2, group, 0, table, tscale, xsum, acc); break;
-        case 3: d8 ? tile(w, k, 3, group, 1, table, tscale, xsum, acc) : tile(w, k, 3, group, 0, table, tscale, xsum, acc); break;
-        default: d8 ? tile(w, k, 4, group, 1, table, tscale, xsum, acc) : tile(w, k, 4, group, 0, table, tscale, xsum, acc); break;
-        }
         float out[TILE];
-        for (int q = 0; q < 4; q++)
-            wasm_v128_store(out + 4 * q, acc[q]);
-        for (int r = 0; r < TILE && r0 + r < n; r++)
-            y[r0 + r] = out[r];
+        fn(w, k, group, table, tscale, xsum, out);
+        store_rows(y + r0, out, n - r0);
     }
+    return 0;
+}
+
+/* Bytes of lut_gemm's scratch for m tokens of k inputs: each token's tables (lut_table_bytes), or
+   0 when the shape is not supported or would not fit in half of wasm32's address space. */
+EXPORT(lut_gemm_scratch) size_t lut_gemm_scratch(int m, int k, int span) {
+    if (m < 1 || !span_supported(k, span))
+        return 0;
+    uint64_t bytes = (uint64_t)m * lut_table_bytes(k, span);
+    return bytes > 0x7fffffff ? 0 : (size_t)bytes;
+}
+
+/* Prefill: y[t * ldy + r] = (W x_t)[r] for the m tokens x_t = x + t k, exactly lut_gemv's result
+   per token. The tokens' tables go into `scratch` (lut_gemm_scratch) first; then each tile of rows
+   serves all m tokens in turn, so its weights come from memory once and from the cache after.
+   Returns -1 for an unsupported shape, format or span. */
+EXPORT(lut_gemm) int lut_gemm(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, int span,
+                              const float *x, int m, float *y, int ldy, uint8_t *scratch) {
+    tile_fn *fn = tile_for(n, k, bits, group, scale_bits, span);
+    if (!fn || !lut_gemm_scratch(m, k, span) || ldy < n)
+        return -1;
+    size_t tb = lut_table_bytes(k, span);
+    for (int t = 0; t < m; t++) {
+        int8_t *table = (int8_t *)(scratch + t * tb);
+        float *tscale = (float *)(table + 4 * k);
+        lut_table(x + (size_t)t * k, k, span, table, tscale, tscale + k / span);
+    }
+    for (int r0 = 0; r0 < n; r0 += TILE, w += lut_tile_bytes(k, bits, group, scale_bits))
+        for (int t = 0; t < m; t++) {
+            const int8_t *table = (const int8_t *)(scratch + t * tb);
+            const float *tscale = (const float *)(table + 4 * k);
+            float out[TILE];
+            fn(w, k, group, table, tscale, tscale + k / span, out);
+            store_rows(y + (size_t)t * ldy + r0, out, n - r0);
+        }
     return 0;
 }
