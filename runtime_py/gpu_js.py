@@ -75,7 +75,7 @@ class JsBackend:
             raise GPUError("this browser exposes no WebGPU (navigator.gpu): set Device to CPU or Auto (on Linux, "
                            "Chromium offers WebGPU when started with --enable-unsafe-webgpu)")
         adapter = await gpu.requestAdapter()
-        if adapter is None:
+        if not adapter:  # null: Pyodide's jsnull, which is not None
             raise GPUError("WebGPU is present but offers no adapter: set Device to CPU or Auto")
         limits = {name: getattr(adapter.limits, name) for name in LIMITS}
         features = [f for f in ("shader-f16", "subgroups") if adapter.features.has(f)]

@@ -147,7 +147,9 @@ async function load(id, model, ctx, device) {
       }));
     }
     post(msg.progress(id, msg.Stage.GPU, total, total));
-    const info = await session.load.callKwargs(STAGE, { ctx: Number(ctx) || null, device: on, wasm });
+    // only the arguments given: a JavaScript null reaches Python as jsnull, not None
+    const args = { device: on, ...(Number(ctx) && { ctx: Number(ctx) }), ...(wasm && { wasm }) };
+    const info = await session.load.callKwargs(STAGE, args);
     post(msg.ready(id, JSON.parse(info)));
   } finally {
     unstage();
