@@ -146,7 +146,7 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
             profile = Path(profiles) / name
             with chromium(offsite, profile=profile) as context:
                 app = AppPage(context.new_page(), url)
-                load_s = app.load(name)
+                load_s = app.load(name, device="webgpu")  # "auto" would take SwiftShader for software: the CPU
                 info = app.page.evaluate("window.loadInfo")
                 adapter = f"{info['adapter']['vendor']} {info['adapter']['description']}".strip()
                 measured = []
@@ -163,7 +163,7 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
             # warm: the browser started again on the same profile, the model read from its Cache API
             # (only the load: after it, SwiftShader's compositor stalls in a relaunched profile here)
             with chromium(offsite, profile=profile) as context:
-                warm_s = AppPage(context.new_page(), url).load(name)
+                warm_s = AppPage(context.new_page(), url).load(name, device="webgpu")
             for ids, samples in measured:
                 yield row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s, samples,
                           adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),

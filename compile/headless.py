@@ -55,8 +55,9 @@ class AppPage:
     def __init__(self, page: Any, url: str) -> None:
         self.page, self.url = page, url
 
-    def load(self, model: str | None = None, timeout_s: float = 600) -> float:
-        """Open the app, load `model` (default: the first listed); returns the load time in s."""
+    def load(self, model: str | None = None, timeout_s: float = 600, device: str | None = None) -> float:
+        """Open the app, load `model` (default: the first listed) on `device` ("auto", "webgpu" or
+        "cpu"; default: the page's setting); returns the load time in s."""
         page = self.page
         # "commit": once the service worker controls the page, Playwright never sees the load
         # event of a navigation it serves (the page itself is complete); the model list is the sign
@@ -64,8 +65,10 @@ class AppPage:
         page.wait_for_selector("#model option", state="attached")
         if model:
             page.select_option("#model", model)
+        if device:
+            page.select_option("#device", device)
         page.click("#load")
-        page.wait_for_function("['ready', 'error', 'no-webgpu'].includes(document.body.dataset.state)",
+        page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)",
                                timeout=timeout_s * 1000)
         if page.evaluate("document.body.dataset.state") != "ready":
             raise RuntimeError(f"the app did not load the model: {page.text_content('#status')} {page.text_content('#log')}")

@@ -4,6 +4,8 @@
     OUT/sw.js           the service worker, with the app-shell list and a content hash filled in
     OUT/pyodide/        the npm `pyodide` files the worker loads (served by the app itself)
     OUT/runtime_py.zip  runtime_py/*.py, unpacked into Pyodide's file system by the worker
+    OUT/cpu/            the CPU kernels' module, one build per SIMD level (lutlm.wasm), for the
+                        worker to pick from where WebGPU is missing or software
     OUT/models/NAME/    each model package (symlinked), listed in OUT/models.json
     OUT/.lutlm-site     the marker that makes OUT lutlm's to rebuild (never served)
 
@@ -38,6 +40,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from . import wasm
 from .atomic import OutputKind
 from .errors import LutlmError
 
@@ -48,6 +51,7 @@ MIME = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/jav
         ".wgsl": "text/plain; charset=utf-8", ".bin": "application/octet-stream", ".zip": "application/zip",
         ".html": "text/html; charset=utf-8", ".css": "text/css", ".png": "image/png", ".svg": "image/svg+xml",
         ".webmanifest": "application/manifest+json", ".txt": "text/plain; charset=utf-8"}
+NATIVE_ONLY = {"gpu_wgpu.py", "cpu_wasmtime.py"}  # the native hosts have no place in the browser
 MARKER = ".lutlm-site"
 SITE = OutputKind("web app site", MARKER, "lutlm-site", frozenset())  # its marker; `claim` empties it
 
@@ -78,7 +82,7 @@ def runtime_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for src in sorted((ROOT / "runtime_py").glob("*.py")):
-            if src.name != "gpu_wgpu.py":  # the native backend has no place in the browser
+            if src.name not in NATIVE_ONLY:
                 z.write(src, f"runtime_py/{src.name}")
     return buf.getvalue()
 
@@ -136,6 +140,7 @@ def build(out: Path, packages: list[Path]) -> Path:
         raise LutlmError(f"two packages share a folder name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
                          "the site serves each as models/NAME")
     listed = [listing(pkg) for pkg in packages]
+    kernels = {level: wasm.build(level) for level in wasm.LEVELS}  # before the site is touched: may fail
     claim(out, packages)
     for src in (ROOT / "web").iterdir():
         if src.is_file() and src.name != "README.md":  # the folder's documentation is not part of the app
@@ -144,6 +149,9 @@ def build(out: Path, packages: list[Path]) -> Path:
     for file in PYODIDE_FILES:
         shutil.copy2(pyodide / file, out / "pyodide" / file)
     (out / "runtime_py.zip").write_bytes(runtime_zip())
+    (out / "cpu").mkdir()
+    for level, module in kernels.items():  # precached with the shell below: the CPU path works offline too
+        shutil.copy2(module, out / "cpu" / f"lutlm-cpu-{level}.wasm")
     (out / "models").mkdir()
     for pkg in packages:
         (out / "models" / name(pkg)).symlink_to(pkg.resolve(), target_is_directory=True)

@@ -3,6 +3,8 @@
     files = json.loads(package_files("/package"))      # the manifest validated, before any download
     session = Session()
     info = json.loads(await session.load("/package"))  # onto the browser's WebGPU by default
+    info = json.loads(await session.load("/package", device="cpu",   # or on the CPU kernels
+                                         wasm=cpu_js.JsModule(instance, level)))
     await session.chat(json.dumps({"messages": [...], "temperature": 0}), emit)
     session.stop(); session.reset()
 
@@ -19,7 +21,9 @@ import json
 from typing import Any, Callable
 
 from .api import LutLM
+from .cpu import CpuBackend, Wasm
 from .engine import GenerationError
+from .gpu import GPUError
 from .package import folder_reader, read_manifest
 
 
@@ -42,14 +46,16 @@ class Session:
     def __init__(self) -> None:
         self.llm: LutLM | None = None
 
-    async def load(self, folder: str, ctx: int | None = None, backend: Any = None) -> str:
-        """Load the package in `folder` onto `backend` (by default the browser's WebGPU, whose
-        module needs Pyodide), in place of any model loaded before. Returns JSON
-        {model, ctx, adapter, gpu_bytes}: what the page shows, and benchmarks record."""
+    async def load(self, folder: str, ctx: int | None = None, backend: Any = None, device: str = "webgpu",
+                   wasm: Wasm | None = None) -> str:
+        """Load the package in `folder`, in place of any model loaded before, onto `backend` if one
+        is given (natively: the tests'), else onto `device`: "webgpu", the browser's (its module
+        needs Pyodide), or "cpu", the CPU kernels' module `wasm` (in the browser the worker's
+        instance through `cpu_js`; the worker resolves the page's "auto" to one of the two).
+        Returns JSON {model, ctx, adapter, gpu_bytes}: what the page shows, and benchmarks
+        record (gpu_bytes: what the backend allocated, GPU buffers or the module's memory)."""
         if backend is None:
-            from .gpu_js import JsBackend
-
-            backend = await JsBackend.create()
+            backend = await _backend(device, wasm)
         self.llm = LutLM.from_folder(folder, backend, ctx)
         return json.dumps({"model": self.llm.model, "ctx": self.llm.engine.ctx, "adapter": backend.info,
                            "gpu_bytes": backend.allocated["bytes"]})
@@ -75,3 +81,15 @@ class Session:
         """Start a new conversation: the next chat prefills from an empty cache."""
         if self.llm is not None:
             self.llm.reset()
+
+
+async def _backend(device: str, wasm: Wasm | None) -> Any:
+    if device == "webgpu":
+        from .gpu_js import JsBackend
+
+        return await JsBackend.create()
+    if device == "cpu":
+        if wasm is None:
+            raise GPUError("the CPU backend needs its kernels' module, and none was given")
+        return CpuBackend(wasm)
+    raise GPUError(f"unknown device {device!r}: webgpu or cpu")

@@ -72,11 +72,11 @@ class JsBackend:
     async def create(cls) -> "JsBackend":
         gpu = getattr(js.navigator, "gpu", None)
         if gpu is None:
-            raise GPUError("this browser exposes no WebGPU (navigator.gpu); on Linux start Chromium with "
-                           "--enable-unsafe-webgpu")
+            raise GPUError("this browser exposes no WebGPU (navigator.gpu): set Device to CPU or Auto (on Linux, "
+                           "Chromium offers WebGPU when started with --enable-unsafe-webgpu)")
         adapter = await gpu.requestAdapter()
-        if adapter is None:
-            raise GPUError("WebGPU is present but offers no adapter")
+        if not adapter:  # null: Pyodide's jsnull, which is not None
+            raise GPUError("WebGPU is present but offers no adapter: set Device to CPU or Auto")
         limits = {name: getattr(adapter.limits, name) for name in LIMITS}
         features = [f for f in ("shader-f16", "subgroups") if adapter.features.has(f)]
         device = await adapter.requestDevice(_js({"requiredLimits": limits, "requiredFeatures": features}))

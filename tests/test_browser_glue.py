@@ -1,7 +1,8 @@
-"""runtime_py.browser, the Python the web worker calls, run natively on the wgpu backend: the
-files it lists for a package are all a load needs, a package of another format or version is
-refused from its manifest alone, and chats stream exactly what runtime_py.api streams for the
-same request, stop when asked and forget the conversation on reset."""
+"""runtime_py.browser, the Python the web worker calls, run natively on the wgpu backend (and on
+the CPU kernels' module in wasmtime, as the worker hands it its instance): the files it lists for
+a package are all a load needs, a package of another format or version is refused from its
+manifest alone, and chats stream exactly what runtime_py.api streams for the same request, stop
+when asked and forget the conversation on reset."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from operator import itemgetter
 import pytest
 
 from kernel_harness import backend
+from lutlm import wasm
 from runtime_py.api import LutLM
 from runtime_py.browser import Session, package_files
+from runtime_py.cpu_wasmtime import WasmtimeModule
 from runtime_py.engine import GenerationError
+from runtime_py.gpu import GPUError
 from runtime_py.gpu_wgpu import WgpuBackend
 from runtime_py.package import FORMAT, VERSION, PackageError
 
@@ -54,9 +58,9 @@ def chat(session, request):
     return [json.loads(text) for text in sent]
 
 
-def native_chunks(package, request):
-    """runtime_py.api's stream for the same request, on a model of its own."""
-    llm = LutLM.from_folder(str(package), backend(), CTX)
+def native_chunks(package, request, on=None):
+    """runtime_py.api's stream for the same request, on a model of its own (on `on`, else the GPU)."""
+    llm = LutLM.from_folder(str(package), on or backend(), CTX)
 
     async def run():
         return [c async for c in await llm.chat.completions.create(stream=True, **request)]
@@ -104,6 +108,29 @@ def test_load_reports_the_model_its_context_and_gpu(staged):
     shard_bytes = sum(s["bytes"] for s in manifest["shards"])
     assert info == {"model": manifest["name"], "ctx": CTX, "adapter": gpu.info, "gpu_bytes": gpu.allocated["bytes"]}
     assert info["gpu_bytes"] >= shard_bytes  # the weights, and the cache and activations besides
+
+
+def cpu_module():
+    return WasmtimeModule({level: str(wasm.build(level)) for level in wasm.LEVELS})
+
+
+@pytest.mark.slow
+def test_load_on_the_cpu_reports_its_module_and_chats_as_the_api_does(staged, tiny_package):
+    from runtime_py.cpu import CpuBackend
+
+    session = Session()
+    info = json.loads(asyncio.run(session.load(str(staged), CTX, device="cpu", wasm=cpu_module())))
+    assert info["adapter"] == {"backend": "cpu", "simd": "relaxed", "threads": 1,
+                               "description": "WebAssembly SIMD (relaxed), 1 thread"}
+    assert info["gpu_bytes"] >= sum(s["bytes"] for s in json.loads((staged / "manifest.json").read_text())["shards"])
+    assert shape(chat(session, REQUEST)) == shape(native_chunks(tiny_package, REQUEST, CpuBackend(cpu_module())))
+
+
+def test_load_refuses_an_unknown_device_or_a_cpu_without_its_module():
+    with pytest.raises(GPUError, match="unknown device 'tpu': webgpu or cpu"):
+        asyncio.run(Session().load("/nowhere", device="tpu"))
+    with pytest.raises(GPUError, match="needs its kernels' module"):
+        asyncio.run(Session().load("/nowhere", device="cpu"))
 
 
 @pytest.mark.gpu

@@ -1,8 +1,8 @@
-"""The browser path end to end, in headless Chromium (SwiftShader WebGPU): the built app loads a
-package into Pyodide + runtime_py in a Web Worker, keeps it in the Cache API, works offline after
-one visit, shows model output as text, stops on request, refuses a second prompt while busy,
-repairs a damaged cached shard, loads again after losing its GPU device, and never sends a
-request beyond 127.0.0.1."""
+"""The browser path end to end, in headless Chromium (SwiftShader WebGPU, or none): the built app
+loads a package into Pyodide + runtime_py in a Web Worker, keeps it in the Cache API, works offline
+after one visit, shows model output as text, stops on request, refuses a second prompt while busy,
+repairs a damaged cached shard, loads again after losing its GPU device, chats on the CPU kernels
+without WebGPU, on a software adapter or when told to, and never sends a request beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from engine_fixtures import compile_package, tiny_checkpoint
 from kernel_harness import backend
-from lutlm import webapp
+from lutlm import build, webapp
 from lutlm.headless import AppPage, chromium
 from runtime_py.api import LutLM
 from runtime_py.package import FORMAT, VERSION
@@ -49,8 +49,18 @@ def native_text(site):
     return reply["choices"][0]["message"]["content"]
 
 
-def load(page, url):
-    AppPage(page, url).load(timeout_s=120)
+@pytest.fixture(scope="module")
+def native_cpu_text(site):
+    """The native CPU path's answer (`lutlm generate PKG --device cpu`): the same module in wasmtime."""
+    llm = build.open_package(site[1], device="cpu")
+    reply = asyncio.run(llm.chat.completions.create(messages=[{"role": "user", "content": PROMPT}],
+                                                    temperature=0, max_tokens=12))
+    return reply["choices"][0]["message"]["content"]
+
+
+def load(page, url, device="webgpu"):
+    """The app's load; on WebGPU unless told otherwise ("auto" takes SwiftShader for software: the CPU)."""
+    AppPage(page, url).load(timeout_s=120, device=device)
 
 
 def ask(page, text, max_tokens=12):
@@ -134,13 +144,55 @@ def test_output_is_text_stop_and_queue(site):
     assert offsite == []
 
 
-def test_clear_screens_for_no_webgpu_and_another_format(site):
+CPU_STATUS = "CPU · WebAssembly SIMD (relaxed) · 1 thread"
+
+
+def test_chat_on_cpu_without_webgpu_and_offline(site, native_cpu_text):
+    """No WebGPU adapter: the app chats on the CPU kernels (the relaxed build, which this Chromium
+    validates) with the native CPU path's text, offline too once visited."""
     url, _ = site
-    with chromium(webgpu=False) as context:
+    offsite: list[str] = []
+    with chromium(offsite, webgpu=False) as context:
         page = context.new_page()
-        page.goto(url)
-        page.wait_for_function("document.body.dataset.state === 'no-webgpu'", timeout=30_000)
-        assert "--enable-unsafe-webgpu" in page.text_content("#status")
+        load(page, url, "auto")
+        assert CPU_STATUS in page.text_content("#status")
+        assert page.evaluate("window.loadInfo.adapter") == {"backend": "cpu", "simd": "relaxed", "threads": 1,
+                                                            "description": "WebAssembly SIMD (relaxed), 1 thread"}
+        assert ask(page, PROMPT) == native_cpu_text
+        page.evaluate("navigator.serviceWorker.ready")
+        context.set_offline(True)  # the kernels' builds come from the service worker's cache
+        page.reload()
+        load(page, url, "auto")
+        assert ask(page, PROMPT) == native_cpu_text
+        context.set_offline(False)
+        # forcing WebGPU where there is none says what to do
+        with pytest.raises(RuntimeError, match="set Device to CPU or Auto"):
+            load(page, url, "webgpu")
+    assert offsite == []
+
+
+def test_device_setting_with_webgpu_present(site, native_cpu_text):
+    """With SwiftShader's WebGPU, "auto" takes the CPU (a fallback adapter), "webgpu" the adapter,
+    "cpu" the CPU; the setting is kept across visits."""
+    url, _ = site
+    offsite: list[str] = []
+    with chromium(offsite) as context:
+        page = context.new_page()
+        load(page, url, "auto")
+        assert CPU_STATUS in page.text_content("#status")
+        load(page, url, "webgpu")
+        assert "WebGPU · google swiftshader" in page.text_content("#status")
+        load(page, url, "cpu")
+        assert CPU_STATUS in page.text_content("#status")
+        assert ask(page, PROMPT) == native_cpu_text
+        page.reload(wait_until="commit")
+        page.wait_for_selector("#model option", state="attached")
+        assert page.input_value("#device") == "cpu"
+    assert offsite == []
+
+
+def test_another_format_is_refused(site):
+    url, _ = site
     with chromium() as context:
         page = context.new_page()
         with pytest.raises(RuntimeError, match=f"version {VERSION + 1}; this runtime reads {FORMAT!r} version {VERSION}"):
@@ -156,6 +208,7 @@ def test_device_loss_then_load_again(site, native_text):
         page = context.new_page()
         page.goto(url, wait_until="commit")
         page.wait_for_selector("#model option", state="attached")
+        page.select_option("#device", "webgpu")
         page.workers[0].evaluate("""(() => {  // keep a handle on each device the app creates
             const request = GPUAdapter.prototype.requestDevice;
             GPUAdapter.prototype.requestDevice = async function (...args) {

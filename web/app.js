@@ -7,6 +7,8 @@ const worker = new Worker("worker.js", { type: "module" });
 const messages = [];
 let current = null; // the chat being answered: {id, node, text, finish, usage}
 let nextId = 1; // every request's id, so replies can be matched to it
+let loading = null; // the id of the load running
+const DEVICE_KEY = "lutlm-device"; // the device setting (a messages.js Device), kept for the next visit
 // for tests: the worker, and the chat being answered
 window.app = { worker, get current() { return current; } };
 
@@ -34,13 +36,14 @@ worker.onmessage = (e) => {
     $("progress").value = m.done;
     $("status").textContent = m.stage === msg.Stage.DOWNLOAD
       ? `Downloading ${(m.done / 2 ** 20).toFixed(1)} of ${(m.total / 2 ** 20).toFixed(1)} MiB (${m.file})`
-      : m.stage === msg.Stage.GPU ? "Preparing the GPU..." : "Starting Python...";
+      : m.stage === msg.Stage.GPU ? "Loading the weights..." : "Starting Python...";
   } else if (m.type === msg.Reply.READY) {
     showCached();
     window.loadSeconds = (performance.now() - window.loadStarted) / 1000;
     window.loadInfo = m; // model, ctx, adapter, gpu_bytes: for tests and benchmarks
     $("progress").hidden = true;
-    $("status").textContent = `Ready: ${m.model} on ${m.adapter.vendor} ${m.adapter.description}, context ${m.ctx}`;
+    $("status").textContent = `Ready: ${m.model} on ${backendName(m.adapter)}, context ${m.ctx}`;
+    $("load").disabled = false; // another model, or another device
     $("prompt").disabled = false;
     $("send").disabled = false;
     $("reset").disabled = false;
@@ -76,6 +79,7 @@ worker.onmessage = (e) => {
     add("notice", m.message);
   } else if (m.type === msg.Reply.ERROR) {
     add("error", m.error.message);
+    if (m.id === loading) { $("progress").hidden = true; $("load").disabled = false; } // the setting may help
     if (current && m.id === current.id) { current = null; setBusy(false); }
     document.body.dataset.state = "error";
   }
@@ -110,8 +114,18 @@ $("reset").onclick = () => {
 $("load").onclick = () => {
   $("load").disabled = true;
   window.loadStarted = performance.now();
-  worker.postMessage(msg.load(nextId++, $("model").value));
+  loading = nextId++;
+  worker.postMessage(msg.load(loading, $("model").value, null, $("device").value));
 };
+const savedDevice = localStorage.getItem(DEVICE_KEY);
+if (Object.values(msg.Device).includes(savedDevice)) $("device").value = savedDevice;
+$("device").onchange = () => localStorage.setItem(DEVICE_KEY, $("device").value);
+
+// What runs the model, for the status line: the CPU kernels' build, or the GPU adapter.
+function backendName(a) {
+  if (a.backend !== "cpu") return `WebGPU · ${a.vendor} ${a.description}`.trim();
+  return `CPU · WebAssembly SIMD (${a.simd}) · ${a.threads} thread${a.threads === 1 ? "" : "s"}`;
+}
 
 // Stored models: what the worker keeps in the Cache API, with sizes, a delete button, and the
 // browser's storage estimate.
@@ -153,15 +167,6 @@ if ("serviceWorker" in navigator) {
   // the app shell, Pyodide and runtime_py come from the service worker's cache when offline
   navigator.serviceWorker.register("sw.js").catch((err) => add("notice", `Offline use unavailable: ${err.message}`));
 }
-(async () => {
-  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  if (!adapter) {
-    $("status").textContent = "This browser offers no WebGPU adapter. Use a recent Chromium; on Linux start it " +
-      "with --enable-unsafe-webgpu (without a GPU it then runs on SwiftShader).";
-    $("load").disabled = true;
-    document.body.dataset.state = "no-webgpu";
-  }
-})();
 
 fetch("models.json").then((r) => r.json()).then((list) => {
   for (const m of list) {

@@ -29,11 +29,18 @@ export const Reply = Object.freeze({
   LOST: "lost",
 });
 
+/** Where a load runs the model: the page's setting, resolved by the worker (web/README.md). */
+export const Device = Object.freeze({
+  AUTO: "auto", // WebGPU on a hardware adapter; the CPU without WebGPU or on a software adapter
+  WEBGPU: "webgpu", // the GPU through WebGPU, whatever the adapter
+  CPU: "cpu", // the CPU kernels: WebAssembly SIMD
+});
+
 /** The stages of a load, as progress replies name them. */
 export const Stage = Object.freeze({
   PYTHON: "python", // starting Pyodide and runtime_py
   DOWNLOAD: "download", // fetching the shards (or reading them from MODEL_CACHE)
-  GPU: "gpu", // runtime_py filling the GPU's buffers
+  GPU: "gpu", // runtime_py filling the backend's buffers (the GPU's, or the CPU kernels' memory)
 });
 
 // ---- requests ----
@@ -46,9 +53,10 @@ export const Stage = Object.freeze({
  * @property {number} id - chosen by the page; every reply repeats it
  * @property {string} model - the package's name in models.json (its files are under models/NAME/)
  * @property {number|null} ctx - the context to allocate, in tokens; null for the package's default
+ * @property {"auto"|"webgpu"|"cpu"} device - one of Device
  */
 /** @returns {LoadRequest} */
-export const load = (id, model, ctx = null) => ({ type: Request.LOAD, id, model, ctx });
+export const load = (id, model, ctx = null, device = Device.AUTO) => ({ type: Request.LOAD, id, model, ctx, device });
 
 /**
  * Answer a conversation with the loaded model. Replies: a chunk per piece of text, then done, or
@@ -122,8 +130,22 @@ export const notice = (id, message) => ({ type: Reply.NOTICE, id, message });
  * @property {number} id - the load's
  * @property {string} model - the package's name
  * @property {number} ctx - the context allocated, in tokens
- * @property {{backend: string, vendor: string, device: string, description: string}} adapter - the WebGPU adapter
- * @property {number} gpu_bytes - bytes of the GPU buffers the runtime allocated
+ * @property {GpuAdapter|CpuAdapter} adapter - what runs the model (its `backend` says which)
+ * @property {number} gpu_bytes - bytes the runtime allocated: GPU buffers, or the CPU kernels' memory
+ */
+/**
+ * @typedef {object} GpuAdapter
+ * @property {"webgpu"} backend
+ * @property {string} vendor
+ * @property {string} device
+ * @property {string} description - the adapter's architecture
+ */
+/**
+ * @typedef {object} CpuAdapter
+ * @property {"cpu"} backend
+ * @property {"relaxed"|"simd128"} simd - the build the browser runs: relaxed SIMD, or plain SIMD128
+ * @property {number} threads - compute threads
+ * @property {string} description - the two in words
  */
 /** @param {number} id @param {object} info - runtime_py.browser.Session.load's fields @returns {ReadyReply} */
 export const ready = (id, info) => ({ type: Reply.READY, id, ...info });

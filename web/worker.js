@@ -5,12 +5,17 @@ import { loadPyodide } from "./pyodide/pyodide.mjs";
 import * as msg from "./messages.js";
 
 // Where a package's files are written in Pyodide's in-memory file system, for runtime_py to read
-// as a package folder; removed once the GPU holds the weights.
+// as a package folder; removed once the backend holds the weights.
 const STAGE = "/package";
+// The CPU kernels' builds (compile/webapp.py puts them in cpu/), best first: relaxed SIMD where the
+// browser takes it (a module with one relaxed instruction does not compile elsewhere), else SIMD128.
+const CPU_LEVELS = ["relaxed", "simd128"];
 
 let pyodide = null;
 let browser = null; // the runtime_py.browser module
+let cpuJs = null; // the runtime_py.cpu_js module
 let session = null; // its Session: the model this worker has loaded
+let cpuKernels = null; // {module, level}: compiled once; each load instantiates it afresh
 let busy = Promise.resolve(); // requests run one at a time, in order
 const staged = []; // paths written under STAGE
 
@@ -81,12 +86,46 @@ async function startPython() {
   pyodide.unpackArchive(await fetchBytes("runtime_py.zip"), "zip", { extractDir: "/lutlm" });
   pyodide.pyimport("sys").path.insert(0, "/lutlm");
   browser = pyodide.pyimport("runtime_py.browser");
+  cpuJs = pyodide.pyimport("runtime_py.cpu_js");
   session = browser.Session();
 }
 
-async function load(id, model, ctx) {
+// "auto": WebGPU on a hardware adapter. A fallback adapter (SwiftShader: the GPU emulated on the
+// CPU) is far slower than the CPU kernels (SmolLM2-135M 4-bit in headless Chromium: 2.5 against
+// 21-41 tokens/s decode), and no WebGPU at all leaves only them.
+async function pickDevice(device) {
+  if (device === msg.Device.WEBGPU || device === msg.Device.CPU) return device;
+  if (device !== msg.Device.AUTO) throw new TypeError(`unknown device ${device}: auto, webgpu or cpu`);
+  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  if (!adapter) return msg.Device.CPU;
+  const info = adapter.info || {};
+  const names = [info.vendor, info.architecture, info.device, info.description].join(" ");
+  const software = adapter.isFallbackAdapter || info.isFallbackAdapter || /swiftshader/i.test(names);
+  return software ? msg.Device.CPU : msg.Device.WEBGPU;
+}
+
+// A fresh instance of the best CPU build this browser validates, as runtime_py.cpu_js's Wasm: a new
+// one per load, so a model loaded before takes its memory with it (the module never frees any).
+async function cpuModule() {
+  for (const level of cpuKernels ? [] : CPU_LEVELS) {
+    const bytes = await fetchBytes(`cpu/lutlm-cpu-${level}.wasm`);
+    if (WebAssembly.validate(bytes)) {
+      cpuKernels = { module: await WebAssembly.compile(bytes), level };
+      break;
+    }
+  }
+  if (!cpuKernels) throw new Error("this browser lacks WebAssembly SIMD, which the CPU backend needs: " +
+    "use a recent Chrome, Edge, Firefox or Safari, or a device with WebGPU");
+  const instance = await WebAssembly.instantiate(cpuKernels.module, {});
+  return cpuJs.JsModule(instance, cpuKernels.level);
+}
+
+async function load(id, model, ctx, device) {
   post(msg.progress(id, msg.Stage.PYTHON, 0, 1));
   if (!session) await startPython(); // a second load (another model, or after a lost device) reuses it
+  // the backend before any download: a browser that cannot run the model costs none
+  const on = await pickDevice(device);
+  const wasm = on === msg.Device.CPU ? await cpuModule() : null;
   const base = new URL(`models/${model}/`, self.location).href;
   const cache = await caches.open(msg.MODEL_CACHE);
   try {
@@ -109,9 +148,13 @@ async function load(id, model, ctx) {
       }));
     }
     post(msg.progress(id, msg.Stage.GPU, total, total));
-    post(msg.ready(id, JSON.parse(await session.load(STAGE, Number(ctx) || null))));
+    // only the arguments given: a JavaScript null reaches Python as jsnull, not None
+    const args = { device: on, ...(Number(ctx) && { ctx: Number(ctx) }), ...(wasm && { wasm }) };
+    const info = await session.load.callKwargs(STAGE, args);
+    post(msg.ready(id, JSON.parse(info)));
   } finally {
     unstage();
+    if (wasm) wasm.destroy(); // this proxy only: Python keeps its own reference
   }
 }
 
@@ -131,7 +174,7 @@ function failure(err) {
 }
 
 const handlers = {
-  [msg.Request.LOAD]: (m) => load(m.id, m.model, m.ctx),
+  [msg.Request.LOAD]: (m) => load(m.id, m.model, m.ctx, m.device),
   [msg.Request.CHAT]: (m) => chat(m.id, m.request),
   [msg.Request.RESET]: () => session && session.reset(),
 };
