@@ -132,9 +132,9 @@ class CpuBackend:
         self.kernel_seconds = 0.0  # inside the module's `run`: the rest of a step's time is the host's
 
     def alloc(self, size: int, what: str) -> int:
-        ptr = self.wasm.call("alloc", max(size, 4))
+        ptr = self.wasm.call("alloc", max(size, 4)) & 0xFFFFFFFF  # wasm's i32 comes back signed past 2 GiB
         if not ptr:
-            used = self.wasm.call("alloc", 0) / 2**20
+            used = (self.wasm.call("alloc", 0) & 0xFFFFFFFF) / 2**20
             raise GPUError(f"out of memory for the CPU backend: {what} needs {size / 2**20:.1f} MiB more than the "
                            f"{used:.0f} MiB in use, and WebAssembly memory cannot grow that far (at most 4096 MiB, "
                            "less where the browser limits it)")

@@ -143,7 +143,8 @@ def test_a_package_without_cpu_ops_is_refused_before_its_weights(tiny, tmp_path)
         shard.write_bytes(b"")  # never read: the refusal comes first
     with pytest.raises(GPUError, match="no CPU kernels"):
         engine(pkg)
-    manifest["kernels"][next(iter(manifest["kernels"]))]["cpu"] = {"op": "conv3d"}
+    manifest = json.loads((root / "pkg4" / "manifest.json").read_text())
+    manifest["kernels"]["argmax"]["cpu"] = {"op": "conv3d"}
     (pkg / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(GPUError, match="no op 'conv3d'"):
         engine(pkg)
@@ -163,8 +164,8 @@ def test_device_cpu_on_the_command_line(tiny, capsys):
 
     ckpt, root, refs = tiny
     gen = generate(str(root / "pkg4"), "hi", Sampling(), 8, device="cpu")
-    eos = {ckpt.config.eos_id}
-    assert list(gen.tokens) == list(refs["4"].generate_greedy(gen.ids, 8, eos, n_ctx=128))
+    eos = set(json.loads((root / "pkg4" / "manifest.json").read_text())["eos_ids"])
+    assert list(gen.tokens) == list(refs["4"].generate_greedy(gen.prompt, 8, eos, n_ctx=128))
     main(["generate", str(root / "pkg4"), "--prompt", "hi", "--max-tokens", "8", "--ids", "--device", "cpu"])
     assert capsys.readouterr().out.split() == [str(t) for t in generate(str(root / "pkg4"), "hi", Sampling(), 8,
                                                                         device="cpu").tokens]
