@@ -125,7 +125,8 @@ def run(packages: list[str], sizes: list[int], new_tokens: int, reps: int, devic
                       warm_load_s=round(loads[1], 3), gpu_bytes=gpu_bytes)
 
 
-def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: int) -> Iterator[dict[str, Any]]:
+def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: int,
+                device: str = "webgpu") -> Iterator[dict[str, Any]]:
     """The same workload through the web app in headless Chromium (SwiftShader WebGPU): a cold
     load (download into the Cache API) and the chats, then a warm load in the browser started again
     on the same profile; a package's rows as soon as it is measured."""
@@ -146,7 +147,7 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
             profile = Path(profiles) / name
             with chromium(offsite, profile=profile) as context:
                 app = AppPage(context.new_page(), url)
-                load_s = app.load(name, device="webgpu")  # "auto" would take SwiftShader for software: the CPU
+                load_s = app.load(name, device=device)  # not "auto", which takes the CPU over SwiftShader
                 info = app.page.evaluate("window.loadInfo")
                 adapter = f"{info['adapter']['vendor']} {info['adapter']['description']}".strip()
                 measured = []
@@ -163,9 +164,9 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
             # warm: the browser started again on the same profile, the model read from its Cache API
             # (only the load: after it, SwiftShader's compositor stalls in a relaunched profile here)
             with chromium(offsite, profile=profile) as context:
-                warm_s = AppPage(context.new_page(), url).load(name, device="webgpu")
+                warm_s = AppPage(context.new_page(), url).load(name, device=device)
             for ids, samples in measured:
-                yield row("lutlm", variant(manifest, name), "browser-webgpu", len(ids), new_tokens, load_s, samples,
+                yield row("lutlm", variant(manifest, name), f"browser-{device}", len(ids), new_tokens, load_s, samples,
                           adapter=adapter, warm_load_s=round(warm_s, 3), gpu_bytes=info.get("gpu_bytes"),
                           memory_bytes=memory, wasm_bytes=wasm, offsite_requests=len(offsite))
 
@@ -181,4 +182,6 @@ def main(packages: list[str], sizes: list[int], new_tokens: int, reps: int, json
         rows += run(packages, sizes, new_tokens, reps, device="cpu")
     if "browser" in where:
         rows += run_browser(packages, sizes, new_tokens, reps)
+    if "browser-cpu" in where:
+        rows += run_browser(packages, sizes, new_tokens, reps, device="cpu")
     report.write(rows, Path(json_path) if json_path else None, None, command)

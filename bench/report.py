@@ -84,6 +84,38 @@ def claims(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# issue 37's targets for lutlm on its CPU kernels in the browser (one thread): decode over a peer,
+# per lutlm variant; (lutlm variant prefix, peer system prefix, peer variant text, target)
+CPU_TARGETS = (("2-bit lut", "transformers.js", "fp32 ONNX, wasm, 1 thread", 3.0),
+               ("2-bit lut", "wllama", "2 thread", 5.0),
+               ("3-bit g16, 8-bit scales lut", "transformers.js", "fp32 ONNX, wasm, 1 thread", 2.0),
+               ("4-bit lut", "transformers.js", "fp32 ONNX, wasm, 1 thread", 2.0),
+               ("2-bit lut", "llama.cpp", "1 thread", 1.0))
+
+
+def cpu_claims(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 37's ratios, measured in this run: lutlm's CPU kernels in the browser (decode) over
+    the peers it names, and prefill over transformers.js wasm fp32 on each prompt."""
+    out = []
+    for size in sorted({r["prompt_tokens"] for r in rows}):
+        same = [r for r in rows if r["prompt_tokens"] == size and r.get("decode_tps")]
+        mine = [r for r in same if r["system"] == "lutlm" and r["where"] == "browser-cpu"]
+        for variant, system, label, goal in CPU_TARGETS:
+            me = next((r for r in mine if r["variant"].startswith(variant + " ")), None)
+            peer = next((r for r in same if r["system"].startswith(system) and label in r["variant"]), None)
+            if me and peer:
+                ratio = me["decode_tps"] / peer["decode_tps"]
+                out.append(f"- {size}-token prompt: lutlm {me['variant']} (browser, CPU) / {peer['system']} "
+                           f"{peer['variant']}: decode x{ratio:.2f} (target {goal:g}x: {'met' if ratio >= goal else 'not met'})")
+        tjs = next((r for r in same if r["system"].startswith("transformers.js") and "fp32 ONNX, wasm" in r["variant"]), None)
+        if mine and tjs and tjs.get("prefill_tps"):
+            best = max(mine, key=lambda r: r.get("prefill_tps") or 0)
+            ratio = best["prefill_tps"] / tjs["prefill_tps"]
+            out.append(f"- {size}-token prompt: lutlm {best['variant']} (browser, CPU) / transformers.js fp32 wasm: "
+                       f"prefill x{ratio:.2f} (target 1x: {'met' if ratio >= 1 else 'not met'})")
+    return out
+
+
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
     """Horizontal bars, log scale: decode and prefill tokens/s of every row."""
     import matplotlib
@@ -96,7 +128,8 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(15, 1.2 + 0.32 * len(rows)), sharey=True)
     for ax, key, title in ((axes[0], "decode_tps", "decode tokens/s"), (axes[1], "prefill_tps", "prefill tokens/s")):
         values = [r.get(key) or 0 for r in rows]
-        colors = ["#2a7ab9" if r["system"] == "lutlm" else "#999999" for r in rows]
+        colors = ["#999999" if r["system"] != "lutlm" else "#e07b1f" if r["where"].endswith("cpu") else "#2a7ab9"
+                  for r in rows]
         ax.barh(range(len(rows)), values, color=colors)
         for i, v in enumerate(values):
             if v:
@@ -123,6 +156,9 @@ def write(rows: list[dict[str, Any]], json_path: Path | None, out_dir: Path | No
     said = claims(rows)
     if said:
         text += "\n\nDecode ratios measured in this run:\n" + "\n".join(said)
+    on_cpu = cpu_claims(rows)
+    if on_cpu:
+        text += "\n\nlutlm on its CPU kernels in the browser (one thread), measured in this run:\n" + "\n".join(on_cpu)
     if stopped:
         text = f"{STOPPED}\n\n{text}"
     doc = {"machine": machine(), "command": command, "stopped": stopped, "rows": rows}

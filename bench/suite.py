@@ -35,7 +35,7 @@ VARIANTS: dict[str, tuple[Request, str]] = {
     "q4-dequant": (Request("4", method="rtn"), "dequant"),
     "q4-dequant8": (Request("4", method="rtn"), "dequant8"),
 }
-SYSTEMS = ("lutlm-native", "lutlm-cpu", "lutlm-browser", "wllama", "transformers.js", "llama.cpp")
+SYSTEMS = ("lutlm-native", "lutlm-cpu", "lutlm-browser", "lutlm-browser-cpu", "wllama", "transformers.js", "llama.cpp")
 EXPORTS = ("q4", "fp32")
 
 
@@ -107,6 +107,8 @@ def _rows(source: str, gguf: Path, pkgs: list[Path], systems: list[str], sizes: 
         yield from model.run(paths, sizes, new_tokens, reps, device="cpu")
     if "lutlm-browser" in systems:
         yield from model.run_browser(paths, sizes, new_tokens, reps)
+    if "lutlm-browser-cpu" in systems:
+        yield from model.run_browser(paths, sizes, new_tokens, reps, device="cpu")
     manifest, texts = model.package_prompts(paths[0], sizes)
     chats = [([{"role": "user", "content": text}], len(ids)) for text, ids in texts.values()]
     if {"wllama", "llama.cpp"} & set(systems) and gguf.suffix != ".gguf":

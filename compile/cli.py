@@ -334,7 +334,7 @@ def cmd_bench_model(args: argparse.Namespace) -> None:
     for pkg in args.packages:
         build.package(pkg)
     sizes = _bench_workload(args)
-    where = _where(args, ("native", "cpu", "browser"))
+    where = _where(args, ("native", "cpu", "browser", "browser-cpu"))
     model.main(args.packages, sizes, args.new_tokens, args.reps, args.json, where, sys.argv)
 
 
@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = benches.add_parser("model", help="load, time to first token, prefill and decode tokens/s of packages, natively and in Chromium")
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
     p.add_argument("--where", default="native", help="native (wgpu-py), cpu (the CPU kernels in wasmtime), browser (the web "
-                                                     "app in headless Chromium), comma-separated")
+                                                     "app on WebGPU in headless Chromium), browser-cpu (the app on its CPU "
+                                                     "kernels), comma-separated")
     _workload_options(p)
     p.set_defaults(func=cmd_bench_model)
     return parser

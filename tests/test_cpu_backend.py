@@ -169,3 +169,40 @@ def test_device_cpu_on_the_command_line(tiny, capsys):
     main(["generate", str(root / "pkg4"), "--prompt", "hi", "--max-tokens", "8", "--ids", "--device", "cpu"])
     assert capsys.readouterr().out.split() == [str(t) for t in generate(str(root / "pkg4"), "hi", Sampling(), 8,
                                                                         device="cpu").tokens]
+
+
+def test_bench_rows_on_the_cpu(tiny, tmp_path, capsys):
+    """`lutlm bench step --where cpu` (each kernel's records apart, and the whole step) and
+    `lutlm bench model --where cpu` (with the host's share of a decode step) on a package."""
+    from lutlm.cli import main
+
+    ckpt, root, refs = tiny
+    manifest = json.loads((root / "pkg4" / "manifest.json").read_text())
+    plan = [s["kernel"] for p in ("decode", "head", "greedy") for s in manifest["plans"][p]]
+    assert main(["bench", "step", str(root / "pkg4"), "--where", "cpu", "--pos", "20", "--ctx", "64", "--rounds", "1",
+                 "--json", str(tmp_path / "step.json")]) == 0
+    rows = json.loads((tmp_path / "step.json").read_text())
+    assert rows[0]["kernel"] == "step" and rows[0]["dispatches"] == len(plan) and rows[0]["where"] == "cpu"
+    assert {r["kernel"]: r["dispatches"] for r in rows[1:]} == {k: plan.count(k) for k in plan}
+    assert all(r["ms"] > 0 for r in rows)
+    assert main(["bench", "model", str(root / "pkg4"), "--where", "cpu", "--prompts", "8", "--new-tokens", "4",
+                 "--reps", "1", "--json", str(tmp_path / "model.json")]) == 0
+    (row,) = json.loads((tmp_path / "model.json").read_text())["rows"]
+    assert row["where"] == "native-cpu" and row["decode_tps"] > 0 and 0 < row["host_ms_per_token"] < 1000 / row["decode_tps"]
+    assert "WebAssembly SIMD" in row["adapter"]
+
+
+def test_cpu_claims_name_issue_37s_targets():
+    from lutlm_bench.report import cpu_claims
+
+    def r(system, variant, where, decode, prefill=100.0):
+        return {"system": system, "variant": variant, "where": where, "prompt_tokens": 42, "decode_tps": decode,
+                "prefill_tps": prefill}
+    rows = [r("lutlm", "2-bit lut (q2)", "browser-cpu", 120.0, 150.0), r("lutlm", "4-bit lut (q4)", "browser-cpu", 60.0),
+            r("transformers.js 3", "fp32 ONNX, wasm, 1 thread(s)", "browser-wasm", 34.0, 100.0),
+            r("wllama 2", "m.gguf, 2 thread(s)", "browser-wasm", 20.0)]
+    said = "\n".join(cpu_claims(rows))
+    assert "2-bit lut (q2) (browser, CPU) / transformers.js 3 fp32 ONNX, wasm, 1 thread(s): decode x3.53 (target 3x: met)" in said
+    assert "/ wllama 2 m.gguf, 2 thread(s): decode x6.00 (target 5x: met)" in said
+    assert "4-bit lut (q4) (browser, CPU) / transformers.js 3 fp32 ONNX, wasm, 1 thread(s): decode x1.76 (target 2x: not met)" in said
+    assert "prefill x1.50 (target 1x: met)" in said
