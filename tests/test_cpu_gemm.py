@@ -73,7 +73,8 @@ def test_smollm2_shapes(n, k, bits, group, scale_bits):
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("n,k,bits,group,scale_bits,m,ldy", [
     (1, 32, 2, 32, 16, 1, 1), (17, 96, 3, 32, 16, 3, 20), (33, 576, 4, 16, 8, 65, 33), (40, 1536, 4, 128, 8, 7, 41),
-    (16, 768, 4, 256, 16, 2, 16), (24, 192, "t", 96, 16, 4, 24), (7, 576, 2, 192, 16, 9, 8), (100, 576, 3, 64, 8, 64, 128)])
+    (16, 768, 4, 256, 16, 2, 16), (24, 192, "t", 96, 16, 4, 24), (7, 576, 2, 192, 16, 9, 8),
+    (100, 576, 3, 64, 8, 64, 128)])
 def test_awkward_shapes(level, n, k, bits, group, scale_bits, m, ldy):
     """Rows not a multiple of the 16-row tile, one row, one group, groups of 16 up to 256, odd
     token counts (a quad of tokens padded, a lone quad after the blocks of two), 65 tokens, y rows

@@ -185,10 +185,12 @@ static void activations(const float *x, int m, int k, int group, const struct sc
         for (int t = 0; t < m4; t++) {
             size_t at = (size_t)g * m4 + t;
             uint32_t *dst = (uint32_t *)(s->x16 + ((size_t)g * m4 + (size_t)(t & ~3)) * group) + t % 4;
-            if (t < m)
+            if (t < m) {
                 s->xscale[at] = quantize_group_i16(x + (size_t)t * k + (size_t)g * group, group, q, s->xsum + at);
-            else
-                s->xscale[at] = s->xsum[at] = 0, __builtin_memset(q, 0, 2 * (size_t)group);
+            } else {
+                s->xscale[at] = s->xsum[at] = 0;
+                __builtin_memset(q, 0, 2 * (size_t)group);
+            }
             for (int u = 0; u < group / 2; u++)
                 dst[4 * u] = (uint32_t)(uint16_t)q[2 * u] | (uint32_t)(uint16_t)q[2 * u + 1] << 16;
         }
@@ -231,9 +233,10 @@ EXPORT(planes_gemm) int planes_gemm(const uint8_t *w, int n, int k, int bits, in
             }
             w += lut_scale_bytes(scale_bits);
             float sc[TILE], mn[TILE];
+            const v128_t c = wasm_f32x4_splat((float)centre(bits));
             for (int q = 0; q < 4; q++) {
                 wasm_v128_store(sc + 4 * q, scale[q]);
-                wasm_v128_store(mn + 4 * q, wasm_f32x4_add(minimum[q], wasm_f32x4_mul(scale[q], wasm_f32x4_splat((float)centre(bits)))));
+                wasm_v128_store(mn + 4 * q, wasm_f32x4_add(minimum[q], wasm_f32x4_mul(scale[q], c)));
             }
             const int16_t *xg = s.x16 + (size_t)g * m4 * group;
             const float *xs = s.xscale + (size_t)g * m4, *xm = s.xsum + (size_t)g * m4;

@@ -95,8 +95,8 @@ static int step(uint32_t op, const uint32_t *a) {
         if (I(3))
             return dense_gemm(P(uint32_t, 8), P(uint32_t, 9), I(12), I(0), I(1), I(2), P(float, 7), I(11),
                               P(float, 10) + I(14), I(13));
-        return planes_gemm(P(uint8_t, 8), I(12), I(0), I(1), I(2), I(4), P(float, 7), I(11), P(float, 10) + I(14), I(13),
-                           P(uint8_t, 6));
+        return planes_gemm(P(uint8_t, 8), I(12), I(0), I(1), I(2), I(4), P(float, 7), I(11), P(float, 10) + I(14),
+                           I(13), P(uint8_t, 6));
     case DENSE_GEMV:  /* k bits group | x w sm y | n x0 y0 */
         return dense_gemv(P(uint32_t, 4), P(uint32_t, 5), I(7), I(0), I(1), I(2), P(float, 3) + I(8), P(float, 6) + I(9));
     case PENALIZE:  /* logits seen ids | n count penalty */
