@@ -128,7 +128,7 @@ class CpuBackend:
                 raise GPUError(f"the CPU kernels' module does not match this runtime (op {name}): rebuild it")
         self.allocated = {"buffers": 0, "bytes": 0}
         self._commands, self._room = 0, 0
-        self.scratch, self._scratch_size = 0, 0  # the GEMM's tables for a chunk of tokens
+        self.scratch, self._scratch_size = 0, 0  # the GEMM's work for a chunk of tokens
         self.kernel_seconds = 0.0  # inside the module's `run`: the rest of a step's time is the host's
 
     def alloc(self, size: int, what: str) -> int:
@@ -172,7 +172,7 @@ class CpuBackend:
         op, cpu = self._op(kernel), kernel["cpu"]
         by_name = {b["name"]: buf for b, buf in zip(kernel["bindings"], buffers)}
         params = dict(cpu)
-        if "scratch" in op.params and "x" in by_name:  # room for the tables of as many tokens as x holds
+        if "scratch" in op.params and "x" in by_name:  # room for as many tokens as x holds
             params["scratch"] = self._scratch(by_name["x"].size // max(4 * params.get("k", 1), 4), params)
         missing = [b for b in op.buffers if not b.endswith("?") and b not in by_name]
         if missing or len(buffers) != len(kernel["bindings"]):
@@ -195,10 +195,11 @@ class CpuBackend:
         return CpuCall(kernel, op, head, None)
 
     def _scratch(self, tokens: int, params: dict[str, int]) -> int:
-        """The GEMM's scratch (the tables of `tokens` tokens), grown to the most any bind asks."""
-        need = self.wasm.call("lut_gemm_scratch", tokens, params.get("k", 0), max(params.get("span", 32), 1))
+        """The GEMM's scratch (planes_gemm's int16 activations of `tokens` tokens and one tile's
+        work), grown to the most any bind asks."""
+        need = self.wasm.call("planes_gemm_scratch", tokens, params.get("k", 0), params.get("group", 0))
         if need > self._scratch_size:
-            self.scratch, self._scratch_size = self.alloc(need, "the prefill tables"), need
+            self.scratch, self._scratch_size = self.alloc(need, "the prefill GEMM's scratch"), need
         return self.scratch
 
     def submit(self, calls: Sequence[Call]) -> None:

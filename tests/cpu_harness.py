@@ -75,14 +75,14 @@ class CpuKernels:
             raise LutlmError(f"the CPU LUT GEMV does not take {q.spec.name} weights of shape {n}x{k} in spans of {span}")
         return self.get(y, np.float32, n)
 
-    def lut_gemm(self, w: int, q: QTensor, xs: np.ndarray, span: int | None = None, ldy: int | None = None) -> np.ndarray:
-        """Y (m, ldy) with row t = W x_t for the m rows x_t of `xs` (lut_gemm); columns past n untouched (NaN)."""
+    def planes_gemm(self, w: int, q: QTensor, xs: np.ndarray, ldy: int | None = None) -> np.ndarray:
+        """Y (m, ldy) with row t = W x_t for the m rows x_t of `xs` (planes_gemm); columns past n untouched (NaN)."""
         n, k = q.codes.shape
-        m, span, ldy = xs.shape[0], span or default_span(q.spec), ldy or n
-        scratch = self.alloc(self.call("lut_gemm_scratch", m, k, span))
+        m, ldy = xs.shape[0], ldy or n
+        scratch = self.alloc(self.call("planes_gemm_scratch", m, k, q.spec.group))
         y = self.put(np.full((m, ldy), np.nan, np.float32))
-        if self.call("lut_gemm", w, *self._format(q), span, self.put(xs.astype(np.float32)), m, y, ldy, scratch):
-            raise LutlmError(f"the CPU LUT GEMM does not take {q.spec.name} weights of shape {n}x{k} in spans of {span}")
+        if self.call("planes_gemm", w, *self._format(q), self.put(xs.astype(np.float32)), m, y, ldy, scratch):
+            raise LutlmError(f"the CPU GEMM does not take {q.spec.name} weights of shape {n}x{k}")
         return self.get(y, np.float32, m * ldy).reshape(m, ldy)
 
     @staticmethod

@@ -3,10 +3,10 @@
 The LUT GEMV is checked twice: against a numpy model of its integer algorithm (int8 tables with
 one scale per span of 16 or 32 inputs, exact integer sums), which it must match to float
 rounding, and against the float oracle `QTensor.dequantize() @ x` within the error that table
-quantisation allows (test_lut_gemv_float_oracle). The LUT GEMM must equal the GEMV per token
-exactly; the dense (dequantise) kernels are checked against the float oracle. Every weight goes in
-as a package stores it (the GPU layout of compile/kernels/layout.py); the LUT kernels' weights are
-repacked to the CPU layout by the module.
+quantisation allows (test_lut_gemv_float_oracle). The dense (dequantise) kernels are checked
+against the float oracle; the prefill GEMM of bit-plane weights is in test_cpu_gemm.py. Every
+weight goes in as a package stores it (the GPU layout of compile/kernels/layout.py); the LUT
+kernels' weights are repacked to the CPU layout by the module.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def test_module_has_no_imports(level):
     """Freestanding: no libc, no host functions; its own memory; only the kernels exported."""
     module = kernels(level).module
     assert [i.name for i in module.imports] == []
-    assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv", "lut_gemm",
-                                                "lut_gemm_scratch", "lut_weight_bytes", "lut_repack", "dense_gemv",
+    assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv", "planes_gemm",
+                                                "planes_gemm_scratch", "lut_weight_bytes", "lut_repack", "dense_gemv",
                                                 "dense_gemm", "gemv_f32", "release", "run", "run_words", "cpu_embed",
                                                 "cpu_rms_norm", "cpu_swiglu", "cpu_rope_append", "cpu_attention",
                                                 "cpu_attention_max_ctx", "cpu_argmax", "cpu_penalize", "cpu_sample",
@@ -155,38 +155,6 @@ def test_lut_gemv_refuses_a_span_its_groups_do_not_hold(group, span):
     w, y = cpu.repack(q), cpu.alloc(64)
     tables = cpu.tables(np.zeros(64, np.float32), 16)
     assert cpu.call("lut_gemv", w, 16, 64, 3, group, 8, span, *tables, y) == -1
-
-
-@pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("n,k,bits,group,scale_bits,span,m,ldy", [
-    (576, 576, 2, 32, 16, 32, 1, 576), (960, 576, 3, 16, 8, 16, 64, 960), (33, 1536, 4, 64, 16, 16, 5, 40),
-    (3072, 576, "t", 32, 16, 32, 3, 3072)])
-def test_lut_gemm_is_the_gemv_per_token(level, n, k, bits, group, scale_bits, span, m, ldy):
-    """Prefill: each token's row of Y bit for bit as lut_gemv gives it (the same tables and tile
-    arithmetic), rows of ldy > n left alone past n, one token to 64."""
-    q = quantized(n, k, bits, group, scale_bits)
-    xs = rng.standard_normal((m, k)).astype(np.float32)
-    cpu = kernels(level)
-    w = cpu.repack(q)
-    got = cpu.lut_gemm(w, q, xs, span, ldy)
-    assert np.isnan(got[:, n:]).all()
-    for t in range(m):
-        np.testing.assert_array_equal(got[t, :n], cpu.lut_gemv(w, q, xs[t], span))
-    assert rel_err(got[-1, :n], lut_gemv_model(q, xs[-1], span)) < 1e-5
-
-
-def test_lut_gemm_scratch_and_refusals():
-    """The scratch holds each token's tables, scales and sums; no tokens, a bad span, or a Y row
-    shorter than n is refused."""
-    cpu = kernels()
-    assert cpu.call("lut_gemm_scratch", 64, 576, 32) == 64 * (576 * 4 + 576 // 32 * 8)
-    assert cpu.call("lut_gemm_scratch", 3, 1536, 16) == 3 * (1536 * 4 + 1536 // 16 * 8)
-    assert cpu.call("lut_gemm_scratch", 0, 576, 32) == cpu.call("lut_gemm_scratch", 4, 576, 64) == 0
-    assert cpu.call("lut_gemm_scratch", 1 << 20, 1 << 12, 32) == 0  # 16 GiB
-    q = quantized(16, 64, 2)
-    w, x, y, scratch = cpu.repack(q), cpu.alloc(4 * 64), cpu.alloc(4 * 64), cpu.alloc(4096)
-    for m, span, ldy in ((0, 32, 16), (1, 64, 16), (1, 32, 15)):
-        assert cpu.call("lut_gemm", w, 16, 64, 2, 32, 16, span, x, m, y, ldy, scratch) == -1
 
 
 def dense_oracle(q: QTensor, xs: np.ndarray) -> np.ndarray:

@@ -2,8 +2,7 @@
    kernels"): int8 tables per 4 activations with one table scale per span of inputs (lut.h), table
    lookups by i8x16 swizzle, 16-bit sums over each span, each widened and times its table scale
    into a float group sum, then the group's scale applied and its minimum times the group's
-   activation sum added. The weights are in lut.h's tile layout; lut_gemm is the same per token
-   over several tokens (prefill).
+   activation sum added. The weights are in lut.h's tile layout.
 
    A weight w = q * scale + minimum with q = sum_j 2^j b_j, so the dot of a row's group with x is
    scale * sum_j 2^j sum_c T_c[b_j of chunk c] + minimum * sum(x over the group), where T_c[m] is
@@ -181,40 +180,5 @@ EXPORT(lut_gemv) int lut_gemv(const uint8_t *w, int n, int k, int bits, int grou
         fn(w, k, group, table, tscale, xsum, out);
         store_rows(y + r0, out, n - r0);
     }
-    return 0;
-}
-
-/* Bytes of lut_gemm's scratch for m tokens of k inputs: each token's tables (lut_table_bytes), or
-   0 when the shape is not supported or would not fit in half of wasm32's address space. */
-EXPORT(lut_gemm_scratch) size_t lut_gemm_scratch(int m, int k, int span) {
-    if (m < 1 || !span_supported(k, span))
-        return 0;
-    uint64_t bytes = (uint64_t)m * lut_table_bytes(k, span);
-    return bytes > 0x7fffffff ? 0 : (size_t)bytes;
-}
-
-/* Prefill: y[t * ldy + r] = (W x_t)[r] for the m tokens x_t = x + t k, exactly lut_gemv's result
-   per token. The tokens' tables go into `scratch` (lut_gemm_scratch) first; then each tile of rows
-   serves all m tokens in turn, so its weights come from memory once and from the cache after.
-   Returns -1 for an unsupported shape, format or span. */
-EXPORT(lut_gemm) int lut_gemm(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, int span,
-                              const float *x, int m, float *y, int ldy, uint8_t *scratch) {
-    tile_fn *fn = tile_for(n, k, bits, group, scale_bits, span);
-    if (!fn || !lut_gemm_scratch(m, k, span) || ldy < n)
-        return -1;
-    size_t tb = lut_table_bytes(k, span);
-    for (int t = 0; t < m; t++) {
-        int8_t *table = (int8_t *)(scratch + t * tb);
-        float *tscale = (float *)(table + 4 * k);
-        lut_table(x + (size_t)t * k, k, span, table, tscale, tscale + k / span);
-    }
-    for (int r0 = 0; r0 < n; r0 += TILE, w += lut_tile_bytes(k, bits, group, scale_bits))
-        for (int t = 0; t < m; t++) {
-            const int8_t *table = (const int8_t *)(scratch + t * tb);
-            const float *tscale = (const float *)(table + 4 * k);
-            float out[TILE];
-            fn(w, k, group, table, tscale, tscale + k / span, out);
-            store_rows(y + (size_t)t * ldy + r0, out, n - r0);
-        }
     return 0;
 }

@@ -18,8 +18,8 @@ void cpu_swiglu(const float *gu, float *act, int m, int ff);
 int lut_table(const float *x, int k, int span, int8_t *table, float *tscale, float *xsum);
 int lut_gemv(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, int span, const int8_t *table,
              const float *tscale, const float *xsum, float *y);
-int lut_gemm(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, int span, const float *x, int m,
-             float *y, int ldy, uint8_t *scratch);
+int planes_gemm(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, const float *x, int m, float *y,
+                int ldy, uint8_t *scratch);
 int dense_gemv(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group, const float *x, float *y);
 int dense_gemm(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group, const float *x, int m,
                float *y, int ldy);
@@ -95,8 +95,8 @@ static int step(uint32_t op, const uint32_t *a) {
         if (I(3))
             return dense_gemm(P(uint32_t, 8), P(uint32_t, 9), I(12), I(0), I(1), I(2), P(float, 7), I(11),
                               P(float, 10) + I(14), I(13));
-        return lut_gemm(P(uint8_t, 8), I(12), I(0), I(1), I(2), I(4), I(5), P(float, 7), I(11), P(float, 10) + I(14),
-                        I(13), P(uint8_t, 6));
+        return planes_gemm(P(uint8_t, 8), I(12), I(0), I(1), I(2), I(4), P(float, 7), I(11), P(float, 10) + I(14),
+                           I(13), P(uint8_t, 6));
     case DENSE_GEMV:  /* k bits group | x w sm y | n x0 y0 */
         return dense_gemv(P(uint32_t, 4), P(uint32_t, 5), I(7), I(0), I(1), I(2), P(float, 3) + I(8), P(float, 6) + I(9));
     case PENALIZE:  /* logits seen ids | n count penalty */
