@@ -59,9 +59,9 @@ class CpuKernels:
         return out
 
     def tables(self, x: np.ndarray, span: int) -> tuple[int, int, int]:
-        """Offsets of the int8 tables, table scales and activation sums of `x` (lut_table)."""
+        """Offsets of the hi and lo int8 tables, table scales and activation sums of `x` (lut_table)."""
         k = x.size
-        table, tscale, xsum = self.alloc(4 * k), self.alloc(4 * (k // span)), self.alloc(4 * (k // span))
+        table, tscale, xsum = self.alloc(8 * k), self.alloc(4 * (k // span)), self.alloc(4 * (k // span))
         if self.call("lut_table", self.put(x.astype(np.float32)), k, span, table, tscale, xsum):
             raise LutlmError(f"the CPU LUT tables do not take {k} inputs in spans of {span}")
         return table, tscale, xsum

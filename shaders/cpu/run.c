@@ -5,7 +5,7 @@
    (from the package's kernel `cpu` entry), its buffers' offsets in this memory (in the order of
    OPS in runtime_py/cpu.py) and its uniform values (i32, u32 or f32 bits). `run_words(op)` tells
    the host how many words each op takes, which runtime_py's tests hold against its table. */
-#include "cpu.h"
+#include "lut.h" /* the tables' layout */
 
 void cpu_embed(const int32_t *ids, const uint32_t *w, const uint32_t *sm, float *x, int m, int n, int k, int bits,
                int group, int dense);
@@ -80,14 +80,14 @@ static int step(uint32_t op, const uint32_t *a) {
     case SWIGLU:  /* ff | gu act | m */
         cpu_swiglu(P(float, 1), P(float, 2), I(3), I(0));
         return 0;
-    case LUT_TABLE: {  /* k span | x table | x0: the int8 tables, then the span scales and sums */
+    case LUT_TABLE: {  /* k span | x table | x0: the hi and lo tables, then the span scales and sums */
         int8_t *table = P(int8_t, 3);
-        float *tscale = (float *)(table + 4 * I(0));
+        float *tscale = (float *)(table + lut_table_scales_at(I(0)));
         return lut_table(P(float, 2) + I(4), I(0), I(1), table, tscale, tscale + I(0) / I(1));
     }
     case LUT_GEMV: {  /* k bits group scale_bits span | w table y | n y0 */
         const int8_t *table = P(int8_t, 6);
-        const float *tscale = (const float *)(table + 4 * I(0));
+        const float *tscale = (const float *)(table + lut_table_scales_at(I(0)));
         return lut_gemv(P(uint8_t, 5), I(8), I(0), I(1), I(2), I(3), I(4), table, tscale, tscale + I(0) / I(4),
                         P(float, 7) + I(9));
     }
