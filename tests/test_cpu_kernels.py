@@ -4,9 +4,9 @@ The LUT GEMV is checked twice: against a numpy model of its integer algorithm (h
 tables with one scale per span of 16 or 32 inputs, exact integer sums), which it must match to float
 rounding, and against the float oracle `QTensor.dequantize() @ x` within the error that table
 quantisation allows (test_lut_gemv_float_oracle). The LUT GEMM must equal the GEMV per token
-exactly; the dense (dequantise) kernels are checked against the float oracle. Every weight goes in
-as a package stores it (the GPU layout of compile/kernels/layout.py); the LUT kernels' weights are
-repacked to the CPU layout by the module.
+exactly; the dense kernels (int16 activations, exact integer dots) are checked against a
+bit-for-bit numpy model and the float oracle. Every weight goes in as a package stores it (the GPU
+layout of compile/kernels/layout.py) and is repacked to the CPU layout by the module.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ def test_module_has_no_imports(level):
     module = kernels(level).module
     assert [i.name for i in module.imports] == []
     assert {e.name for e in module.exports} == {"memory", "alloc", "reset", "lut_table", "lut_gemv", "lut_gemm",
-                                                "lut_gemm_scratch", "lut_table_bytes", "lut_weight_bytes", "lut_repack", "dense_gemv",
-                                                "dense_gemm", "gemv_f32", "release", "run", "run_words", "cpu_embed",
+                                                "lut_gemm_scratch", "lut_table_bytes", "lut_weight_bytes", "lut_repack",
+                                                "dense_gemv", "dense_gemm", "dense_gemm_scratch", "dense_weight_bytes",
+                                                "dense_repack", "gemv_f32", "release", "run", "run_words", "cpu_embed",
                                                 "cpu_rms_norm", "cpu_swiglu", "cpu_rope_append", "cpu_attention",
                                                 "cpu_attention_max_ctx", "cpu_argmax", "cpu_penalize", "cpu_sample",
                                                 "cpu_nll"}
@@ -199,15 +200,77 @@ def dense_oracle(q: QTensor, xs: np.ndarray) -> np.ndarray:
     return xs.astype(np.float64) @ q.dequantize().astype(np.float64).T
 
 
+def dense_model(q: QTensor, x: np.ndarray) -> np.ndarray:
+    """y = W x as dense_gemv computes it, bit for bit: per group x to int16 (x x 32767 / max|x|
+    rounded to nearest even, all in f32), exact integer dots with the codes, then in f32 and group
+    order y = y + (scale x (xs x dot) + minimum x xsum), xsum added in 4 lanes, then lane by lane."""
+    n, k = q.codes.shape
+    g = q.spec.group
+    xg = x.astype(np.float32).reshape(-1, g)
+    top = np.abs(xg).max(axis=1)
+    inv = np.where(top > 0, np.float32(32767) / np.where(top > 0, top, 1), 0).astype(np.float32)
+    qx = np.rint(xg * inv[:, None]).astype(np.int64)
+    xs = top / np.float32(32767)
+    lanes = np.zeros((k // g, 4), np.float32)
+    for c in range(g // 4):
+        lanes += xg[:, 4 * c:4 * c + 4]
+    xsum = ((lanes[:, 0] + lanes[:, 1]) + lanes[:, 2]) + lanes[:, 3]
+    dots = (q.codes.astype(np.int64).reshape(n, k // g, g) * qx).sum(axis=-1).astype(np.float32)
+    scale, minimum = (a.astype(np.float16).astype(np.float32) for a in (q.scale, q.minimum))
+    y = np.zeros(n, np.float32)
+    for i in range(k // g):
+        y = y + (scale[:, i] * (xs[i] * dots[:, i]) + minimum[:, i] * xsum[i])
+    return y
+
+
+def dense_quantized(n: int, k: int, bits: int, group: int) -> QTensor:
+    return quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec(bits, group))
+
+
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("bits", [2, 4, 8])
-@pytest.mark.parametrize("n,k,group", [(576, 576, 32), (49, 768, 64), (100, 768, 128), (3, 256, 256)])
+@pytest.mark.parametrize("n,k,group", [(576, 576, 32), (49, 768, 64), (100, 768, 128), (3, 256, 256), (17, 96, 16),
+                                       (3072, 576, 32), (576, 1536, 64)])
 def test_dense_gemv(level, n, k, bits, group):
-    """The package's dense words and f16 pairs read in place: every code width and group, rows not
-    a multiple of the 16-row block (never read or written past n)."""
-    q = quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec(bits, group))
+    """Repacked from the package's dense words and f16 pairs: every code width and group (16 to
+    256), rows not a multiple of the 16-row tile (never written past n). Bit for bit as the numpy
+    model; against the float oracle the only approximation is the int16 activations, each off by
+    at most xs_g / 2 (xs_g = max|x_g| / 32767) and weighted by scale x code (the minimum meets the
+    exact sum), so row r is within sum_g |scale_rg| xs_g / 2 sum_e code_e, plus f32 rounding. Over
+    hundreds of rows that is below 1e-4 of the largest output (a few rows of groups of 256 can
+    reach 3e-4: the codes are all positive, so their errors do not cancel as w x does)."""
+    q = dense_quantized(n, k, bits, group)
     x = rng.standard_normal(k).astype(np.float32)
-    assert rel_err(kernels(level).dense_gemv(q, bits, x), dense_oracle(q, x)) < 1e-5
+    cpu = kernels(level)
+    got = cpu.dense_gemv(cpu.dense(q, bits), q, bits, x)
+    np.testing.assert_array_equal(got, dense_model(q, x))
+    w = q.dequantize().astype(np.float64)
+    xs = np.abs(x.reshape(-1, group)).max(axis=1) / 32767
+    codes = q.codes.reshape(n, k // group, group).sum(axis=-1)
+    bound = (np.abs(q.scale.astype(np.float64)) * xs / 2 * codes).sum(axis=1) + 1e-5 * (np.abs(w) @ np.abs(x))
+    assert np.all(np.abs(got - w @ x) <= bound)
+    assert n < 576 or rel_err(got, w @ x) < 1e-4
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_dense_gemv_at_its_integer_limits(level):
+    """Groups of 256 with every code 255 and every activation at the group's largest magnitude: a
+    row's group sum 256 x 255 x 32767 (just under 2^31); and the outlier channels of a real
+    residual stream, 1000x the rest, which cost only their own group's precision."""
+    q = dense_quantized(32, 512, 8, 256)
+    q.codes[:] = 255
+    for x in (np.full(512, -3.0, np.float32), np.where(rng.random(512) < 0.5, 2.0, -2.0).astype(np.float32)):
+        cpu = kernels(level)
+        got = cpu.dense_gemv(cpu.dense(q, 8), q, 8, x)
+        np.testing.assert_array_equal(got, dense_model(q, x))
+        assert rel_err(got, dense_oracle(q, x)) < 1e-6
+    q = dense_quantized(576, 576, 8, 32)
+    x = rng.standard_normal(576).astype(np.float32)
+    x[[5, 77, 300]] = [900.0, -1200.0, 400.0]
+    cpu = kernels(level)
+    got = cpu.dense_gemv(cpu.dense(q, 8), q, 8, x)
+    np.testing.assert_array_equal(got, dense_model(q, x))
+    assert rel_err(got, dense_oracle(q, x)) < 1e-4
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -215,27 +278,57 @@ def test_dense_gemv(level, n, k, bits, group):
                                                   (576, 1536, 4, 64, 1, 600), (20, 64, 2, 32, 7, 20)])
 def test_dense_gemm(level, n, k, bits, group, m, ldy):
     """m tokens: each row of Y as dense_gemv gives it, bit for bit; rows of ldy > n left alone."""
-    q = quantize_rtn(rng.standard_normal((n, k)).astype(np.float32), QuantSpec(bits, group))
+    q = dense_quantized(n, k, bits, group)
     xs = rng.standard_normal((m, k)).astype(np.float32)
     cpu = kernels(level)
-    got = cpu.dense_gemm(q, bits, xs, ldy)
+    w = cpu.dense(q, bits)
+    got = cpu.dense_gemm(w, q, bits, xs, ldy)
     assert np.isnan(got[:, n:]).all()
-    assert rel_err(got[:, :n], dense_oracle(q, xs)) < 1e-5
+    assert rel_err(got[:, :n], dense_oracle(q, xs)) < 1e-4
     for t in (0, m - 1):
-        np.testing.assert_array_equal(got[t, :n], cpu.dense_gemv(q, bits, xs[t]))
+        np.testing.assert_array_equal(got[t, :n], cpu.dense_gemv(w, q, bits, xs[t]))
 
 
-@pytest.mark.parametrize("n,k,bits,group,m,ldy", [
-    (16, 64, 3, 32, 1, 16), (16, 96, 8, 64, 1, 16), (16, 64, 2, 8, 1, 16), (0, 64, 8, 32, 1, 16),
-    (16, 0, 8, 32, 1, 16), (16, 64, 8, 32, 0, 16), (16, 64, 8, 32, 1, 15)])
-def test_dense_refuses_what_it_cannot_take(n, k, bits, group, m, ldy):
-    """Bits other than 2, 4, 8; k not a multiple of the group; a group that splits a word; no rows,
-    inputs or tokens; a Y row shorter than n."""
+def test_dense_repack_is_the_documented_layout():
+    """dense.c's layout from the codes directly: per 16-row tile and group, per chunk of 4 inputs
+    4 vectors of 4 rows x the codes of inputs 0, 2, 1, 3; then the 16 rows' f16 pairs (scale,
+    minimum). Rows past n are zeros."""
+    n, k, g = 20, 64, 32
+    q = dense_quantized(n, k, 4, g)
     cpu = kernels()
-    buf = cpu.alloc(4096)
-    assert cpu.call("dense_gemm", buf, buf, n, k, bits, group, buf, m, buf, ldy) == -1
-    if m == 1 and ldy == 16:
-        assert cpu.call("dense_gemv", buf, buf, n, k, bits, group, buf, buf) == -1
+    got = cpu.get(cpu.dense(q, 4), np.uint8, cpu.call("dense_weight_bytes", n, k, 4, g))
+    codes = np.zeros((32, k), np.uint8)
+    codes[:n] = q.codes
+    pairs = np.zeros((32, k // g, 2), np.float16)
+    pairs[:n] = np.stack([q.scale, q.minimum], axis=-1)
+    want = []
+    for t in range(2):
+        rows = codes[16 * t:16 * t + 16].reshape(16, k // g, g // 4, 4)[..., [0, 2, 1, 3]]
+        for group in range(k // g):
+            want += [rows[:, group].transpose(1, 0, 2).reshape(-1)]
+            want += [np.ascontiguousarray(pairs[16 * t:16 * t + 16, group]).view(np.uint8).reshape(-1)]
+    np.testing.assert_array_equal(got, np.concatenate(want))
+
+
+def test_dense_sizes_and_refusals():
+    """Bits other than 2, 4, 8; groups not 16 or a multiple of 32 up to 256 (a larger one could
+    overflow the 32-bit sums); k not a multiple of the group; no rows, inputs or tokens; a Y row
+    shorter than n; more inputs than dense_gemv's static scratch holds."""
+    cpu = kernels()
+    assert cpu.call("dense_weight_bytes", 49152, 576, 8, 32) == 49152 // 16 * 18 * (16 * 32 + 64)
+    assert cpu.call("dense_gemm_scratch", 8, 576, 32) == 8 * (2 * 576 + 8 * 18)
+    for n, k, bits, group in ((16, 64, 3, 32), (16, 96, 8, 64), (16, 64, 8, 8), (16, 1024, 8, 512), (0, 64, 8, 32),
+                              (16, 0, 8, 32), (1 << 25, 64, 8, 32)):
+        assert cpu.call("dense_weight_bytes", n, k, bits, group) == 0
+        assert cpu.call("dense_repack", 0, 0, n, k, bits, group, 0) == -1
+    assert cpu.call("dense_gemm_scratch", 0, 64, 32) == cpu.call("dense_gemm_scratch", 1, 96, 64) == 0
+    q = dense_quantized(16, 64, 8, 32)
+    w, buf = cpu.dense(q, 8), cpu.alloc(4096)
+    for m, ldy in ((0, 16), (1, 15)):
+        assert cpu.call("dense_gemm", w, 16, 64, 8, 32, buf, m, buf, ldy, buf) == -1
+    assert cpu.call("dense_gemv", w, 16, 64, 8, 48, buf, buf) == -1
+    big = 1 << 17
+    assert cpu.call("dense_gemv", w, 1, big, 8, 32, buf, buf) == -1
 
 
 @pytest.mark.parametrize("level", LEVELS)
