@@ -28,8 +28,8 @@
 /* Byte j of a row's 4 codes in a vector holds input ORDER[j] of the chunk (see above). */
 static const int ORDER[4] = {0, 2, 1, 3};
 
-/* Codes 2, 4 or 8 bits wide in groups of 16 or a multiple of 32 (lutlm's), at most MAX_GROUP so a
-   group's integer sum fits in 32 bits. */
+/* Codes 2, 4 or 8 bits wide in groups of a multiple of 16 (lutlm's are 16 or multiples of 32; the
+   quantisation takes 8 inputs at a time) up to MAX_GROUP, so a group's integer sum fits in 32 bits. */
 static int dense_supported(int n, int k, int bits, int group) {
     return (bits == 2 || bits == 4 || bits == 8) && n > 0 && n <= MAX_DIM && k > 0 && k <= MAX_DIM &&
            group > 0 && group % 16 == 0 && group <= MAX_GROUP && k % group == 0;

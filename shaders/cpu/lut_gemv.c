@@ -12,6 +12,7 @@
    the sum of chunk c's activations selected by the 4 bits of m. */
 #include "f16.h"
 #include "lut.h"
+#include "vmath.h" /* hmax */
 
 /* The 16 subset sums of one chunk xc[0..3] as 4 f32x4 (entry m = 4q + lane in vector q), each
    summed in input order, ((s0 + s1) + s2) + s3 with s_i = bit i of m ? xc[i] : 0, which the numpy
@@ -42,8 +43,7 @@ EXPORT(lut_table) int lut_table(const float *x, int k, int span, int8_t *table, 
                 top = wasm_f32x4_pmax(top, wasm_f32x4_abs(e[q]));
             sum = wasm_f32x4_add(sum, wasm_v128_load(x + 4 * c));
         }
-        top = wasm_f32x4_pmax(top, wasm_i32x4_shuffle(top, top, 2, 3, 0, 1));
-        float t = wasm_f32x4_extract_lane(wasm_f32x4_pmax(top, wasm_i32x4_shuffle(top, top, 1, 0, 3, 2)), 0);
+        float t = hmax(top);
         v128_t inv = wasm_f32x4_splat(t > 0 ? 127.0f / t : 0.0f), fine = wasm_f32x4_splat(254);
         for (int c = 0; c < span / 4; c++, table += 16, lo_table += 16) {
             subset_sums(x + 4 * c, e);
