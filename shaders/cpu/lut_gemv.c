@@ -12,7 +12,7 @@
    the sum of chunk c's activations selected by the 4 bits of m. */
 #include "f16.h"
 #include "lut.h"
-#include "vmath.h" /* hmax */
+#include "vmath.h" /* hmax, hsum */
 
 /* The 16 subset sums of one chunk xc[0..3] as 4 f32x4 (entry m = 4q + lane in vector q), each
    summed in input order, ((s0 + s1) + s2) + s3 with s_i = bit i of m ? xc[i] : 0, which the numpy
@@ -59,8 +59,7 @@ EXPORT(lut_table) int lut_table(const float *x, int k, int span, int8_t *table, 
                                                               wasm_i16x8_narrow_i32x4(lo[2], lo[3])));
         }
         tscale[s] = t / 127.0f;
-        xsum[s] = wasm_f32x4_extract_lane(sum, 0) + wasm_f32x4_extract_lane(sum, 1) +
-                  wasm_f32x4_extract_lane(sum, 2) + wasm_f32x4_extract_lane(sum, 3);
+        xsum[s] = hsum(sum);
     }
     return 0;
 }
