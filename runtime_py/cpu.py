@@ -7,8 +7,8 @@ list: a decode step crosses into the module once. The module is the same file na
 (wasmtime, `cpu_wasmtime`) and in a browser (JavaScript's WebAssembly, `cpu_js`); both give this
 module a `Wasm`.
 
-Bit-plane weights are repacked at load from the package's GPU layout into the CPU tile layout
-(the module does it: Pyodide has no numpy), so one package serves both backends; a weight is kept
+Bit-plane and dense weights are repacked at load from the package's GPU layout into the CPU
+layouts (the module does it: Pyodide has no numpy), so one package serves both backends; a weight is kept
 in the GPU layout only where an op reads it so (the embedding gather).
 """
 
