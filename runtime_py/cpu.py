@@ -8,8 +8,8 @@ list: a decode step crosses into the module once. The module is the same file na
 module a `Wasm`.
 
 Bit-plane and dense weights are repacked at load from the package's GPU layout into the CPU
-layouts (the module does it: Pyodide has no numpy), so one package serves both backends; a weight is kept
-in the GPU layout only where an op reads it so (the embedding gather).
+layouts (the module does it: Pyodide has no numpy), so one package serves both backends; a weight
+is kept in the GPU layout only where an op reads it so (the embedding gather).
 """
 
 from __future__ import annotations
