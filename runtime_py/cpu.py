@@ -7,9 +7,9 @@ list: a decode step crosses into the module once. The module is the same file na
 (wasmtime, `cpu_wasmtime`) and in a browser (JavaScript's WebAssembly, `cpu_js`); both give this
 module a `Wasm`.
 
-Bit-plane weights are repacked at load from the package's GPU layout into the CPU tile layout
-(the module does it: Pyodide has no numpy), so one package serves both backends; a weight is kept
-in the GPU layout only where an op reads it so (the embedding gather).
+Bit-plane and dense weights are repacked at load from the package's GPU layout into the CPU
+layouts (the module does it: Pyodide has no numpy), so one package serves both backends; a weight
+is kept in the GPU layout only where an op reads it so (the embedding gather).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Op:
     params: tuple[str, ...]
     buffers: tuple[str, ...]
     uniforms: tuple[tuple[str, str], ...] = ()
-    repack: str = ""  # the binding whose bit-planes (with `sm`) the op reads in the CPU layout
+    repack: str = ""  # the binding whose codes (with `sm`) the op reads in the CPU layout
 
 
 _RUN = (("m", "i"), ("pos", "i"), ("ctx", "i"))
@@ -60,7 +60,8 @@ OPS: dict[str, Op] = {
                    repack="w"),
     "gemm": Op(("k", "bits", "group", "dense", "scale_bits", "span", "scratch"), ("x", "w", "sm", "y"),
                (("m", "i"), ("n", "i"), ("ldy", "i"), ("y0", "i")), repack="w"),
-    "dense_gemv": Op(("k", "bits", "group"), ("x", "w", "sm", "y"), (("n", "i"), ("x0", "i"), ("y0", "i"))),
+    "dense_gemv": Op(("k", "bits", "group"), ("x", "w", "sm", "y"), (("n", "i"), ("x0", "i"), ("y0", "i")),
+                     repack="w"),
     "penalize": Op((), ("logits", "seen", "ids"), (("n", "i"), ("count", "i"), ("penalty", "f"))),
     "argmax": Op((), ("logits", "out"), (("n", "i"),)),
     "sample": Op((), ("logits", "probs", "out"), (("n", "i"), ("temperature", "f"), ("top_k", "i"), ("top_p", "f"),
@@ -87,24 +88,28 @@ class CpuBuffer:
             self.backend.wasm.write(self._raw, bytes(self.data or b""))
         return self._raw
 
-    def tiles(self, sm: "CpuBuffer", params: dict[str, int]) -> int:
-        """The CPU tile layout of these bit-planes with their scales `sm` (the shape from `params`)."""
+    def tiles(self, sm: "CpuBuffer", params: dict[str, int], dense: bool) -> int:
+        """The CPU layout of these bit-planes (or `dense` codes) with their scales `sm` (the shape
+        from `params`)."""
         if not self._tiles:
             b = self.backend
-            k, bits, group, scale_bits = (params[p] for p in ("k", "bits", "group", "scale_bits"))
-            n = self.size // (4 * bits * (k // 32)) if k >= 32 and bits else 0
-            size = b.wasm.call("lut_weight_bytes", n, k, bits, group, scale_bits)
-            if not size or n * 4 * bits * (k // 32) != self.size:
+            k, bits, group = (params[p] for p in ("k", "bits", "group"))
+            scale_bits = 16 if dense else params["scale_bits"]
+            row = 4 * (k * bits // 32 if dense else bits * (k // 32))  # bytes of one row's words
+            n = self.size // row if row > 0 else 0
+            repack = ("dense_repack", n, k, bits, group) if dense else ("lut_repack", n, k, bits, group, scale_bits)
+            size = b.wasm.call("dense_weight_bytes" if dense else "lut_weight_bytes", *repack[1:])
+            if not size or n * row != self.size:
                 raise GPUError(f"the CPU kernels do not take {bits}-bit weights in groups of {group} "
                                f"({scale_bits}-bit scales) of {self.size} bytes with {k} inputs")
             out = b.alloc(size, "a repacked weight")
             if self._raw and sm._raw:  # already in memory (written by the host): repack in place
-                rc = b.wasm.call("lut_repack", self._raw, sm._raw, n, k, bits, group, scale_bits, out)
+                rc = b.wasm.call(repack[0], self._raw, sm._raw, *repack[1:], out)
             else:  # copied in, repacked, and the copies freed again
                 planes, scales = b.alloc(self.size, "a weight"), b.alloc(sm.size, "a weight")
                 b.wasm.write(planes, bytes(self.data or b""))
                 b.wasm.write(scales, bytes(sm.data or b""))
-                rc = b.wasm.call("lut_repack", planes, scales, n, k, bits, group, scale_bits, out)
+                rc = b.wasm.call(repack[0], planes, scales, *repack[1:], out)
                 b.wasm.call("release", planes)
             if rc:
                 raise GPUError(f"the CPU kernels cannot repack a {bits}-bit weight of {n}x{k}")
@@ -177,16 +182,16 @@ class CpuBackend:
         missing = [b for b in op.buffers if not b.endswith("?") and b not in by_name]
         if missing or len(buffers) != len(kernel["bindings"]):
             raise GPUError(f"kernel {kernel['name']}: its CPU op {cpu['op']} lacks {', '.join(missing) or 'bindings'}")
-        if op.repack and "sm" not in by_name and not params.get("dense"):
+        if op.repack and "sm" not in by_name:
             raise GPUError(f"kernel {kernel['name']}: no scales bound for its weight")
         ptrs = []
         for b in op.buffers:
             name = b.rstrip("?")
             buf = by_name.get(name)
-            if buf is None or (name == "sm" and op.repack and not params.get("dense")):
+            if buf is None or (name == "sm" and op.repack):
                 ptrs.append(0)  # absent, or scales the CPU layout holds already
-            elif name == op.repack and not params.get("dense"):
-                ptrs.append(buf.tiles(by_name["sm"], params))
+            elif name == op.repack:
+                ptrs.append(buf.tiles(by_name["sm"], params, cpu["op"] == "dense_gemv" or bool(params.get("dense"))))
             else:
                 ptrs.append(buf.raw)
         head = struct.pack(f"<{2 + len(op.params) + len(op.buffers)}I", CODES[cpu["op"]],
@@ -196,8 +201,9 @@ class CpuBackend:
 
     def _scratch(self, tokens: int, params: dict[str, int]) -> int:
         """The GEMM's scratch (planes_gemm's int16 activations of `tokens` tokens and one tile's
-        work), grown to the most any bind asks."""
-        need = self.wasm.call("planes_gemm_scratch", tokens, params.get("k", 0), params.get("group", 0))
+        work, or the dense kernel's int16 activations), grown to the most any bind asks."""
+        gemm = "dense_gemm_scratch" if params.get("dense") else "planes_gemm_scratch"
+        need = self.wasm.call(gemm, tokens, params.get("k", 0), params.get("group", 0))
         if need > self._scratch_size:
             self.scratch, self._scratch_size = self.alloc(need, "the prefill GEMM's scratch"), need
         return self.scratch

@@ -59,9 +59,9 @@ class CpuKernels:
         return out
 
     def tables(self, x: np.ndarray, span: int) -> tuple[int, int, int]:
-        """Offsets of the int8 tables, table scales and activation sums of `x` (lut_table)."""
+        """Offsets of the hi and lo int8 tables, table scales and activation sums of `x` (lut_table)."""
         k = x.size
-        table, tscale, xsum = self.alloc(4 * k), self.alloc(4 * (k // span)), self.alloc(4 * (k // span))
+        table, tscale, xsum = self.alloc(8 * k), self.alloc(4 * (k // span)), self.alloc(4 * (k // span))
         if self.call("lut_table", self.put(x.astype(np.float32)), k, span, table, tscale, xsum):
             raise LutlmError(f"the CPU LUT tables do not take {k} inputs in spans of {span}")
         return table, tscale, xsum
@@ -89,23 +89,32 @@ class CpuKernels:
     def _format(q: QTensor) -> tuple[int, ...]:
         return (*q.codes.shape, q.spec.bits, q.spec.group, q.spec.scale_bits)
 
-    def dense(self, q: QTensor, bits: int) -> tuple[int, int]:
-        """Offsets of a package's dense words (`NAME.dense`, codes `bits` wide) and f16 pairs `NAME.sm`."""
-        return self.put(layout.dense(q, bits).astype(np.uint32)), self.put(layout.scale_min(q).astype(np.uint32))
+    def dense(self, q: QTensor, bits: int) -> int:
+        """The CPU layout (dense_repack) of a package's dense words (`NAME.dense`, codes `bits` wide)
+        and f16 pairs `NAME.sm`."""
+        n, k = q.codes.shape
+        size = self.call("dense_weight_bytes", n, k, bits, q.spec.group)
+        out = self.alloc(size) if size else 0
+        words = self.put(layout.dense(q, bits).astype(np.uint32)), self.put(layout.scale_min(q).astype(np.uint32))
+        if not size or self.call("dense_repack", *words, n, k, bits, q.spec.group, out):
+            raise LutlmError(f"the CPU dense kernels do not take {bits}-bit codes of shape {n}x{k}, groups of {q.spec.group}")
+        return out
 
-    def dense_gemv(self, q: QTensor, bits: int, x: np.ndarray) -> np.ndarray:
+    def dense_gemv(self, w: int, q: QTensor, bits: int, x: np.ndarray) -> np.ndarray:
+        """y = W x, W repacked (`dense`) from `q`."""
         n, k = q.codes.shape
         y = self.alloc(4 * n)
-        if self.call("dense_gemv", *self.dense(q, bits), n, k, bits, q.spec.group, self.put(x.astype(np.float32)), y):
+        if self.call("dense_gemv", w, n, k, bits, q.spec.group, self.put(x.astype(np.float32)), y):
             raise LutlmError(f"the CPU dense GEMV does not take {bits}-bit codes of shape {n}x{k}, groups of {q.spec.group}")
         return self.get(y, np.float32, n)
 
-    def dense_gemm(self, q: QTensor, bits: int, xs: np.ndarray, ldy: int | None = None) -> np.ndarray:
+    def dense_gemm(self, w: int, q: QTensor, bits: int, xs: np.ndarray, ldy: int | None = None) -> np.ndarray:
+        """Y (m, ldy) with row t = W x_t (dense_gemm); columns past n untouched (NaN)."""
         n, k = q.codes.shape
         m, ldy = xs.shape[0], ldy or n
+        scratch = self.alloc(self.call("dense_gemm_scratch", m, k, q.spec.group))
         y = self.put(np.full((m, ldy), np.nan, np.float32))
-        if self.call("dense_gemm", *self.dense(q, bits), n, k, bits, q.spec.group, self.put(xs.astype(np.float32)),
-                     m, y, ldy):
+        if self.call("dense_gemm", w, n, k, bits, q.spec.group, self.put(xs.astype(np.float32)), m, y, ldy, scratch):
             raise LutlmError(f"the CPU dense GEMM does not take {bits}-bit codes of shape {n}x{k}, groups of {q.spec.group}")
         return self.get(y, np.float32, m * ldy).reshape(m, ldy)
 

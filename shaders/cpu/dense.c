@@ -1,122 +1,167 @@
-/* Dequantise GEMV and GEMM for the dense codes a package stores for its 8-bit output head and
-   embedding (and for every weight of a `dequant` baseline package): `w` u32 (K/per, N) with per =
-   32/bits codes a word, the code of input e in bits (e % per) x bits of word e / per, and `sm` u32
-   (K/G, N) f16 pairs (scale low, minimum high), as compile/kernels/layout.py writes them. They are
-   read in place, no repack. The row index is fastest, so a v128 load is one word column of 4 rows
-   and a block of 16 rows takes each activation broadcast to 16 rows.
+/* Dense GEMV and GEMM for the dense codes a package stores for its 8-bit output head (and for every
+   weight of a `dequant` baseline package), in integer arithmetic that is exact but for the
+   activations' int16 rounding (about 1e-5 of the result).
 
-   A block walking all K/per word columns would read one 64-byte line from each of K/per rows of
-   words N x 4 bytes apart, more streams than the hardware prefetcher follows (49152 x 576 at 8 bits
-   ran at 1.2 GB/s). So the kernel makes one pass per group over all rows, reading the group's
-   G/per rows of words sequentially, and adds each group's part into y:
-   y += scale x sum_e code_e x_e + minimum x sum_e x_e, the code sum in f32. */
+   The package's GPU layout (`w` u32 (K/per, N), per = 32/bits codes a word, the row index
+   fastest; `sm` u32 (K/G, N) f16 pairs, scale low, minimum high) is repacked at load time
+   (dense_repack) into tiles of 16 rows, one sequential stream each: for each group g, for each
+   chunk c of 4 inputs (4c .. 4c + 3 of the group), 4 x 16 bytes, vector v holding rows 4v .. 4v + 3
+   and byte 4i + j of it row 4v + i's code of input 4c + ORDER[j], a code a byte whatever its width
+   (2 and 4-bit codes widen at the repack); then the group's 16 rows' f16 pairs as the package has
+   them. The 8-bit head is bound by memory bandwidth (about 10 GB/s from one core here): f16 pairs
+   take 11% of its bytes where f32 scales and minimums took 20%, which outweighs their conversion.
+
+   Each group's activations are quantised once per call to int16 with scale xs_g = max|x| / 32767.
+   A vector's even bytes (AND 0xff per 16-bit lane) are row i's codes of inputs 0 and 1 of the chunk
+   in 16-bit lanes 2i and 2i + 1, its odd bytes (shift right 8) those of inputs 2 and 3, so one
+   i32x4.dot_i16x8 with the pair (x0, x1) splat to every 32-bit lane, and one with (x2, x3), adds
+   each row's 4 products into its own 32-bit lane: 16 multiply-adds in 2 dots, 2 adds, an AND and a
+   shift, where reading the GPU layout took 5 operations per 4. A row's group sum is at most
+   G x 255 x 32767 < 2^31 for G <= 256. Then y += scale x (xs_g x sum) + minimum x sum_g x (f32). */
 #include "f16.h"
-#include "lut.h" /* MAX_DIM */
+#include "lut.h"   /* MAX_DIM, MAX_GROUP */
+#include "vmath.h" /* hsum, hmax */
 
-#define BLOCK 16 /* rows per block: 4 vectors of 4 */
+#define ROWS 16          /* rows per tile: 4 vectors of 4 */
+#define GEMV_K (1 << 16) /* dense_gemv quantises x into static scratch for up to this many inputs */
 
+/* Byte j of a row's 4 codes in a vector holds input ORDER[j] of the chunk (see above). */
+static const int ORDER[4] = {0, 2, 1, 3};
+
+/* Codes 2, 4 or 8 bits wide in groups of a multiple of 16 (lutlm's are 16 or multiples of 32; the
+   quantisation takes 8 inputs at a time) up to MAX_GROUP, so a group's integer sum fits in 32 bits. */
 static int dense_supported(int n, int k, int bits, int group) {
-    return (bits == 2 || bits == 4 || bits == 8) && n > 0 && n <= MAX_DIM && k > 0 && k <= MAX_DIM && group > 0 &&
-           k % group == 0 && group % (32 / bits) == 0;
+    return (bits == 2 || bits == 4 || bits == 8) && n > 0 && n <= MAX_DIM && k > 0 && k <= MAX_DIM &&
+           group > 0 && group % 16 == 0 && group <= MAX_GROUP && k % group == 0;
 }
 
-/* Rows r0 .. r0 + 15 of an array of 4-byte words or floats as 4 vectors. A partial block (`full`
-   0, `rows` valid) touches only its rows (zeros after them), so it never goes past the array. */
-static inline __attribute__((always_inline)) void load_block(const void *row, int r0, int rows, const int full,
-                                                             v128_t out[4]) {
-    const uint32_t *at = (const uint32_t *)row + r0;
-    if (full) {
-        for (int q = 0; q < 4; q++)
-            out[q] = wasm_v128_load(at + 4 * q);
-        return;
-    }
-    uint32_t words[BLOCK] = {0};
-    __builtin_memcpy(words, at, 4 * (size_t)rows);
-    for (int q = 0; q < 4; q++)
-        out[q] = wasm_v128_load(words + 4 * q);
+static size_t dense_tile_bytes(int k, int group) { return (size_t)(k / group) * (ROWS * (size_t)group + 4 * ROWS); }
+
+/* Bytes of a weight in the CPU layout, or 0 when the shape is not supported or the weight would not
+   fit in half of wasm32's address space. */
+EXPORT(dense_weight_bytes) size_t dense_weight_bytes(int n, int k, int bits, int group) {
+    if (!dense_supported(n, k, bits, group))
+        return 0;
+    uint64_t bytes = (uint64_t)((n + ROWS - 1) / ROWS) * dense_tile_bytes(k, group);
+    return bytes > 0x7fffffff ? 0 : (size_t)bytes;
 }
 
-static inline __attribute__((always_inline)) void store_block(float *row, int r0, int rows, const int full,
-                                                              const v128_t v[4]) {
-    float out[BLOCK];
-    for (int q = 0; q < 4; q++)
-        wasm_v128_store(full ? row + r0 + 4 * q : out + 4 * q, v[q]);
-    if (!full)
-        __builtin_memcpy(row + r0, out, 4 * (size_t)rows);
-}
-
-/* Group g's part of rows r0 .. r0 + rows - 1 for the m tokens: its words (G/per x 16 x 4 bytes)
-   come from memory for the first token and from the cache for the others. `bits` and `full` are
-   constants in each caller. */
-static inline __attribute__((always_inline)) void group_block(const uint32_t *w, const uint32_t *sm, int n, int k,
-                                                              const int bits, int group, int g, const float *x,
-                                                              int m, float *y, int ldy, int r0, int rows,
-                                                              const int full) {
-    const int per = 32 / bits;
-    const v128_t mask = wasm_i32x4_splat((1 << bits) - 1);
-    v128_t pairs[4], scale[4], minimum[4];
-    load_block(sm + (size_t)g * n, r0, rows, full, pairs);
-    for (int q = 0; q < 4; q++)
-        scale[q] = f16_low(pairs[q]), minimum[q] = f16_high(pairs[q]);
-    w += (size_t)g * (group / per) * n;
-    for (int t = 0; t < m; t++) {
-        const float *xg = x + (size_t)t * k + (size_t)g * group;
-        v128_t acc[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
-        v128_t xs = wasm_f32x4_splat(0), yv[4];
-        for (int i = 0; i < group / per; i++) {
-            v128_t words[4];
-            load_block(w + (size_t)i * n, r0, rows, full, words);
-            for (int s = 0; s < per; s++) {
-                v128_t xe = wasm_f32x4_splat(xg[per * i + s]);
-                for (int q = 0; q < 4; q++) {
-                    v128_t code = wasm_v128_and(wasm_u32x4_shr(words[q], s * bits), mask);
-                    acc[q] = wasm_f32x4_add(acc[q], wasm_f32x4_mul(wasm_f32x4_convert_i32x4(code), xe));
-                }
-            }
-        }
-        for (int e = 0; e < group; e += 4)
-            xs = wasm_f32x4_add(xs, wasm_v128_load(xg + e));
-        xs = wasm_f32x4_add(xs, wasm_i32x4_shuffle(xs, xs, 2, 3, 0, 1));
-        xs = wasm_f32x4_add(xs, wasm_i32x4_shuffle(xs, xs, 1, 0, 3, 2));
-        load_block(y + (size_t)t * ldy, r0, rows, full, yv);
-        for (int q = 0; q < 4; q++)
-            yv[q] = wasm_f32x4_add(yv[q], wasm_f32x4_add(wasm_f32x4_mul(acc[q], scale[q]), wasm_f32x4_mul(minimum[q], xs)));
-        store_block(y + (size_t)t * ldy, r0, rows, full, yv);
-    }
-}
-
-/* Group g's pass over all rows; one instance per code width. */
-typedef void pass_fn(const uint32_t *w, const uint32_t *sm, int n, int k, int group, int g, const float *x, int m,
-                     float *y, int ldy);
-#define PASS_FN(b)                                                                                                \
-    static void pass_##b(const uint32_t *w, const uint32_t *sm, int n, int k, int group, int g, const float *x,   \
-                         int m, float *y, int ldy) {                                                              \
-        int r0 = 0;                                                                                               \
-        for (; r0 + BLOCK <= n; r0 += BLOCK)                                                                      \
-            group_block(w, sm, n, k, b, group, g, x, m, y, ldy, r0, BLOCK, 1);                                    \
-        if (r0 < n)                                                                                               \
-            group_block(w, sm, n, k, b, group, g, x, m, y, ldy, r0, n - r0, 0);                                   \
-    }
-PASS_FN(2)
-PASS_FN(4)
-PASS_FN(8)
-
-/* y[t * ldy + r] = (W x_t)[r] for m tokens x_t = x + t k (dense_gemv is m = 1). Returns -1 for an
-   unsupported shape (k % group, group % per, bits not 2, 4 or 8). */
-EXPORT(dense_gemm) int dense_gemm(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group,
-                                  const float *x, int m, float *y, int ldy) {
-    if (!dense_supported(n, k, bits, group) || m < 1 || ldy < n)
+/* The package's dense words `w` and f16 pairs `sm` (above) into `out` (dense_weight_bytes); rows
+   past n are zero codes with zero pairs. Returns 0, or -1 for an unsupported shape. */
+EXPORT(dense_repack) int dense_repack(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group,
+                                      uint8_t *out) {
+    if (!dense_supported(n, k, bits, group))
         return -1;
-    pass_fn *pass = bits == 2 ? pass_2 : bits == 4 ? pass_4 : pass_8;
-    for (int t = 0; t < m; t++)
-        __builtin_memset(y + (size_t)t * ldy, 0, 4 * (size_t)n);
-    for (int g = 0; g < k / group; g++)
-        pass(w, sm, n, k, group, g, x, m, y, ldy);
+    const int per = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1;
+    for (int r0 = 0; r0 < n; r0 += ROWS)
+        for (int g = 0; g < k / group; g++) {
+            for (int c = 0; c < group / 4; c++)
+                for (int r = 0; r < ROWS; r++)
+                    for (int j = 0; j < 4; j++) {
+                        int e = g * group + 4 * c + ORDER[j];
+                        *out++ = r0 + r < n ? (w[(size_t)(e / per) * n + r0 + r] >> (e % per * bits)) & mask : 0;
+                    }
+            uint32_t *pairs = (uint32_t *)out;
+            for (int r = 0; r < ROWS; r++)
+                pairs[r] = r0 + r < n ? sm[(size_t)g * n + r0 + r] : 0;
+            out += 4 * ROWS;
+        }
     return 0;
 }
 
-/* y (n) = W x. */
-EXPORT(dense_gemv) int dense_gemv(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group,
-                                  const float *x, float *y) {
-    return dense_gemm(w, sm, n, k, bits, group, x, 1, y, n);
+/* Bytes of one token's quantised activations: k int16s, then k/group f32 scales, then k/group f32
+   sums. */
+static size_t token_bytes(int k, int group) { return 2 * (size_t)k + 8 * (size_t)(k / group); }
+
+/* Bytes of dense_gemm's scratch for m tokens, or 0 for an unsupported shape or one that would not
+   fit in half of wasm32's address space. */
+EXPORT(dense_gemm_scratch) size_t dense_gemm_scratch(int m, int k, int group) {
+    if (m < 1 || !dense_supported(1, k, 8, group))
+        return 0;
+    uint64_t bytes = (uint64_t)m * token_bytes(k, group);
+    return bytes > 0x7fffffff ? 0 : (size_t)bytes;
+}
+
+/* x (k) to `q`: per group q = x x 32767 / max|x| rounded to nearest even (|q| <= 32767), the group's
+   scale max|x| / 32767 and its sum of x (4 lanes, then hsum) from the unquantised x. */
+static void quantise(const float *x, int k, int group, int16_t *q, float *xs, float *xsum) {
+    for (int g = 0; g < k / group; g++, x += group, q += group) {
+        v128_t top = wasm_f32x4_splat(0), sum = wasm_f32x4_splat(0);
+        for (int e = 0; e < group; e += 4) {
+            v128_t v = wasm_v128_load(x + e);
+            top = wasm_f32x4_pmax(top, wasm_f32x4_abs(v));
+            sum = wasm_f32x4_add(sum, v);
+        }
+        float t = hmax(top);
+        v128_t inv = wasm_f32x4_splat(t > 0 ? 32767.0f / t : 0.0f);
+        for (int e = 0; e < group; e += 8) {
+            v128_t a = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + e), inv)));
+            v128_t b = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(x + e + 4), inv)));
+            wasm_v128_store(q + e, wasm_i16x8_narrow_i32x4(a, b));
+        }
+        xs[g] = t / 32767.0f;
+        xsum[g] = hsum(sum);
+    }
+}
+
+/* One tile's 16 rows of W x for one token's quantised activations, into out. */
+static void tile(const uint8_t *w, int k, int group, const int16_t *q, const float *xs, const float *xsum,
+                 float *out) {
+    const v128_t even = wasm_i16x8_splat(0xff);
+    v128_t y[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
+    for (int g = 0; g < k / group; g++) {
+        v128_t acc[4] = {wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0)};
+        for (int c = 0; c < group / 4; c++, q += 4, w += 4 * 16) {
+            v128_t x01 = wasm_v128_load32_splat(q), x23 = wasm_v128_load32_splat(q + 2);
+            for (int v = 0; v < 4; v++) {
+                v128_t codes = wasm_v128_load(w + 16 * v);
+                acc[v] = wasm_i32x4_add(acc[v], wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_v128_and(codes, even), x01),
+                                                               wasm_i32x4_dot_i16x8(wasm_u16x8_shr(codes, 8), x23)));
+            }
+        }
+        v128_t s = wasm_f32x4_splat(xs[g]), sx = wasm_f32x4_splat(xsum[g]);
+        for (int v = 0; v < 4; v++) {
+            v128_t pairs = wasm_v128_load(w + 16 * v);
+            v128_t part = wasm_f32x4_mul(f16_low(pairs), wasm_f32x4_mul(s, wasm_f32x4_convert_i32x4(acc[v])));
+            y[v] = wasm_f32x4_add(y[v], wasm_f32x4_add(part, wasm_f32x4_mul(f16_high(pairs), sx)));
+        }
+        w += 4 * ROWS;
+    }
+    for (int v = 0; v < 4; v++)
+        wasm_v128_store(out + 4 * v, y[v]);
+}
+
+/* y[t * ldy + r] = (W x_t)[r] for the m tokens x_t = x + t k, W repacked by dense_repack. The
+   tokens' quantised activations go into `scratch` (dense_gemm_scratch) first; then each tile of
+   rows serves all m tokens in turn, so its codes come from memory once. Returns -1 for an
+   unsupported shape. */
+EXPORT(dense_gemm) int dense_gemm(const uint8_t *w, int n, int k, int bits, int group, const float *x, int m,
+                                  float *y, int ldy, uint8_t *scratch) {
+    if (!dense_supported(n, k, bits, group) || !dense_gemm_scratch(m, k, group) || ldy < n)
+        return -1;
+    const size_t tb = token_bytes(k, group), groups = (size_t)(k / group);
+    for (int t = 0; t < m; t++) {
+        int16_t *q = (int16_t *)(scratch + t * tb);
+        float *xs = (float *)(q + k);
+        quantise(x + (size_t)t * k, k, group, q, xs, xs + groups);
+    }
+    for (int r0 = 0; r0 < n; r0 += ROWS, w += dense_tile_bytes(k, group))
+        for (int t = 0; t < m; t++) {
+            const int16_t *q = (const int16_t *)(scratch + t * tb);
+            const float *xs = (const float *)(q + k);
+            float out[ROWS];
+            tile(w, k, group, q, xs, xs + groups, out);
+            float *yt = y + (size_t)t * ldy + r0;
+            for (int r = 0; r < ROWS && r0 + r < n; r++)
+                yt[r] = out[r];
+        }
+    return 0;
+}
+
+/* y (n) = W x: dense_gemm for one token, its activations in static scratch (so no more than
+   GEMV_K inputs). */
+EXPORT(dense_gemv) int dense_gemv(const uint8_t *w, int n, int k, int bits, int group, const float *x, float *y) {
+    static uint8_t scratch[2 * GEMV_K + 8 * (GEMV_K / 16)] __attribute__((aligned(16)));
+    return k <= GEMV_K ? dense_gemm(w, n, k, bits, group, x, 1, y, n, scratch) : -1;
 }

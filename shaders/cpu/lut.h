@@ -36,9 +36,12 @@ static inline int span_supported(int k, int span) {
     return (span == 16 || span == 32) && k > 0 && k <= MAX_DIM && k % span == 0;
 }
 
-/* Bytes of one input's tables: k/4 chunks of 16 int8 entries, then k/span f32 table scales, then
-   k/span f32 activation sums. */
-static inline size_t lut_table_bytes(int k, int span) { return (size_t)k * 4 + (size_t)(k / span) * 8; }
+/* One input's tables (lut_table), in this order: k/4 chunks of 16 int8 "hi" entries, the same of
+   "lo" entries, k/span f32 table scales, k/span f32 activation sums; an entry is
+   tscale x (hi + lo / 254). lut_table_bytes (exported for the host) is their size. */
+size_t lut_table_bytes(int k, int span);
+static inline size_t lut_table_lo_at(int k) { return 4 * (size_t)k; }
+static inline size_t lut_table_scales_at(int k) { return 8 * (size_t)k; }
 
 /* Bytes of one tile's group scales and minimums: 16 f16s each, or 16 8-bit codes each. */
 static inline size_t lut_scale_bytes(int scale_bits) { return (scale_bits == 16 ? 4 : 2) * TILE; }

@@ -5,7 +5,7 @@
    (from the package's kernel `cpu` entry), its buffers' offsets in this memory (in the order of
    OPS in runtime_py/cpu.py) and its uniform values (i32, u32 or f32 bits). `run_words(op)` tells
    the host how many words each op takes, which runtime_py's tests hold against its table. */
-#include "cpu.h"
+#include "lut.h" /* the tables' layout */
 
 void cpu_embed(const int32_t *ids, const uint32_t *w, const uint32_t *sm, float *x, int m, int n, int k, int bits,
                int group, int dense);
@@ -20,9 +20,9 @@ int lut_gemv(const uint8_t *w, int n, int k, int bits, int group, int scale_bits
              const float *tscale, const float *xsum, float *y);
 int planes_gemm(const uint8_t *w, int n, int k, int bits, int group, int scale_bits, const float *x, int m, float *y,
                 int ldy, uint8_t *scratch);
-int dense_gemv(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group, const float *x, float *y);
-int dense_gemm(const uint32_t *w, const uint32_t *sm, int n, int k, int bits, int group, const float *x, int m,
-               float *y, int ldy);
+int dense_gemv(const uint8_t *w, int n, int k, int bits, int group, const float *x, float *y);
+int dense_gemm(const uint8_t *w, int n, int k, int bits, int group, const float *x, int m, float *y, int ldy,
+               uint8_t *scratch);
 void cpu_penalize(float *logits, const int32_t *seen, const int32_t *ids, int n, int count, float penalty);
 void cpu_argmax(const float *logits, int32_t *out, int n);
 void cpu_sample(const float *logits, float *probs, int32_t *out, int n, float temperature, int top_k, float top_p,
@@ -80,25 +80,26 @@ static int step(uint32_t op, const uint32_t *a) {
     case SWIGLU:  /* ff | gu act | m */
         cpu_swiglu(P(float, 1), P(float, 2), I(3), I(0));
         return 0;
-    case LUT_TABLE: {  /* k span | x table | x0: the int8 tables, then the span scales and sums */
+    case LUT_TABLE: {  /* k span | x table | x0: the hi and lo tables, then the span scales and sums */
         int8_t *table = P(int8_t, 3);
-        float *tscale = (float *)(table + 4 * I(0));
+        float *tscale = (float *)(table + lut_table_scales_at(I(0)));
         return lut_table(P(float, 2) + I(4), I(0), I(1), table, tscale, tscale + I(0) / I(1));
     }
     case LUT_GEMV: {  /* k bits group scale_bits span | w table y | n y0 */
         const int8_t *table = P(int8_t, 6);
-        const float *tscale = (const float *)(table + 4 * I(0));
+        const float *tscale = (const float *)(table + lut_table_scales_at(I(0)));
         return lut_gemv(P(uint8_t, 5), I(8), I(0), I(1), I(2), I(3), I(4), table, tscale, tscale + I(0) / I(4),
                         P(float, 7) + I(9));
     }
-    case GEMM:  /* k bits group dense scale_bits span scratch | x w sm y | m n ldy y0 */
+    case GEMM:  /* k bits group dense scale_bits span scratch | x w sm y | m n ldy y0: w repacked (sm unused
+                   by the dense kernel), the scratch for the LUT's tables or the dense activations */
         if (I(3))
-            return dense_gemm(P(uint32_t, 8), P(uint32_t, 9), I(12), I(0), I(1), I(2), P(float, 7), I(11),
-                              P(float, 10) + I(14), I(13));
+            return dense_gemm(P(uint8_t, 8), I(12), I(0), I(1), I(2), P(float, 7), I(11), P(float, 10) + I(14), I(13),
+                              P(uint8_t, 6));
         return planes_gemm(P(uint8_t, 8), I(12), I(0), I(1), I(2), I(4), P(float, 7), I(11), P(float, 10) + I(14),
                            I(13), P(uint8_t, 6));
-    case DENSE_GEMV:  /* k bits group | x w sm y | n x0 y0 */
-        return dense_gemv(P(uint32_t, 4), P(uint32_t, 5), I(7), I(0), I(1), I(2), P(float, 3) + I(8), P(float, 6) + I(9));
+    case DENSE_GEMV:  /* k bits group | x w sm y | n x0 y0: w repacked (dense_repack), sm unused */
+        return dense_gemv(P(uint8_t, 4), I(7), I(0), I(1), I(2), P(float, 3) + I(8), P(float, 6) + I(9));
     case PENALIZE:  /* logits seen ids | n count penalty */
         cpu_penalize(P(float, 0), P(int32_t, 1), P(int32_t, 2), I(3), I(4), F(5));
         return 0;
