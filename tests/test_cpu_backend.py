@@ -33,6 +33,21 @@ def engine(package, ctx=128, level="relaxed"):
     return eng
 
 
+def same_greedy(eng, reference, prompt, n):
+    """Greedy tokens equal to the reference's, up to the first one where the reference itself
+    nearly ties (its two candidates within 1e-3 of the logits' scale: the CPU kernels' int16
+    activations and hi/lo tables are float-like, not float-exact, and a random tiny model has such
+    ties); tokens after a tie are not compared (their prompts differ). Returns the tokens compared."""
+    got, want = collect(eng, prompt, n), list(reference.generate_greedy(prompt, n, set(), n_ctx=128))
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            logits = reference.forward(prompt + want[:i], reference.new_cache(128))
+            assert logits[b] - logits[a] < 1e-3 * np.abs(logits).max(), (prompt, i, logits[b] - logits[a])
+            return i
+    assert len(got) == len(want)
+    return len(got)
+
+
 def collect(eng, prompt, n, sampling=Sampling()):
     async def go():
         return [t async for t in eng.generate(prompt, n, sampling)]
@@ -73,8 +88,7 @@ def test_the_record_layout_is_the_modules():
 def test_greedy_4bit_matches_reference(tiny, level):
     ckpt, root, refs = tiny
     eng = engine(root / "pkg4", level=level)
-    for prompt in PROMPTS:
-        assert collect(eng, prompt, 32) == list(refs["4"].generate_greedy(prompt, 32, set(), n_ctx=128)), prompt
+    assert sum(same_greedy(eng, refs["4"], prompt, 32) for prompt in PROMPTS) >= 0.9 * 32 * len(PROMPTS)
 
 
 @pytest.mark.slow
@@ -87,8 +101,7 @@ def test_every_format_matches_its_reference(tiny, bits, group, scale_bits, budge
     for the 60-token prompt."""
     pkg, reference = package(tiny, bits, group, scale_bits, budget, decode)
     eng = engine(pkg)
-    for prompt in PROMPTS[:4]:
-        assert collect(eng, prompt, 16) == list(reference.generate_greedy(prompt, 16, set(), n_ctx=128)), prompt
+    assert sum(same_greedy(eng, reference, prompt, 16) for prompt in PROMPTS[:4]) >= 0.75 * 16 * 4
 
 
 def test_perplexity_within_half_a_percent(tiny):
