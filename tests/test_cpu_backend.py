@@ -20,6 +20,8 @@ from runtime_py.cpu_wasmtime import WasmtimeModule
 from runtime_py.engine import Sampling
 from runtime_py.gpu import GPUError
 
+pytestmark = pytest.mark.slow  # compiles packages with TVM (seconds each)
+
 PROMPTS = [[5, 17, 42], [1, 2, 3, 4, 5, 6, 7, 8], [250, 11], list(range(30, 90)), [99]]
 
 
@@ -91,7 +93,6 @@ def test_greedy_4bit_matches_reference(tiny, level):
     assert sum(same_greedy(eng, refs["4"], prompt, 32) for prompt in PROMPTS) >= 0.9 * 32 * len(PROMPTS)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bits,group,scale_bits,budget,decode", [
     ("3", 16, 8, None, "lut"), ("2", 32, 16, None, "lut"), ("t", 32, 16, None, "lut"), ("mixed", 32, 16, 3.0, "lut"),
     ("mixed", 32, 8, 4.0, "lut"), ("3", 32, 16, None, "dequant"), ("4", 32, 16, None, "dequant8")])

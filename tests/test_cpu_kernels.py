@@ -474,6 +474,7 @@ def test_gemv_f32():
     assert rel_err(cpu.get(y, np.float32, n), w.astype(np.float64) @ x) < 1e-5
 
 
+@pytest.mark.slow  # two clang builds
 def test_build_is_reproducible_and_cached(tmp_path, monkeypatch):
     """Same sources, flags and compiler: the same bytes under the same name in another cache, and
     no rebuild in the same one; the output lives in $LUTLM_CACHE."""
