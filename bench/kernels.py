@@ -1,4 +1,5 @@
-"""`lutlm bench kernels`: LUT vs dequantise GEMV on SmolLM2's shapes, natively and in Chromium.
+"""`lutlm bench kernels`: LUT vs dequantise GEMV on SmolLM2's shapes, natively and in Chromium
+(the CPU kernels' rows: bench/cpu_kernels.py).
 
 One workload description (buffers with a fill rule, TVM-emitted kernels, and per case the
 dispatches with their uniform values and grids) runs on two executors: wgpu-py here (lavapipe)
@@ -281,7 +282,21 @@ def measure(wl: Workload, where: list[str], rounds: int,
 
 
 def main(where: list[str], rounds: int, json_path: str | None, quick: bool) -> None:
-    t0 = time.time()
-    wl = build(quick)
-    print(f"emitted {len(wl.kernels)} kernels for {len(wl.cases)} cases in {time.time() - t0:.1f} s", file=sys.stderr)
-    print(markdown(measure(wl, where, rounds, lambda info, samples: rows(wl, info, samples), json_path)))
+    """WebGPU (native, browser) and the CPU kernels in wasmtime (wasm), one table each."""
+    from . import cpu_kernels
+
+    gpu = [w for w in where if w != "wasm"]
+    all_rows = []
+    if gpu:
+        t0 = time.time()
+        wl = build(quick)
+        print(f"emitted {len(wl.kernels)} kernels for {len(wl.cases)} cases in {time.time() - t0:.1f} s", file=sys.stderr)
+        all_rows = measure(wl, gpu, rounds, lambda info, samples: rows(wl, info, samples), None)
+        print(markdown(all_rows))
+    if "wasm" in where:
+        wasm_rows = cpu_kernels.run(rounds, quick)
+        print(("\n" if gpu else "") + cpu_kernels.markdown(wasm_rows))
+        all_rows += wasm_rows
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(all_rows, indent=1) + "\n")

@@ -208,7 +208,7 @@ def _where(args: argparse.Namespace, places: tuple[str, ...] = ("native", "brows
 def cmd_bench_kernels(args: argparse.Namespace) -> None:
     from lutlm_bench import kernels
 
-    where = _where(args)
+    where = _where(args, ("native", "browser", "wasm"))
     if args.rounds < 1:
         raise LutlmError("--rounds must be at least 1")
     kernels.main(where, args.rounds, args.json, args.quick)
@@ -469,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "or results/bench-NAME for another --source)")
     p.set_defaults(func=cmd_bench)
     benches = p.add_subparsers(dest="bench")
-    p = benches.add_parser("kernels", help="LUT vs dequantise GEMV on SmolLM2 shapes, natively and in Chromium")
-    p.add_argument("--where", default="native,browser", help="native (wgpu-py), browser (headless Chromium) or both")
+    p = benches.add_parser("kernels", help="LUT vs dequantise GEMV on SmolLM2 shapes, natively, in Chromium and on the CPU")
+    p.add_argument("--where", default="native,browser,wasm", help="native (wgpu-py), browser (headless Chromium), wasm "
+                                                                   "(the CPU kernels in wasmtime), comma-separated")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per case; rows give the median (default 7)")
     p.add_argument("--json", metavar="FILE", help="also write the rows (with every sample) as a JSON array")
     p.add_argument("--quick", action="store_true", help="layer shape only, fewer cases (for tests)")

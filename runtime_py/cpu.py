@@ -67,6 +67,7 @@ OPS: dict[str, Op] = {
     "sample": Op((), ("logits", "probs", "out"), (("n", "i"), ("temperature", "f"), ("top_k", "i"), ("top_p", "f"),
                                                   ("seed", "I"), ("step", "I"))),
     "nll": Op((), ("logits", "targets", "out"), (("m", "i"), ("n", "i"))),
+    "gemv_f32": Op(("k",), ("w", "x", "y"), (("n", "i"),)),  # no plan's: the fp32 baseline of `lutlm bench kernels`
 }
 CODES = {name: code for code, name in enumerate(OPS)}
 

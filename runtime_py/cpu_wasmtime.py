@@ -33,7 +33,7 @@ class WasmtimeModule:
         exports = wasmtime.Instance(self._store, wasmtime.Module(engine, data), []).exports(self._store)
         self._memory = exports["memory"]
         self._functions = {name: exports[name] for name in ("alloc", "release", "run", "run_words", "lut_weight_bytes",
-                                                            "lut_repack", "planes_gemm_scratch", "dense_weight_bytes",
+                                                            "lut_repack", "lut_table_bytes", "planes_gemm_scratch", "dense_weight_bytes",
                                                             "dense_repack", "dense_gemm_scratch")}
 
     def call(self, name: str, *args: int) -> int:

@@ -220,3 +220,16 @@ def test_cpu_claims_name_issue_37s_targets():
     assert "/ wllama 2 m.gguf, 2 thread(s): decode x6.00 (target 5x: met)" in said
     assert "4-bit lut (q4) (browser, CPU) / transformers.js 3 fp32 ONNX, wasm, 1 thread(s): decode x1.76 (target 2x: not met)" in said
     assert "prefill x1.50 (target 1x: met)" in said
+
+
+def test_bench_kernels_on_the_cpu(tmp_path, capsys):
+    """`lutlm bench kernels --where wasm --quick`: the CPU backend's GEMVs of one SmolLM2 block, as
+    records through the module's `run`, with their ratios to the fp32 and 4-bit dequantise rows."""
+    from lutlm.cli import main
+
+    assert main(["bench", "kernels", "--where", "wasm", "--quick", "--rounds", "1", "--json", str(tmp_path / "k.json")]) == 0
+    rows = json.loads((tmp_path / "k.json").read_text())
+    assert {(r["kernel"], r["bits"]) for r in rows} == {("fp32", 32), ("dequant", 8), ("dequant", 4), ("lut", 4), ("lut", 2)}
+    assert all(r["where"] == "wasm" and r["ms"] > 0 and r["weight_gbps"] > 0 for r in rows)
+    assert next(r for r in rows if r["kernel"] == "fp32")["speedup_vs_fp32"] == 1
+    assert capsys.readouterr().out.count("\n| wasmtime") == len(rows)

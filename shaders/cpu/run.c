@@ -28,16 +28,17 @@ void cpu_argmax(const float *logits, int32_t *out, int n);
 void cpu_sample(const float *logits, float *probs, int32_t *out, int n, float temperature, int top_k, float top_p,
                 uint32_t seed, uint32_t step);
 void cpu_nll(const float *logits, const int32_t *targets, float *out, int m, int n);
+void gemv_f32(const float *w, int n, int k, const float *x, float *y);
 
 enum { EMBED, RMS_NORM, ROPE_APPEND, ATTENTION, ATTENTION_SPLIT, ATTENTION_MERGE, SWIGLU, LUT_TABLE, LUT_GEMV, GEMM,
-       DENSE_GEMV, PENALIZE, ARGMAX, SAMPLE, NLL, OPS };
+       DENSE_GEMV, PENALIZE, ARGMAX, SAMPLE, NLL, GEMV_F32, OPS };
 
 /* Words after the count: parameters + buffers + uniforms. */
 static const uint8_t WORDS[OPS] = {
     [EMBED] = 4 + 4 + 2, [RMS_NORM] = 2 + 4 + 2, [ROPE_APPEND] = 5 + 4 + 3, [ATTENTION] = 4 + 4 + 3,
     [ATTENTION_SPLIT] = 4 + 4 + 2, [ATTENTION_MERGE] = 2 + 2, [SWIGLU] = 1 + 2 + 1, [LUT_TABLE] = 2 + 2 + 1,
     [LUT_GEMV] = 5 + 3 + 2, [GEMM] = 7 + 4 + 4, [DENSE_GEMV] = 3 + 4 + 3, [PENALIZE] = 3 + 3, [ARGMAX] = 2 + 1,
-    [SAMPLE] = 3 + 6, [NLL] = 3 + 2,
+    [SAMPLE] = 3 + 6, [NLL] = 3 + 2, [GEMV_F32] = 1 + 3 + 1,
 };
 
 EXPORT(run_words) int run_words(int op) { return op >= 0 && op < OPS ? WORDS[op] : -1; }
@@ -111,6 +112,9 @@ static int step(uint32_t op, const uint32_t *a) {
         return 0;
     case NLL:  /* logits targets out | m n */
         cpu_nll(P(float, 0), P(int32_t, 1), P(float, 2), I(3), I(4));
+        return 0;
+    case GEMV_F32:  /* k | w x y | n: no plan's op; the fp32 baseline `lutlm bench kernels` measures */
+        gemv_f32(P(float, 1), I(4), I(0), P(float, 2), P(float, 3));
         return 0;
     }
     return -1;
