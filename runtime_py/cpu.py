@@ -185,6 +185,11 @@ class CpuBackend:
             raise GPUError(f"kernel {kernel['name']}: its CPU op {cpu['op']} lacks {', '.join(missing) or 'bindings'}")
         if op.repack and "sm" not in by_name:
             raise GPUError(f"kernel {kernel['name']}: no scales bound for its weight")
+        if "table" in by_name:  # the GPU's table buffer is larger than the CPU's tables, but check
+            need = self.wasm.call("lut_table_bytes", params["k"], params["span"])
+            if not need or by_name["table"].size < need:
+                raise GPUError(f"kernel {kernel['name']}: its table buffer holds {by_name['table'].size} bytes; "
+                               f"the CPU tables of {params['k']} inputs need {need or 'a span that divides them'}")
         ptrs = []
         for b in op.buffers:
             name = b.rstrip("?")

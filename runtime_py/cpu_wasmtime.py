@@ -4,7 +4,7 @@ standard library, and Pyodide never imports it."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 from .gpu import GPUError
 
@@ -32,12 +32,14 @@ class WasmtimeModule:
         self._store = wasmtime.Store(engine)
         exports = wasmtime.Instance(self._store, wasmtime.Module(engine, data), []).exports(self._store)
         self._memory = exports["memory"]
-        self._functions = {name: exports[name] for name in ("alloc", "release", "run", "run_words", "lut_weight_bytes",
-                                                            "lut_repack", "lut_table_bytes", "planes_gemm_scratch", "dense_weight_bytes",
-                                                            "dense_repack", "dense_gemm_scratch")}
+        self._exports = exports
+        self._functions: dict[str, Any] = {}  # each export, looked up once
 
     def call(self, name: str, *args: int) -> int:
-        return self._functions[name](self._store, *args)
+        fn = self._functions.get(name)
+        if fn is None:
+            fn = self._functions[name] = self._exports[name]
+        return fn(self._store, *args)
 
     def write(self, ptr: int, data: bytes) -> None:
         self._memory.write(self._store, data, ptr)
