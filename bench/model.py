@@ -149,7 +149,8 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
                 app = AppPage(context.new_page(), url)
                 load_s = app.load(name, device=device)  # not "auto", which takes the CPU over SwiftShader
                 info = app.page.evaluate("window.loadInfo")
-                adapter = f"{info['adapter']['vendor']} {info['adapter']['description']}".strip()
+                a = info["adapter"]  # a GPU adapter's names, or the CPU kernels' "WebAssembly SIMD (...), 1 thread"
+                adapter = a["description"] if a.get("backend") == "cpu" else f"{a['vendor']} {a['description']}".strip()
                 measured = []
                 for size, (text, ids) in texts.items():
                     samples = []

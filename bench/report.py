@@ -48,7 +48,7 @@ def _mib(value: int | None) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| system | variant | where | prompt tokens | load s cold / warm | ttft s | prefill tok/s | decode tok/s "
-             "| memory MiB | wasm heap MiB | GPU MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| memory MiB | wasm heap MiB | backend MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         warm = f" / {r['warm_load_s']:.2f}" if r.get("warm_load_s") is not None else ""
         lines.append(f"| {r['system']} | {r['variant']} | {r['where']} | {r['prompt_tokens']} | {r['load_s']:.2f}{warm} | "
@@ -57,7 +57,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\nMedians, with (min-max) over the repetitions. Memory: what Chromium's " \
         "performance.measureUserAgentSpecificMemory attributes to the page after the run (JS heaps; it does not " \
         "appear to count workers' wasm memories); wasm heap: the size of lutlm's Pyodide heap in its worker after " \
-        "the run (not observable from outside wllama's worker); GPU: buffers the lutlm runtime allocated."
+        "the run (not observable from outside wllama's worker); backend: what the lutlm runtime allocated " \
+        "on its backend (GPU buffers, or the CPU kernels' WebAssembly memory: weights repacked, KV cache, " \
+        "activations)."
 
 
 def claims(rows: list[dict[str, Any]]) -> list[str]:
