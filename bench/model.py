@@ -158,7 +158,9 @@ def run_browser(packages: list[str], sizes: list[int], new_tokens: int, reps: in
                         app.new_chat()
                         _, usage = app.ask(text, {"temperature": 0, "max_tokens": new_tokens, "ignore_eos": True})
                         samples.append({"ttft_s": usage["ttft_s"], "prefill_tps": len(ids) / usage["ttft_s"],
-                                        "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"]})
+                                        "decode_tps": usage["decode_tokens_per_s"], "new_tokens": usage["completion_tokens"],
+                                        **({"host_ms_per_token": usage["host_ms_per_token"]}
+                                           if "host_ms_per_token" in usage else {})})
                     measured.append((ids, samples))
                 memory = memory_bytes(app.page)
                 wasm = app.page.evaluate("window.wasmBytes")

@@ -33,13 +33,18 @@ class Usage:
     reused_tokens: int = 0  # prompt tokens whose keys and values were already cached
     prefill_s: float = 0.0  # time to the first generated token
     decode_s: float = 0.0
+    decode_kernel_s: float | None = None  # of decode_s, inside the CPU kernels' module (CPU backend only)
 
     def to_json(self) -> dict[str, Any]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens, "reused_tokens": self.reused_tokens,
                 "ttft_s": round(self.prefill_s, 4),
                 "decode_tokens_per_s": round((self.completion_tokens - 1) / self.decode_s, 3)
-                if self.completion_tokens > 1 and self.decode_s > 0 else None}
+                if self.completion_tokens > 1 and self.decode_s > 0 else None,
+                # the host's share of a decode step (Python, the crossings, streaming) where it can be told apart
+                **({"host_ms_per_token": round(1000 * (self.decode_s - self.decode_kernel_s)
+                                               / (self.completion_tokens - 1), 3)}
+                   if self.decode_kernel_s is not None and self.completion_tokens > 1 else {})}
 
 
 class _Completions:
@@ -133,10 +138,12 @@ class LutLM:
             t_first = None
             cid = f"chatcmpl-{int(time.time() * 1000)}"
             tokens = self.engine.generate(prompt, max_tokens, sampling, cancelled=lambda: self._interrupt)
+            kernel_s = getattr(self.engine.backend, "kernel_seconds", None)
             try:
                 async for token in tokens:
                     if t_first is None:
                         t_first = time.perf_counter()
+                        kernel_s = getattr(self.engine.backend, "kernel_seconds", None)
                     usage.completion_tokens += 1
                     pending += decoder.feed(token)
                     cut = min((pending.find(s) for s in stops if s in pending), default=-1)
@@ -159,6 +166,8 @@ class LutLM:
             t_end = time.perf_counter()
             usage.prefill_s = (t_first or t_end) - t0
             usage.decode_s = t_end - (t_first or t_end)
+            if kernel_s is not None and t_first is not None:
+                usage.decode_kernel_s = self.engine.backend.kernel_seconds - kernel_s
             if pending:
                 yield self._chunk(cid, pending, None)
             final = self._chunk(cid, "", finish)

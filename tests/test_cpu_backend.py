@@ -233,3 +233,17 @@ def test_bench_kernels_on_the_cpu(tmp_path, capsys):
     assert all(r["where"] == "wasm" and r["ms"] > 0 and r["weight_gbps"] > 0 for r in rows)
     assert next(r for r in rows if r["kernel"] == "fp32")["speedup_vs_fp32"] == 1
     assert capsys.readouterr().out.count("\n| wasmtime") == len(rows)
+
+
+def test_usage_tells_the_host_share_of_a_decode_step(tiny):
+    """On the CPU backend a reply's usage says how much of each decode step ran outside the
+    kernels' module (the figure issue 37 bounds); on a backend that cannot tell, nothing is said."""
+    ckpt, root, refs = tiny
+    llm = LutLM.from_folder(str(root / "pkg4"), CpuBackend(module()), 64)
+
+    async def ask():
+        return await llm.chat.completions.create(messages=[{"role": "user", "content": "hi"}], max_tokens=12,
+                                                 temperature=0, ignore_eos=True)
+    usage = asyncio.run(ask())["usage"]
+    assert usage["completion_tokens"] == 12
+    assert 0 < usage["host_ms_per_token"] < 1000 / usage["decode_tokens_per_s"]
