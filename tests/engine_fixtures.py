@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lutlm.checkpoint import Checkpoint
 from lutlm.intake import load_checkpoint
 from lutlm.package import write
@@ -35,3 +37,20 @@ def compile_package(ckpt: Checkpoint, out: Path, bits: str = "4", budget: float 
 
 def engine(package: Path, ctx: int | None = None) -> Engine:
     return LutLM.from_folder(str(package), backend(), ctx).engine
+
+
+def penalized_greedy(model: Reference, prompt: list[int], penalty: float, n: int, n_ctx: int = 128) -> list[int]:
+    """Greedy tokens with the repetition penalty (Hugging Face's: each id already in prompt or
+    output has its logit divided by `penalty` if positive, multiplied if not), in numpy."""
+    import numpy as np
+
+    cache = model.new_cache(n_ctx)
+    logits, seen, out = model.forward(prompt, cache), set(prompt), []
+    for _ in range(n):
+        adj = logits.astype(np.float64).copy()
+        idx = sorted(seen)
+        adj[idx] = np.where(adj[idx] > 0, adj[idx] / penalty, adj[idx] * penalty)
+        out.append(int(np.argmax(adj)))
+        seen.add(out[-1])
+        logits = model.forward([out[-1]], cache)
+    return out

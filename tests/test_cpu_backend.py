@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from engine_fixtures import compile_package, tiny_checkpoint
+from engine_fixtures import compile_package, penalized_greedy, tiny_checkpoint
 from lutlm import wasm
 from runtime_py.api import LutLM
 from runtime_py.cpu import CODES, OPS, CpuBackend
@@ -134,15 +134,7 @@ def test_chat_cache_sampling_and_penalty(tiny):
     assert collect(eng, PROMPTS[0], 20, Sampling(temperature=0.9, seed=12)) != a
     assert collect(eng, PROMPTS[0], 8, Sampling(temperature=1.0, top_k=1, seed=5)) == collect(eng, PROMPTS[0], 8)
     model, prompt, penalty = refs["4"], [5, 5, 17, 42, 17], 1.5
-    cache = model.new_cache(128)
-    logits, seen, want = model.forward(prompt, cache), set(prompt), []
-    for _ in range(12):
-        adj = logits.astype(np.float64).copy()
-        idx = sorted(seen)
-        adj[idx] = np.where(adj[idx] > 0, adj[idx] / penalty, adj[idx] * penalty)
-        want.append(int(np.argmax(adj)))
-        seen.add(want[-1])
-        logits = model.forward([want[-1]], cache)
+    want = penalized_greedy(model, prompt, penalty, 12)
     assert collect(eng, prompt, 12, Sampling(repetition_penalty=penalty)) == want
 
 

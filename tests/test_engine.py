@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from engine_fixtures import compile_package, engine, tiny_checkpoint
+from engine_fixtures import compile_package, engine, penalized_greedy, tiny_checkpoint
 from lutlm.errors import LutlmError
 from runtime_py.engine import GenerationError, Sampling
 from runtime_py.package import PackageError
@@ -279,15 +279,7 @@ def test_interrupted_compile_leaves_nothing(tiny, monkeypatch):
 def test_repetition_penalty_matches_numpy(tiny):
     ckpt, root, refs = tiny
     model, prompt, penalty = refs["4"], [5, 5, 17, 42, 17], 1.5
-    cache = model.new_cache(128)
-    logits, seen, want = model.forward(prompt, cache), set(prompt), []
-    for _ in range(16):
-        adj = logits.astype(np.float64).copy()
-        idx = sorted(seen)
-        adj[idx] = np.where(adj[idx] > 0, adj[idx] / penalty, adj[idx] * penalty)
-        want.append(int(np.argmax(adj)))
-        seen.add(want[-1])
-        logits = model.forward([want[-1]], cache)
+    want = penalized_greedy(model, prompt, penalty, 16)
     eng = engine(root / "pkg4", ctx=128)
     eng.eos = set()
     assert collect(eng, prompt, 16, Sampling(repetition_penalty=penalty)) == want

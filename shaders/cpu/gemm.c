@@ -112,27 +112,6 @@ UNPACK_FN(3)
 UNPACK_FN(4)
 static unpack_fn *const UNPACK[3] = {unpack_2, unpack_3, unpack_4};
 
-/* 16 f16s to f32, rows 0-3, 4-7, 8-11, 12-15. */
-static inline void rows_f16(const uint16_t *h, v128_t out[4]) {
-    const v128_t zero = wasm_i16x8_splat(0);
-    for (int i = 0; i < 2; i++) {
-        v128_t v = wasm_v128_load(h + 8 * i);
-        out[2 * i] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 8, 0, 9, 0, 10, 0, 11));
-        out[2 * i + 1] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 12, 0, 13, 0, 14, 0, 15));
-    }
-}
-
-/* 16 8-bit codes times their rows' steps. */
-static inline void rows_u8(const uint8_t *c, const v128_t step[4], v128_t out[4]) {
-    v128_t v = wasm_v128_load(c);
-    v128_t half[2] = {wasm_u16x8_extend_low_u8x16(v), wasm_u16x8_extend_high_u8x16(v)};
-    for (int i = 0; i < 2; i++) {
-        out[2 * i] = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_low_u16x8(half[i])), step[2 * i]);
-        out[2 * i + 1] =
-            wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_high_u16x8(half[i])), step[2 * i + 1]);
-    }
-}
-
 /* ROWS rows x TQ quads of tokens of one group: `codes` the rows' unpacked pairs, `x` the first
    quad's activations (the next `stride` int16 on); then into the tile's outputs (row r's tokens
    `m4` apart): y += (sum x xscale) x scale + minimum' x xsum, `sc` and `mn` the rows' scale and
@@ -212,26 +191,14 @@ EXPORT(planes_gemm) int planes_gemm(const uint8_t *w, int n, int k, int bits, in
     const int d8 = scale_bits == 8;
     for (int r0 = 0; r0 < n; r0 += TILE) {
         v128_t step_s[4], step_m[4];
-        if (d8) {
-            rows_f16((const uint16_t *)w, step_s);
-            rows_f16((const uint16_t *)w + TILE, step_m);
-            for (int q = 0; q < 4; q++)
-                step_m[q] = wasm_f32x4_neg(step_m[q]); /* minimum = -b x step */
-            w += lut_tile_header(8);
-        }
+        if (d8)
+            tile_steps(&w, step_s, step_m);
         __builtin_memset(s.ytile, 0, (size_t)4 * TILE * m4);
         for (int g = 0; g < k / group; g++) {
             unpack_group(w, group, s.codes);
             w += (size_t)group / 8 * bits * TILE;
             v128_t scale[4], minimum[4];
-            if (d8) {
-                rows_u8(w, step_s, scale);
-                rows_u8(w + TILE, step_m, minimum);
-            } else {
-                rows_f16((const uint16_t *)w, scale);
-                rows_f16((const uint16_t *)w + TILE, minimum);
-            }
-            w += lut_scale_bytes(scale_bits);
+            group_scales(&w, d8, step_s, step_m, scale, minimum);
             float sc[TILE], mn[TILE];
             const v128_t c = wasm_f32x4_splat((float)centre(bits));
             for (int q = 0; q < 4; q++) {

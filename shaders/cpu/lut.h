@@ -15,6 +15,7 @@
 #define LUTLM_LUT_H
 
 #include "cpu.h"
+#include "f16.h"
 
 #define TILE 16
 #define MAX_GROUP 256  /* lutlm's largest group (compile/quant/format.py GROUPS) */
@@ -56,6 +57,52 @@ static inline size_t lut_tile_header(int scale_bits) { return scale_bits == 8 ? 
 
 static inline size_t lut_tile_bytes(int k, int bits, int group, int scale_bits) {
     return lut_tile_header(scale_bits) + (size_t)(k / group) * lut_block_bytes(bits, group, scale_bits);
+}
+
+/* A tile's 16 f16s (its rows' scales, minimums or 8-bit-scale steps) to f32, rows 0-3, 4-7, 8-11,
+   12-15: what the LUT GEMV and the prefill GEMM both read after each group. */
+static inline void tile_f16(const uint16_t *h, v128_t out[4]) {
+    const v128_t zero = wasm_i16x8_splat(0);
+    for (int i = 0; i < 2; i++) {
+        v128_t v = wasm_v128_load(h + 8 * i);
+        out[2 * i] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 8, 0, 9, 0, 10, 0, 11));
+        out[2 * i + 1] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 12, 0, 13, 0, 14, 0, 15));
+    }
+}
+
+/* A tile's 16 8-bit scale codes times their rows' steps. */
+static inline void tile_codes(const uint8_t *c, const v128_t step[4], v128_t out[4]) {
+    v128_t v = wasm_v128_load(c);
+    v128_t half[2] = {wasm_u16x8_extend_low_u8x16(v), wasm_u16x8_extend_high_u8x16(v)};
+    for (int i = 0; i < 2; i++) {
+        out[2 * i] = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_low_u16x8(half[i])), step[2 * i]);
+        out[2 * i + 1] =
+            wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_high_u16x8(half[i])), step[2 * i + 1]);
+    }
+}
+
+/* With 8-bit scales, a tile's header: its rows' scale steps and minimum steps (negated: minimum =
+   -b x step); `w` moves past it. */
+static inline void tile_steps(const uint8_t **w, v128_t step_s[4], v128_t step_m[4]) {
+    tile_f16((const uint16_t *)*w, step_s);
+    tile_f16((const uint16_t *)*w + TILE, step_m);
+    for (int q = 0; q < 4; q++)
+        step_m[q] = wasm_f32x4_neg(step_m[q]);
+    *w += lut_tile_header(8);
+}
+
+/* The scales and minimums that end a tile's group: f16 pairs, or (`d8`) codes times the tile's
+   steps; `w` moves past them. */
+static inline void group_scales(const uint8_t **w, int d8, const v128_t step_s[4], const v128_t step_m[4],
+                                v128_t scale[4], v128_t minimum[4]) {
+    if (d8) {
+        tile_codes(*w, step_s, scale);
+        tile_codes(*w + TILE, step_m, minimum);
+    } else {
+        tile_f16((const uint16_t *)*w, scale);
+        tile_f16((const uint16_t *)*w + TILE, minimum);
+    }
+    *w += lut_scale_bytes(d8 ? 8 : 16);
 }
 
 #endif

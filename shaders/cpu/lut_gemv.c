@@ -63,26 +63,6 @@ EXPORT(lut_table) int lut_table(const float *x, int k, int span, int8_t *table, 
     return 0;
 }
 
-/* 16 f16s to f32, rows 0-3, 4-7, 8-11, 12-15. */
-static inline void load_f16(const uint16_t *h, v128_t out[4]) {
-    const v128_t zero = wasm_i16x8_splat(0);
-    for (int i = 0; i < 2; i++) {
-        v128_t v = wasm_v128_load(h + 8 * i);
-        out[2 * i] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 8, 0, 9, 0, 10, 0, 11));
-        out[2 * i + 1] = f16_to_f32(wasm_i16x8_shuffle(zero, v, 0, 12, 0, 13, 0, 14, 0, 15));
-    }
-}
-
-/* 16 8-bit codes times their rows' steps. */
-static inline void load_codes(const uint8_t *c, const v128_t step[4], v128_t out[4]) {
-    v128_t v = wasm_v128_load(c);
-    v128_t half[2] = {wasm_u16x8_extend_low_u8x16(v), wasm_u16x8_extend_high_u8x16(v)};
-    for (int i = 0; i < 2; i++) {
-        out[2 * i] = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_low_u16x8(half[i])), step[2 * i]);
-        out[2 * i + 1] = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_u32x4_extend_high_u16x8(half[i])), step[2 * i + 1]);
-    }
-}
-
 /* Row r's hi (or lo) entries of a byte's two chunks, a and b, added into 16-bit sums of rows 0-7
    and 8-15: interleaved byte-wise and added pairwise, fewer instructions than widening each. */
 static inline void add_pairs(v128_t sum[2], v128_t a, v128_t b) {
@@ -106,13 +86,8 @@ static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, 
     const size_t lo = lut_table_lo_at(k);
     v128_t y[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
     v128_t step_s[4], step_m[4];
-    if (d8) {
-        load_f16((const uint16_t *)w, step_s);
-        load_f16((const uint16_t *)w + TILE, step_m);
-        for (int q = 0; q < 4; q++)
-            step_m[q] = wasm_f32x4_neg(step_m[q]);  /* minimum = -b x step */
-        w += lut_tile_header(8);
-    }
+    if (d8)
+        tile_steps(&w, step_s, step_m);
     for (int g = 0; g < k / group; g++) {
         v128_t acc[4] = {wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0), wasm_f32x4_splat(0)};
         float xs = 0;
@@ -140,14 +115,7 @@ static inline __attribute__((always_inline)) void tile(const uint8_t *w, int k, 
             xs += *xsum;
         }
         v128_t scale[4], minimum[4];
-        if (d8) {
-            load_codes(w, step_s, scale);
-            load_codes(w + TILE, step_m, minimum);
-        } else {
-            load_f16((const uint16_t *)w, scale);
-            load_f16((const uint16_t *)w + TILE, minimum);
-        }
-        w += lut_scale_bytes(d8 ? 8 : 16);
+        group_scales(&w, d8, step_s, step_m, scale, minimum);
         v128_t xsv = wasm_f32x4_splat(xs);  /* y += acc x scale + minimum x the group's xsum */
         for (int q = 0; q < 4; q++)
             y[q] = wasm_f32x4_add(y[q], wasm_f32x4_add(wasm_f32x4_mul(acc[q], scale[q]), wasm_f32x4_mul(minimum[q], xsv)));
