@@ -17,7 +17,7 @@ import statistics
 import time
 from typing import Any
 
-from .kernels import GROUP, HEAD, LAYER, PREFILL
+from .shapes import GROUP, HEAD, LAYER, PREFILL
 
 
 def _case(backend: Any, rng: Any, kernel: str, bits: Any, mats: list[tuple[str, int, int]]) -> tuple[list, int]:

@@ -28,12 +28,8 @@ from lutlm.kernels.emit import emit
 
 from runtime_py.expr import evaluate
 
-GROUP = 32
-# q/k/v and gate/up read the same activations, so they run fused (rows concatenated), as a decode
-# plan runs them: 4 matmuls, 4 table builds
-LAYER = [("qkv", 576, 960), ("o", 576, 576), ("gate_up", 576, 3072), ("down", 1536, 576)]
-HEAD = [("head", 576, 49152)]
-PREFILL = 64  # tokens of the prefill GEMM cases
+from .shapes import GROUP, HEAD, LAYER, PREFILL
+
 DEQUANT_TILES = (4, 8)  # rows per invocation of the tiled dequantise variants
 INPUT = {"qkv": "a", "o": "b", "gate_up": "c", "down": "d", "head": "e"}
 
