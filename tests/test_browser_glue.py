@@ -69,8 +69,9 @@ def native_chunks(package, request, on=None):
 
 
 def shape(chunks):
-    """What a chunk says, without its id and time."""
-    usage = {k: v for k, v in chunks[-1]["usage"].items() if k not in ("ttft_s", "decode_tokens_per_s")}
+    """What a chunk says, without its id and times."""
+    times = ("ttft_s", "decode_tokens_per_s", "host_ms_per_token")
+    usage = {k: v for k, v in chunks[-1]["usage"].items() if k not in times}
     return [(c["object"], c["model"], c["choices"]) for c in chunks], usage
 
 
