@@ -287,7 +287,7 @@ def test_200_parallel_downloads_complete_while_small_requests_stay_fast(tmp_path
             time.sleep(0.01)
         report = json.loads(loader.communicate(timeout=90)[0])
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # `kill PID`: the CLI's own handler, whatever SIGINT the parent passed on
         server.communicate(timeout=30)
     assert report["digests"] == [hashlib.sha256(shard).hexdigest()] * 200, report["digests"][:3]
     ms.sort()
@@ -380,7 +380,7 @@ def test_clients_that_go_away_leave_no_traceback(tmp_path):
         resp, _ = request(port, "/")
         assert resp.status == 200
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err and "Error" not in err, err
 
