@@ -138,7 +138,7 @@ class LutLM:
             t_first = None
             cid = f"chatcmpl-{int(time.time() * 1000)}"
             tokens = self.engine.generate(prompt, max_tokens, sampling, cancelled=lambda: self._interrupt)
-            kernel_s = getattr(self.engine.backend, "kernel_seconds", None)
+            kernel_s = None  # the CPU backend's time in its kernels when the first token came
             try:
                 async for token in tokens:
                     if t_first is None:

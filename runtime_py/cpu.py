@@ -36,12 +36,17 @@ class Wasm(Protocol):
 class Op:
     """A CPU op: the record's words are `params` (from the kernel's `cpu` entry), the offsets of
     the buffers bound as `buffers` (a `?` suffix: optional, 0 when the kernel has no such binding)
-    and `uniforms` ((name, struct code), looked up in the step's sizes, else in `defaults`)."""
+    and `uniforms` ((name, struct code), looked up in the step's sizes)."""
 
     params: tuple[str, ...]
     buffers: tuple[str, ...]
     uniforms: tuple[tuple[str, str], ...] = ()
     repack: str = ""  # the binding whose codes (with `sm`) the op reads in the CPU layout
+
+    @property
+    def words(self) -> int:
+        """The words of its record after the op code and the count (run.c's `run_words`)."""
+        return len(self.params) + len(self.buffers) + len(self.uniforms)
 
 
 _RUN = (("m", "i"), ("pos", "i"), ("ctx", "i"))
@@ -75,18 +80,25 @@ CODES = {name: code for code, name in enumerate(OPS)}
 class CpuBuffer:
     """A buffer of the module's memory. A weight's bytes wait on the host until a bind says which
     layout its op reads (`raw`: as the package stores them; `tiles`: repacked), so a bit-plane
-    weight only the LUT ops read is never copied in twice."""
+    weight only the LUT ops read is never copied in twice; the backend lets go of them at its
+    first submit, when every call is bound (the host would otherwise hold the weights twice)."""
 
-    def __init__(self, backend: "CpuBackend", size: int, data: bytes | None) -> None:
+    def __init__(self, backend: "CpuBackend", size: int, data: Any) -> None:
         self.backend, self.size, self.data = backend, size, data
         self._raw = 0 if data is not None else backend.alloc(size, "a buffer")
         self._tiles = 0
 
+    def host_bytes(self) -> bytes:
+        if self.data is None:
+            raise GPUError("a weight was bound after the CPU backend's first submit, which let go of its bytes")
+        return bytes(self.data)
+
     @property
     def raw(self) -> int:
         if not self._raw:
+            data = self.host_bytes()
             self._raw = self.backend.alloc(self.size, "a weight")
-            self.backend.wasm.write(self._raw, bytes(self.data or b""))
+            self.backend.wasm.write(self._raw, data)
         return self._raw
 
     def tiles(self, sm: "CpuBuffer", params: dict[str, int], dense: bool) -> int:
@@ -108,8 +120,8 @@ class CpuBuffer:
                 rc = b.wasm.call(repack[0], self._raw, sm._raw, *repack[1:], out)
             else:  # copied in, repacked, and the copies freed again
                 planes, scales = b.alloc(self.size, "a weight"), b.alloc(sm.size, "a weight")
-                b.wasm.write(planes, bytes(self.data or b""))
-                b.wasm.write(scales, bytes(sm.data or b""))
+                b.wasm.write(planes, self.host_bytes())
+                b.wasm.write(scales, sm.host_bytes())
                 rc = b.wasm.call(repack[0], planes, scales, *repack[1:], out)
                 b.wasm.call("release", planes)
             if rc:
@@ -129,13 +141,13 @@ class CpuBackend:
                      "description": f"WebAssembly SIMD ({wasm.level}), 1 thread"}
         self.limits = {"max-storage-buffer-binding-size": 1 << 31, "max-buffer-size": 1 << 31}
         for name, op in OPS.items():
-            words = len(op.params) + len(op.buffers) + len(op.uniforms)
-            if wasm.call("run_words", CODES[name]) != words:
+            if wasm.call("run_words", CODES[name]) != op.words:
                 raise GPUError(f"the CPU kernels' module does not match this runtime (op {name}): rebuild it")
         self.allocated = {"buffers": 0, "bytes": 0}
         self._commands, self._room = 0, 0
         self.scratch, self._scratch_size = 0, 0  # the GEMM's work for a chunk of tokens
         self.kernel_seconds = 0.0  # inside the module's `run`: the rest of a step's time is the host's
+        self._held: list[CpuBuffer] = []  # weights whose bytes the host still holds (until the first submit)
 
     def alloc(self, size: int, what: str) -> int:
         ptr = self.wasm.call("alloc", max(size, 4)) & 0xFFFFFFFF  # wasm's i32 comes back signed past 2 GiB
@@ -149,7 +161,10 @@ class CpuBackend:
         return ptr
 
     def create_buffer(self, size: int, data: bytes | None = None) -> CpuBuffer:
-        return CpuBuffer(self, max(4, -(-size // 4) * 4), bytes(data) if data else None)
+        buf = CpuBuffer(self, max(4, -(-size // 4) * 4), data if data else None)
+        if buf.data is not None:
+            self._held.append(buf)
+        return buf
 
     def write_buffer(self, buf: CpuBuffer, data: bytes, offset: int = 0) -> None:
         if offset < 0 or offset + len(data) > buf.size:
@@ -200,8 +215,7 @@ class CpuBackend:
                 ptrs.append(buf.tiles(by_name["sm"], params, cpu["op"] == "dense_gemv" or bool(params.get("dense"))))
             else:
                 ptrs.append(buf.raw)
-        head = struct.pack(f"<{2 + len(op.params) + len(op.buffers)}I", CODES[cpu["op"]],
-                           len(op.params) + len(op.buffers) + len(op.uniforms),
+        head = struct.pack(f"<{2 + len(op.params) + len(op.buffers)}I", CODES[cpu["op"]], op.words,
                            *(params[p] for p in op.params), *ptrs)
         return CpuCall(kernel, op, head, None)
 
@@ -215,6 +229,9 @@ class CpuBackend:
         return self.scratch
 
     def submit(self, calls: Sequence[Call]) -> None:
+        for buf in self._held:  # every call is bound: the module holds what the kernels read
+            buf.data = None
+        self._held.clear()
         records = b"".join(c.data for c in calls)
         if len(records) > self._room:
             self._room = max(len(records), 2 * self._room)
